@@ -1,0 +1,11 @@
+//! Evaluation (tutorial §8.3): how good the amortized answers are (the amortization gap) and
+//! how fast they come compared with solving from scratch (speed at equal quality).
+
+mod gap;
+mod speed;
+
+pub use gap::{amortization_gap, GapReport, Quantiles};
+pub use speed::{
+    speed_at_equal_quality, time_median, Baseline, BaselineMethod, BaselineResult, Curve,
+    SpeedConfig, SpeedReport,
+};

@@ -1,0 +1,78 @@
+//! Models ŷθ(x): fully-amortized nets (an MLP here; semi-amortized models build on the same
+//! trait and fill [`Prediction::iterates`]).
+
+
+mod mlp;
+mod params;
+
+
+pub use mlp::{Activation, Mlp, MlpConfig};
+pub use params::Params;
+
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use crate::problem::Problem;
+use crate::Result;
+
+/// What a model predicts for a batch of contexts.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// The final prediction ŷθ(x) on the domain Y, `(n, solution_dim)`.
+    pub y: Tensor,
+    /// The iterates ŷ⁰ … ŷᴷ of a semi-amortized model (the last equals `y`); empty for a
+    /// fully-amortized model. The iterate-summed loss L_Σ (tutorial eq. 13) reads them.
+    pub iterates: Vec<Tensor>,
+}
+
+/// A model ŷθ mapping contexts to solutions.
+pub trait Model: Send + Sync {
+    /// Predicts solutions for a batch of contexts `(n, context_dim)`, mapped onto the problem's
+    /// domain Y (the model composes its raw output with [`Problem::to_domain`]).
+    fn forward(&self, x: &Tensor, problem: &dyn Problem) -> Result<Prediction>;
+
+    /// The parameters θ.
+    fn params(&self) -> &Params;
+
+    /// The configuration that rebuilds this model (saved in checkpoints).
+    fn config(&self) -> ModelConfig;
+}
+
+/// The configuration of a built-in model, as written in experiment TOML files
+/// (`[model] kind = "mlp"` plus that model's fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ModelConfig {
+    /// [`Mlp`]: a fully-connected net from context to solution.
+    Mlp(MlpConfig),
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig::Mlp(MlpConfig::default())
+    }
+}
+
+impl ModelConfig {
+    /// The names of the built-in models, for `amortize list`.
+    pub const NAMES: [&'static str; 1] = ["mlp"];
+
+    /// Builds the model for `problem` with parameters initialised from `rng`.
+    pub fn build(
+        &self,
+        problem: &dyn Problem,
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<Box<dyn Model>> {
+        match self {
+            ModelConfig::Mlp(c) => Ok(Box::new(Mlp::new(
+                c.clone(),
+                problem.context_dim(),
+                problem.solution_dim(),
+                rng,
+                device,
+            )?)),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Problem families: f, Y, X and p(x) of the tutorial's Definition 1.
+//!
+//! A family is the parametric problem y*(x) ∈ argmin_{y ∈ Y} f(y; x) (tutorial eq. 1) together
+//! with the distribution p(x) its contexts come from. Everything is batched: contexts are
+//! `(n, context_dim)` tensors and solutions `(n, solution_dim)` tensors, and the objective
+//! returns one value per row.
+
+mod quadratic;
+mod sphere;
+mod toy1d;
+
+pub use quadratic::{Quadratic, QuadraticConfig};
+pub use sphere::{fibonacci_sphere, soft_min, AlphaDistribution, Sphere, SphereConfig, MAX_COMPONENTS};
+pub use toy1d::{Toy1d, Toy1dConfig};
+
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use crate::{autodiff, Error, Result};
+
+/// A family of optimization problems y*(x) ∈ argmin_{y∈Y} f(y; x) with contexts x ~ p(x).
+///
+/// Only [`Problem::objective`] and the sampler are required; gradients come from autodiff
+/// unless a closed form overrides [`Problem::gradient`] (the tests then check the two agree).
+pub trait Problem: Send + Sync {
+    /// The family's name, as used in configs and checkpoints.
+    fn name(&self) -> &str;
+
+    /// Dimension of a context x.
+    fn context_dim(&self) -> usize;
+
+    /// Dimension of a solution y.
+    fn solution_dim(&self) -> usize;
+
+    /// Draws `n` contexts x ~ p(x) as an `(n, context_dim)` tensor, using only `rng`.
+    fn sample_contexts(&self, n: usize, rng: &mut StdRng, device: &Device) -> Result<Tensor>;
+
+    /// The objective f(y; x) for each row: `(n, solution_dim) × (n, context_dim) → (n,)`.
+    ///
+    /// `y` is a point of the domain Y (use [`Problem::to_domain`] first on free outputs).
+    fn objective(&self, y: &Tensor, x: &Tensor) -> Result<Tensor>;
+
+    /// ∇_y f(y; x) for each row, `(n, solution_dim)`. Default: reverse-mode autodiff of
+    /// [`Problem::objective`], differentiable again when second-order autodiff is on.
+    fn gradient(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
+        autodiff::grad_at(y, |y| Ok(self.objective(y, x)?.sum_all()?))
+    }
+
+    /// The map π_Y from R^n onto the domain Y (tutorial eq. 83–84 for the sphere); identity by
+    /// default. Must be differentiable: models compose their output with it.
+    fn to_domain(&self, y: &Tensor) -> Result<Tensor> {
+        Ok(y.clone())
+    }
+
+    /// The exact (or best available) solution y*(x), used for labels and the amortization gap.
+    /// `None` when the family has no solver.
+    fn solve_exact(&self, _x: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// ∇_y of the unconstrained objective f(π_Y(y); x) of tutorial eq. 83, for free y ∈ Rⁿ:
+    /// what a from-scratch solver over Rⁿ descends. Default: autodiff.
+    fn domain_gradient(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
+        autodiff::grad_at(y, |y| Ok(self.objective(&self.to_domain(y)?, x)?.sum_all()?))
+    }
+
+    /// An optimality residual per row, zero exactly at stationary points of f ∘ π_Y:
+    /// ‖∇_y f(π_Y(y); x)‖. For a y on the sphere this is the norm of the Riemannian
+    /// (tangential) gradient. Used to certify an answer before trusting it.
+    fn residual(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let g = self.domain_gradient(y, x)?;
+        Ok(g.sqr()?.sum(1)?.sqrt()?)
+    }
+
+    /// Checks a batch of contexts: a 2-D tensor of `context_dim` columns with finite entries.
+    fn check_contexts(&self, x: &Tensor) -> Result<()> {
+        check_matrix(x, self.context_dim(), "contexts")
+    }
+}
+
+/// Checks that `t` is `(n, cols)` with finite entries; `what` names it in the error.
+pub fn check_matrix(t: &Tensor, cols: usize, what: &str) -> Result<()> {
+    let dims = t.dims();
+    if dims.len() != 2 || dims[1] != cols {
+        return Err(Error::invalid(format!(
+            "{what} must have shape (n, {cols}), got {:?}",
+            dims
+        )));
+    }
+    let values: Vec<f64> = t.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1()?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(Error::invalid(format!(
+            "{what} row {} column {} is {} (NaN or infinite values are not allowed)",
+            i / cols.max(1),
+            i % cols.max(1),
+            values[i]
+        )));
+    }
+    Ok(())
+}
+
+/// The configuration of a built-in problem family, as written in experiment TOML files
+/// (`[problem] name = "sphere"` plus that family's fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "lowercase")]
+pub enum ProblemConfig {
+    /// [`Sphere`]: c-convex functions on S² (tutorial §7).
+    Sphere(SphereConfig),
+    /// [`Toy1d`]: the one-dimensional landscape of the tutorial's Figure 1.
+    Toy1d(Toy1dConfig),
+    /// [`Quadratic`]: strongly convex quadratics with a closed-form solution.
+    Quadratic(QuadraticConfig),
+}
+
+impl ProblemConfig {
+    /// The names of the built-in families, for `amortize list`.
+    pub const NAMES: [&'static str; 3] = ["sphere", "toy1d", "quadratic"];
+
+    /// The family's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProblemConfig::Sphere(_) => "sphere",
+            ProblemConfig::Toy1d(_) => "toy1d",
+            ProblemConfig::Quadratic(_) => "quadratic",
+        }
+    }
+
+    /// The default configuration of a family by name.
+    pub fn default_for(name: &str) -> Result<Self> {
+        Ok(match name {
+            "sphere" => ProblemConfig::Sphere(SphereConfig::default()),
+            "toy1d" => ProblemConfig::Toy1d(Toy1dConfig::default()),
+            "quadratic" => ProblemConfig::Quadratic(QuadraticConfig::default()),
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown problem '{other}' (known: {})",
+                    Self::NAMES.join(", ")
+                )))
+            }
+        })
+    }
+
+    /// Builds the problem, validating the configuration.
+    pub fn build(&self) -> Result<Box<dyn Problem>> {
+        Ok(match self {
+            ProblemConfig::Sphere(c) => Box::new(Sphere::new(c.clone())?),
+            ProblemConfig::Toy1d(c) => Box::new(Toy1d::new(c.clone())?),
+            ProblemConfig::Quadratic(c) => Box::new(Quadratic::new(c.clone())?),
+        })
+    }
+}

@@ -1,0 +1,189 @@
+use std::path::PathBuf;
+
+use amortize::prelude::*;
+use amortize::testing::max_abs_diff;
+use amortize::train::{Observer, Record};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("amortize-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Collect<'a>(&'a mut Vec<Record>);
+impl Observer for Collect<'_> {
+    fn observe(&mut self, r: &Record) -> Result<()> {
+        self.0.push(r.clone());
+        Ok(())
+    }
+}
+
+fn mean_objective(problem: &dyn Problem, model: &dyn Model, seed: u64) -> Result<f64> {
+    let x = problem.sample_contexts(512, &mut StdRng::seed_from_u64(seed), &Device::Cpu)?;
+    let y = model.forward(&x, problem)?.y;
+    Ok(problem.objective(&y, &x)?.mean_all()?.to_scalar::<f32>()? as f64)
+}
+
+/// On every built-in family, a short run lowers the held-out objective.
+#[test]
+fn training_lowers_the_objective_on_each_builtin() -> Result<()> {
+    for (config, loss, steps) in [
+        (ProblemConfig::Sphere(SphereConfig::default()), Loss::Objective, 150),
+        (ProblemConfig::Toy1d(Toy1dConfig::default()), Loss::Regression, 300),
+        (ProblemConfig::Quadratic(QuadraticConfig::default()), Loss::Objective, 150),
+    ] {
+        let problem = config.build()?;
+        let model = ModelConfig::Mlp(MlpConfig { hidden: vec![32, 32], ..Default::default() })
+            .build(problem.as_ref(), &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+        let before = mean_objective(problem.as_ref(), model.as_ref(), 99)?;
+        let train = TrainConfig {
+            steps,
+            batch_size: 64,
+            learning_rate: 3e-3,
+            loss,
+            eval_every: 0,
+            eval_size: 64,
+            ..Default::default()
+        };
+        Trainer::new(problem.as_ref(), config.clone(), model.as_ref(), train, 0)?.run()?;
+        let after = mean_objective(problem.as_ref(), model.as_ref(), 99)?;
+        assert!(after < before - 1e-3, "{}: {before} -> {after}", config.name());
+    }
+    Ok(())
+}
+
+/// A tiny MLP on the quadratic family must beat the zero predictor.
+#[test]
+fn mlp_beats_the_zero_predictor_on_quadratic() -> Result<()> {
+    let config = ProblemConfig::Quadratic(QuadraticConfig::default());
+    let problem = config.build()?;
+    let model = ModelConfig::Mlp(MlpConfig { hidden: vec![32], ..Default::default() })
+        .build(problem.as_ref(), &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+    let train = TrainConfig {
+        steps: 400,
+        batch_size: 64,
+        learning_rate: 5e-3,
+        loss: Loss::Mix { objective: 1.0, regression: 1.0 },
+        data: DataConfig::Fixed { size: 512 },
+        schedule: Schedule::Cosine { final_fraction: 0.1 },
+        clip_grad_norm: Some(10.0),
+        eval_every: 100,
+        eval_size: 64,
+        ..Default::default()
+    };
+    let mut records = Vec::new();
+    Trainer::new(problem.as_ref(), config, model.as_ref(), train, 0)?
+        .observe(Collect(&mut records))
+        .run()?;
+    let x = problem.sample_contexts(256, &mut StdRng::seed_from_u64(5), &Device::Cpu)?;
+    let f_model = problem.objective(&model.forward(&x, problem.as_ref())?.y, &x)?.mean_all()?.to_scalar::<f32>()?;
+    let f_zero = problem.objective(&x.zeros_like()?.narrow(1, 0, 3)?, &x)?.mean_all()?.to_scalar::<f32>()?;
+    let f_star = problem.objective(&problem.solve_exact(&x)?.unwrap(), &x)?.mean_all()?.to_scalar::<f32>()?;
+    assert!(f_model < f_zero + 0.5 * (f_star - f_zero), "model {f_model}, zero {f_zero}, optimum {f_star}");
+    assert_eq!(records.iter().filter(|r| r.phase == "train").count(), 400);
+    assert_eq!(records.iter().filter(|r| r.phase == "eval").count(), 4);
+    assert!(records.iter().all(|r| r.phase != "train" || r.get("loss").unwrap().is_finite()));
+    Ok(())
+}
+
+#[test]
+fn same_seed_same_training() -> Result<()> {
+    let config = ProblemConfig::Sphere(SphereConfig::default());
+    let problem = config.build()?;
+    let run = || -> Result<f64> {
+        let model = ModelConfig::default().build(problem.as_ref(), &mut StdRng::seed_from_u64(4), &Device::Cpu)?;
+        let train = TrainConfig { steps: 20, batch_size: 32, eval_every: 0, eval_size: 32, ..Default::default() };
+        let summary = Trainer::new(problem.as_ref(), config.clone(), model.as_ref(), train, 4)?.run()?;
+        Ok(summary.final_eval_objective)
+    };
+    assert_eq!(run()?, run()?);
+    Ok(())
+}
+
+#[test]
+fn non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() -> Result<()> {
+    let dir = tmpdir("nan");
+    let config = ProblemConfig::Quadratic(QuadraticConfig::default());
+    let problem = config.build()?;
+    let model = ModelConfig::default().build(problem.as_ref(), &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+    // A huge learning rate makes the quadratic objective overflow f32 within a few steps.
+    let train = TrainConfig {
+        steps: 200,
+        batch_size: 16,
+        learning_rate: 1e6,
+        eval_every: 0,
+        eval_size: 16,
+        ..Default::default()
+    };
+    let err = Trainer::new(problem.as_ref(), config.clone(), model.as_ref(), train, 0)?
+        .checkpoint_to(&dir)
+        .run()
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::NonFinite { .. }), "{msg}");
+    assert!(msg.contains("non-finite"), "{msg}");
+    let (meta, _, loaded) = Checkpoint::load(&dir, &Device::Cpu)?;
+    assert!(meta.step < 200);
+    for (a, b) in loaded.params().vars().zip(model.params().vars()) {
+        let finite = a.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite());
+        assert!(finite, "the kept checkpoint holds finite parameters");
+        assert_eq!(max_abs_diff(a.as_tensor(), b.as_tensor())?, 0.0);
+    }
+    Ok(())
+}
+
+#[test]
+fn checkpoints_round_trip_and_refuse_mismatches() -> Result<()> {
+    let dir = tmpdir("ckpt");
+    let config = ProblemConfig::Sphere(SphereConfig::default());
+    let problem = config.build()?;
+    let model = ModelConfig::default().build(problem.as_ref(), &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+    let train = TrainConfig { steps: 5, batch_size: 8, eval_every: 0, eval_size: 8, ..Default::default() };
+    Trainer::new(problem.as_ref(), config.clone(), model.as_ref(), train, 7)?
+        .checkpoint_to(&dir)
+        .run()?;
+    let (meta, p2, m2) = Checkpoint::load_for(&dir, &config, &Device::Cpu)?;
+    assert_eq!(meta.step, 5);
+    assert_eq!(meta.seed, 7);
+    let x = problem.sample_contexts(9, &mut StdRng::seed_from_u64(1), &Device::Cpu)?;
+    let a = model.forward(&x, problem.as_ref())?.y;
+    let b = m2.forward(&x, p2.as_ref())?.y;
+    assert_eq!(max_abs_diff(&a, &b)?, 0.0);
+
+    // Another problem.
+    let other = ProblemConfig::Toy1d(Toy1dConfig::default());
+    let e = Checkpoint::load_for(&dir, &other, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("trained on problem 'sphere'"), "{e}");
+    // Same family, other settings.
+    let other = ProblemConfig::Sphere(SphereConfig { gamma: 0.1, ..Default::default() });
+    assert!(Checkpoint::load_for(&dir, &other, &Device::Cpu).is_err());
+
+    // Corrupt weights.
+    let bad = tmpdir("ckpt-bad");
+    for f in ["weights.safetensors", "meta.json"] {
+        std::fs::copy(dir.join(f), bad.join(f)).unwrap();
+    }
+    std::fs::write(bad.join("weights.safetensors"), b"not a safetensors file").unwrap();
+    let e = Checkpoint::load(&bad, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("weights.safetensors is missing or corrupt"), "{e}");
+    // Weights of another shape.
+    let meta_text = std::fs::read_to_string(dir.join("meta.json")).unwrap();
+    std::fs::copy(dir.join("weights.safetensors"), bad.join("weights.safetensors")).unwrap();
+    std::fs::write(bad.join("meta.json"), meta_text.replace("128,", "64,")).unwrap();
+    let e = Checkpoint::load(&bad, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("do not match the recorded model"), "{e}");
+    // Corrupt and future metadata.
+    std::fs::write(bad.join("meta.json"), "{ not json").unwrap();
+    let e = Checkpoint::load(&bad, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("meta.json is corrupt"), "{e}");
+    std::fs::write(bad.join("meta.json"), meta_text.replace("\"format_version\": 1", "\"format_version\": 99")).unwrap();
+    let e = Checkpoint::load(&bad, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("format version 99"), "{e}");
+    // Missing folder.
+    let e = Checkpoint::load(&bad.join("nope"), &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("is this a checkpoint folder"), "{e}");
+    Ok(())
+}
