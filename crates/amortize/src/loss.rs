@@ -47,7 +47,8 @@ impl Loss {
         labels: Option<&Tensor>,
         problem: &dyn Problem,
     ) -> Result<Tensor> {
-        let objective = || -> Result<Tensor> { Ok(problem.objective(&prediction.y, x)?.mean_all()?) };
+        let objective =
+            || -> Result<Tensor> { Ok(problem.objective(&prediction.y, x)?.mean_all()?) };
         let regression = || -> Result<Tensor> {
             let y_star = labels.ok_or_else(|| {
                 Error::invalid("the regression loss needs labels y*(x), and none were given")

@@ -46,8 +46,14 @@ impl Adam {
     pub fn init(&self, params: &[&Tensor]) -> Result<AdamState> {
         let zeros = |p: &&Tensor| p.zeros_like();
         Ok(AdamState {
-            m: params.iter().map(zeros).collect::<candle_core::Result<_>>()?,
-            v: params.iter().map(zeros).collect::<candle_core::Result<_>>()?,
+            m: params
+                .iter()
+                .map(zeros)
+                .collect::<candle_core::Result<_>>()?,
+            v: params
+                .iter()
+                .map(zeros)
+                .collect::<candle_core::Result<_>>()?,
             t: 0,
         })
     }

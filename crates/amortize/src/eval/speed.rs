@@ -190,7 +190,9 @@ pub fn speed_at_equal_quality(
         let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(bi as u64));
         let dim = problem.solution_dim();
         let rows = n * b.starts;
-        let y0: Vec<f64> = (0..rows * dim).map(|_| StandardNormal.sample(&mut rng)).collect();
+        let y0: Vec<f64> = (0..rows * dim)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
         let mut y = Tensor::from_vec(y0, (rows, dim), x.device())?.to_dtype(x.dtype())?;
         let x_rep = Tensor::cat(&vec![x.clone(); b.starts], 0)?;
         let adam = Adam::default();

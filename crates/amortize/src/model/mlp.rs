@@ -176,4 +176,8 @@ impl Model for Mlp {
     fn config(&self) -> ModelConfig {
         ModelConfig::Mlp(self.config.clone())
     }
+
+    fn as_mlp(&self) -> Option<&Mlp> {
+        Some(self)
+    }
 }

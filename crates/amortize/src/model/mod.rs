@@ -1,11 +1,11 @@
 //! Models ŷθ(x): fully-amortized nets (an MLP here; semi-amortized models build on the same
 //! trait and fill [`Prediction::iterates`]).
 
-
+mod fused;
 mod mlp;
 mod params;
 
-
+pub use fused::{FusedMlp, StepStats};
 pub use mlp::{Activation, Mlp, MlpConfig};
 pub use params::Params;
 
@@ -37,6 +37,11 @@ pub trait Model: Send + Sync {
 
     /// The configuration that rebuilds this model (saved in checkpoints).
     fn config(&self) -> ModelConfig;
+
+    /// This model as a plain [`Mlp`], which enables the fused training path.
+    fn as_mlp(&self) -> Option<&Mlp> {
+        None
+    }
 }
 
 /// The configuration of a built-in model, as written in experiment TOML files

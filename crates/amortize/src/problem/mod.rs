@@ -10,7 +10,9 @@ mod sphere;
 mod toy1d;
 
 pub use quadratic::{Quadratic, QuadraticConfig};
-pub use sphere::{fibonacci_sphere, soft_min, AlphaDistribution, Sphere, SphereConfig, MAX_COMPONENTS};
+pub use sphere::{
+    fibonacci_sphere, soft_min, AlphaDistribution, Sphere, SphereConfig, MAX_COMPONENTS,
+};
 pub use toy1d::{Toy1d, Toy1dConfig};
 
 use candle_core::{Device, Tensor};
@@ -62,7 +64,9 @@ pub trait Problem: Send + Sync {
     /// ∇_y of the unconstrained objective f(π_Y(y); x) of tutorial eq. 83, for free y ∈ Rⁿ:
     /// what a from-scratch solver over Rⁿ descends. Default: autodiff.
     fn domain_gradient(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
-        autodiff::grad_at(y, |y| Ok(self.objective(&self.to_domain(y)?, x)?.sum_all()?))
+        autodiff::grad_at(y, |y| {
+            Ok(self.objective(&self.to_domain(y)?, x)?.sum_all()?)
+        })
     }
 
     /// An optimality residual per row, zero exactly at stationary points of f ∘ π_Y:
@@ -73,10 +77,25 @@ pub trait Problem: Send + Sync {
         Ok(g.sqr()?.sum(1)?.sqrt()?)
     }
 
+    /// A hand-written CPU f32 evaluation of f(π_Y(raw); x) and its gradient, used by the fused
+    /// training path ([`crate::model::FusedMlp`]); `None` when the family has none.
+    fn cpu_objective(&self) -> Option<&dyn CpuObjective> {
+        None
+    }
+
     /// Checks a batch of contexts: a 2-D tensor of `context_dim` columns with finite entries.
     fn check_contexts(&self, x: &Tensor) -> Result<()> {
         check_matrix(x, self.context_dim(), "contexts")
     }
+}
+
+/// The objective of a problem composed with its domain map, on plain f32 rows, for the fused
+/// CPU training path (no tensors, no allocation per call).
+pub trait CpuObjective: Sync {
+    /// For `n` rows of free outputs `raw` `(n, solution_dim)` and contexts `x`
+    /// `(n, context_dim)`, writes ∇_raw f(π_Y(raw); x) into `grad` (same shape as `raw`) and
+    /// returns Σ_rows f(π_Y(raw); x).
+    fn value_and_grad(&self, raw: &[f32], x: &[f32], n: usize, grad: &mut [f32]) -> f64;
 }
 
 /// Checks that `t` is `(n, cols)` with finite entries; `what` names it in the error.
@@ -88,7 +107,10 @@ pub fn check_matrix(t: &Tensor, cols: usize, what: &str) -> Result<()> {
             dims
         )));
     }
-    let values: Vec<f64> = t.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1()?;
+    let values: Vec<f64> = t
+        .to_dtype(candle_core::DType::F64)?
+        .flatten_all()?
+        .to_vec1()?;
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         return Err(Error::invalid(format!(
             "{what} row {} column {} is {} (NaN or infinite values are not allowed)",

@@ -12,7 +12,7 @@ use rand::Rng;
 use rand_distr::{Distribution, Normal, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use super::Problem;
+use super::{CpuObjective, Problem};
 use crate::ops::{acos_margin, safe_acos};
 use crate::{Error, Result};
 
@@ -90,10 +90,16 @@ impl Sphere {
         }
         match config.alpha {
             AlphaDistribution::Uniform { scale } if !(scale.is_finite() && scale >= 0.0) => {
-                return Err(Error::invalid("sphere: alpha scale must be finite and >= 0"))
+                return Err(Error::invalid(
+                    "sphere: alpha scale must be finite and >= 0",
+                ))
             }
-            AlphaDistribution::Normal { variance } if !(variance.is_finite() && variance >= 0.0) => {
-                return Err(Error::invalid("sphere: alpha variance must be finite and >= 0"))
+            AlphaDistribution::Normal { variance }
+                if !(variance.is_finite() && variance >= 0.0) =>
+            {
+                return Err(Error::invalid(
+                    "sphere: alpha variance must be finite and >= 0",
+                ))
             }
             _ => {}
         }
@@ -297,9 +303,7 @@ impl Problem for Sphere {
             for _ in 0..m {
                 data.push(match self.config.alpha {
                     AlphaDistribution::Uniform { scale } => scale * rng.random::<f64>(),
-                    AlphaDistribution::Normal { variance } => {
-                        variance.sqrt() * normal.sample(rng)
-                    }
+                    AlphaDistribution::Normal { variance } => variance.sqrt() * normal.sample(rng),
                 });
             }
         }
@@ -323,7 +327,8 @@ impl Problem for Sphere {
         let w = if self.config.gamma > 0.0 {
             candle_nn::ops::softmax_last_dim(&a.affine(-1.0 / self.config.gamma, 0.0)?)?
         } else {
-            a.broadcast_eq(&a.min_keepdim(D::Minus1)?)?.to_dtype(a.dtype())?
+            a.broadcast_eq(&a.min_keepdim(D::Minus1)?)?
+                .to_dtype(a.dtype())?
         };
         let dd = d.div(&cc.sqr()?.affine(-1.0, 1.0)?.sqrt()?)?.neg()?;
         let coef = w.mul(&dd)?.unsqueeze(2)?;
@@ -332,7 +337,11 @@ impl Problem for Sphere {
 
     /// Closed form: ∇_y f(y/‖y‖) = (I − ŷŷᵀ) ∇f(ŷ) / ‖y‖ with ŷ = y/‖y‖.
     fn domain_gradient(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
-        let norm = y.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+        let norm = y
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12, f64::INFINITY)?;
         let u = y.broadcast_div(&norm)?;
         let g = self.gradient(&u, x)?;
         let radial = g.mul(&u)?.sum_keepdim(1)?;
@@ -340,8 +349,16 @@ impl Problem for Sphere {
     }
 
     fn to_domain(&self, y: &Tensor) -> Result<Tensor> {
-        let norm = y.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+        let norm = y
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12, f64::INFINITY)?;
         Ok(y.broadcast_div(&norm)?)
+    }
+
+    fn cpu_objective(&self) -> Option<&dyn CpuObjective> {
+        Some(self)
     }
 
     fn solve_exact(&self, x: &Tensor) -> Result<Option<Tensor>> {
@@ -355,5 +372,31 @@ impl Problem for Sphere {
         Ok(Some(
             Tensor::from_vec(out, (n, 3), x.device())?.to_dtype(x.dtype())?,
         ))
+    }
+}
+
+impl CpuObjective for Sphere {
+    /// f(raw/‖raw‖; x) per row, with ∇_raw = (I − uuᵀ) ∇f(u) / ‖raw‖ for u = raw/‖raw‖.
+    fn value_and_grad(&self, raw: &[f32], x: &[f32], n: usize, grad: &mut [f32]) -> f64 {
+        let cdim = 4 * self.config.components;
+        let mut ctx = [0f64; 4 * MAX_COMPONENTS];
+        let mut total = 0.0;
+        for i in 0..n {
+            let r = &raw[3 * i..3 * i + 3];
+            let norm = ((r[0] * r[0] + r[1] * r[1] + r[2] * r[2]) as f64)
+                .sqrt()
+                .max(1e-12);
+            let u = [r[0] as f64 / norm, r[1] as f64 / norm, r[2] as f64 / norm];
+            for (c, v) in ctx.iter_mut().zip(&x[cdim * i..cdim * (i + 1)]) {
+                *c = *v as f64;
+            }
+            let (f, g) = self.value_and_grad(u, &ctx[..cdim]);
+            let t = tangent(u, g);
+            for k in 0..3 {
+                grad[3 * i + k] = (t[k] / norm) as f32;
+            }
+            total += f;
+        }
+        total
     }
 }

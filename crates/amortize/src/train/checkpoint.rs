@@ -57,6 +57,16 @@ fn temp_path(path: &Path) -> PathBuf {
 /// Saving and loading checkpoints.
 pub struct Checkpoint;
 
+/// A loaded checkpoint: its metadata, the rebuilt problem and the model with θ filled in.
+pub struct Loaded {
+    /// The metadata.
+    pub meta: CheckpointMeta,
+    /// The problem it was trained on.
+    pub problem: Box<dyn Problem>,
+    /// The trained model.
+    pub model: Box<dyn Model>,
+}
+
 impl Checkpoint {
     /// Saves θ and `meta` into folder `dir` (created if needed).
     pub fn save(dir: &Path, model: &dyn Model, meta: &CheckpointMeta) -> Result<()> {
@@ -65,7 +75,10 @@ impl Checkpoint {
         let tmp = temp_path(&weights);
         candle_core::safetensors::save(&model.params().to_map(), &tmp)?;
         fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))?;
-        write_atomic(&dir.join(META), serde_json::to_string_pretty(meta)?.as_bytes())
+        write_atomic(
+            &dir.join(META),
+            serde_json::to_string_pretty(meta)?.as_bytes(),
+        )
     }
 
     /// Reads and validates `meta.json` of checkpoint folder `dir`.
@@ -94,7 +107,7 @@ impl Checkpoint {
 
     /// Loads a checkpoint: rebuilds its problem and model and fills θ from the weights file.
     /// Refuses corrupt files and weights that do not match the recorded model.
-    pub fn load(dir: &Path, device: &Device) -> Result<(CheckpointMeta, Box<dyn Problem>, Box<dyn Model>)> {
+    pub fn load(dir: &Path, device: &Device) -> Result<Loaded> {
         let refuse = |reason: String| Error::Checkpoint {
             path: dir.to_path_buf(),
             reason,
@@ -124,15 +137,15 @@ impl Checkpoint {
             .params()
             .load_map(&map)
             .map_err(|e| refuse(format!("weights do not match the recorded model: {e}")))?;
-        Ok((meta, problem, model))
+        Ok(Loaded {
+            meta,
+            problem,
+            model,
+        })
     }
 
     /// Loads a checkpoint and checks it was trained on `expected` (same family and settings).
-    pub fn load_for(
-        dir: &Path,
-        expected: &ProblemConfig,
-        device: &Device,
-    ) -> Result<(CheckpointMeta, Box<dyn Problem>, Box<dyn Model>)> {
+    pub fn load_for(dir: &Path, expected: &ProblemConfig, device: &Device) -> Result<Loaded> {
         let meta = Self::read_meta(dir)?;
         if &meta.problem != expected {
             return Err(Error::Checkpoint {

@@ -4,6 +4,6 @@ mod checkpoint;
 mod observer;
 mod trainer;
 
-pub use checkpoint::{write_atomic, Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT_VERSION};
+pub use checkpoint::{write_atomic, Checkpoint, CheckpointMeta, Loaded, CHECKPOINT_FORMAT_VERSION};
 pub use observer::{JsonlWriter, Observer, Record};
-pub use trainer::{DataConfig, TrainConfig, TrainSummary, Trainer};
+pub use trainer::{composite_step, exact_labels, DataConfig, TrainConfig, TrainSummary, Trainer};

@@ -1,9 +1,16 @@
 //! The training loop: θ ← Adam(θ, ∇_θ L) over batches of contexts (tutorial eq. 10–11).
+//!
+//! Two paths compute the same update. The composite path builds the loss from candle tensor
+//! ops and differentiates it with candle's autodiff; it works for every model, loss and
+//! problem, and keeps second-order gradients available. The fused path
+//! ([`crate::model::FusedMlp`]) runs when the model is a plain MLP with relu/tanh layers, the
+//! loss is the objective, and the problem has a [`crate::problem::CpuObjective`]: it is a
+//! hand-written forward/backward with no tensor allocation per step.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -11,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT_VERSION};
 use super::observer::{Observer, Record};
 use crate::loss::Loss;
-use crate::model::Model;
-use crate::optim::{Adam, Schedule};
+use crate::model::{FusedMlp, Model};
+use crate::optim::{Adam, AdamState, Schedule};
 use crate::problem::{Problem, ProblemConfig};
 use crate::{Error, Result};
 
@@ -57,6 +64,8 @@ pub struct TrainConfig {
     pub eval_size: usize,
     /// Write a checkpoint every this many steps (default 0 = only at the end).
     pub checkpoint_every: usize,
+    /// Use the fused CPU path when it applies (default true; same updates, faster).
+    pub fused: bool,
 }
 
 impl Default for TrainConfig {
@@ -73,6 +82,7 @@ impl Default for TrainConfig {
             eval_every: 250,
             eval_size: 1024,
             checkpoint_every: 0,
+            fused: true,
         }
     }
 }
@@ -115,7 +125,12 @@ pub struct TrainSummary {
     pub final_loss: f64,
     /// Mean held-out objective at the end.
     pub final_eval_objective: f64,
+    /// Whether the fused path ran.
+    pub fused: bool,
 }
+
+type SnapshotFn<'a> = Box<dyn FnMut(usize, &dyn Model) + 'a>;
+type StepFn<'a> = Box<dyn FnMut(usize, &Record) + 'a>;
 
 /// Runs training. Build it with [`Trainer::new`], add observers, then [`Trainer::run`].
 pub struct Trainer<'a> {
@@ -127,7 +142,87 @@ pub struct Trainer<'a> {
     device: Device,
     observers: Vec<Box<dyn Observer + 'a>>,
     checkpoint_dir: Option<PathBuf>,
-    on_step: Option<Box<dyn FnMut(usize, &Record) + 'a>>,
+    on_step: Option<StepFn<'a>>,
+    snapshot: Option<(usize, SnapshotFn<'a>)>,
+}
+
+/// Draws training batches: fresh samples, or shuffled passes over a fixed set with cached labels.
+struct Batches {
+    fixed: Option<(Tensor, Option<Tensor>)>,
+    order: Vec<usize>,
+    cursor: usize,
+}
+
+impl Batches {
+    fn new(
+        problem: &dyn Problem,
+        cfg: &TrainConfig,
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<Self> {
+        let fixed = match cfg.data {
+            DataConfig::Fixed { size } => {
+                let x = problem.sample_contexts(size, rng, device)?;
+                let labels = if cfg.loss.needs_labels() {
+                    Some(exact_labels(problem, &x)?)
+                } else {
+                    None
+                };
+                Some((x, labels))
+            }
+            DataConfig::Fresh => None,
+        };
+        Ok(Batches {
+            fixed,
+            order: Vec::new(),
+            cursor: usize::MAX,
+        })
+    }
+
+    fn next(
+        &mut self,
+        problem: &dyn Problem,
+        cfg: &TrainConfig,
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let Some((fx, fl)) = &self.fixed else {
+            let x = problem.sample_contexts(cfg.batch_size, rng, device)?;
+            let labels = if cfg.loss.needs_labels() {
+                Some(exact_labels(problem, &x)?)
+            } else {
+                None
+            };
+            return Ok((x, labels));
+        };
+        let size = fx.dim(0)?;
+        let b = cfg.batch_size.min(size);
+        if self.cursor.saturating_add(b) > size {
+            self.order = (0..size).collect();
+            rand::seq::SliceRandom::shuffle(self.order.as_mut_slice(), rng);
+            self.cursor = 0;
+        }
+        let idx: Vec<u32> = self.order[self.cursor..self.cursor + b]
+            .iter()
+            .map(|&i| i as u32)
+            .collect();
+        self.cursor += b;
+        let idx = Tensor::from_vec(idx, b, device)?;
+        let labels = match fl {
+            Some(l) => Some(l.index_select(&idx, 0)?),
+            None => None,
+        };
+        Ok((fx.index_select(&idx, 0)?, labels))
+    }
+}
+
+/// The update machinery of one path.
+enum Engine {
+    Composite {
+        vars: Vec<candle_core::Var>,
+        state: AdamState,
+    },
+    Fused(Box<FusedMlp>),
 }
 
 impl<'a> Trainer<'a> {
@@ -156,6 +251,7 @@ impl<'a> Trainer<'a> {
             observers: Vec::new(),
             checkpoint_dir: None,
             on_step: None,
+            snapshot: None,
         })
     }
 
@@ -172,10 +268,30 @@ impl<'a> Trainer<'a> {
         self
     }
 
-    /// A callback after every step (progress bars, figures of predictions along training).
+    /// A callback after every step with that step's record (progress bars).
     pub fn on_step(mut self, f: impl FnMut(usize, &Record) + 'a) -> Self {
         self.on_step = Some(Box::new(f));
         self
+    }
+
+    /// A callback every `every` steps with the model as it is then (figures of predictions
+    /// along training).
+    pub fn snapshot_every(mut self, every: usize, f: impl FnMut(usize, &dyn Model) + 'a) -> Self {
+        self.snapshot = Some((every.max(1), Box::new(f)));
+        self
+    }
+
+    /// Whether this run takes the fused path.
+    pub fn uses_fused_path(&self) -> bool {
+        self.config.fused
+            && self.config.loss == Loss::Objective
+            && self.device.is_cpu()
+            && self.problem.cpu_objective().is_some()
+            && self.model.as_mlp().is_some_and(|m| {
+                FusedMlp::supports(m.mlp_config().activation)
+                    && m.mlp_config().project_output
+                    && m.layers().iter().all(|(w, _)| w.dtype() == DType::F32)
+            })
     }
 
     fn meta(&self, step: usize) -> CheckpointMeta {
@@ -190,8 +306,17 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    fn save(&self, step: usize) -> Result<()> {
+    /// Makes the model's variables current (the fused path keeps its own copy of θ).
+    fn sync(&self, engine: &Engine) -> Result<()> {
+        if let (Engine::Fused(f), Some(mlp)) = (engine, self.model.as_mlp()) {
+            f.write_to(mlp)?;
+        }
+        Ok(())
+    }
+
+    fn save(&self, engine: &Engine, step: usize) -> Result<()> {
         if let Some(dir) = &self.checkpoint_dir {
+            self.sync(engine)?;
             Checkpoint::save(dir, self.model, &self.meta(step))?;
         }
         Ok(())
@@ -205,13 +330,14 @@ impl<'a> Trainer<'a> {
     }
 
     /// Mean objective of the model on held-out contexts.
-    fn evaluate(&self, x: &Tensor) -> Result<f64> {
+    fn evaluate(&self, engine: &Engine, x: &Tensor) -> Result<f64> {
+        self.sync(engine)?;
         let pred = self.model.forward(x, self.problem)?;
         Ok(self
             .problem
             .objective(&pred.y, x)?
             .mean_all()?
-            .to_dtype(candle_core::DType::F64)?
+            .to_dtype(DType::F64)?
             .to_scalar()?)
     }
 
@@ -222,77 +348,48 @@ impl<'a> Trainer<'a> {
         let problem = self.problem;
         let mut rng = StdRng::seed_from_u64(self.seed);
         let eval_x = problem.sample_contexts(cfg.eval_size, &mut rng, &self.device)?;
-        let fixed = match cfg.data {
-            DataConfig::Fixed { size } => {
-                let x = problem.sample_contexts(size, &mut rng, &self.device)?;
-                let labels = if cfg.loss.needs_labels() {
-                    Some(exact_labels(problem, &x)?)
-                } else {
-                    None
-                };
-                Some((x, labels))
+        let mut batches = Batches::new(problem, &cfg, &mut rng, &self.device)?;
+        let fused = self.uses_fused_path();
+        let mut engine = match self.model.as_mlp() {
+            Some(mlp) if fused => Engine::Fused(Box::new(FusedMlp::from_mlp(mlp)?)),
+            _ => {
+                let vars: Vec<candle_core::Var> = self.model.params().vars().cloned().collect();
+                let tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+                let state = cfg.adam.init(&tensors)?;
+                Engine::Composite { vars, state }
             }
-            DataConfig::Fresh => None,
         };
-        let vars: Vec<candle_core::Var> = self.model.params().vars().cloned().collect();
-        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-        let refs: Vec<&Tensor> = tensors.iter().collect();
-        let mut adam_state = cfg.adam.init(&refs)?;
+        let cpu_objective = problem.cpu_objective();
         let start = Instant::now();
         let mut last_loss = f64::NAN;
-        let mut order: Vec<usize> = Vec::new();
-        let mut cursor = usize::MAX;
+        let mut x_buf: Vec<f32> = Vec::new();
         for step in 0..cfg.steps {
-            let (x, labels) = match &fixed {
-                None => {
-                    let x = problem.sample_contexts(cfg.batch_size, &mut rng, &self.device)?;
-                    let labels = if cfg.loss.needs_labels() {
-                        Some(exact_labels(problem, &x)?)
-                    } else {
-                        None
-                    };
-                    (x, labels)
-                }
-                Some((fx, fl)) => {
-                    let size = fx.dim(0)?;
-                    let b = cfg.batch_size.min(size);
-                    if cursor.saturating_add(b) > size {
-                        order = (0..size).collect();
-                        rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
-                        cursor = 0;
-                    }
-                    let idx: Vec<u32> = order[cursor..cursor + b].iter().map(|&i| i as u32).collect();
-                    cursor += b;
-                    let idx = Tensor::from_vec(idx, b, &self.device)?;
-                    let labels = match fl {
-                        Some(l) => Some(l.index_select(&idx, 0)?),
-                        None => None,
-                    };
-                    (fx.index_select(&idx, 0)?, labels)
+            let (x, labels) = batches.next(problem, &cfg, &mut rng, &self.device)?;
+            let lr = cfg.schedule.rate(cfg.learning_rate, step, cfg.steps);
+            let (loss, grad_norm) = match &mut engine {
+                Engine::Composite { vars, state } => composite_step(
+                    self.model,
+                    problem,
+                    &cfg,
+                    vars,
+                    state,
+                    &x,
+                    labels.as_ref(),
+                    lr,
+                )?,
+                Engine::Fused(f) => {
+                    let n = x.dim(0)?;
+                    x_buf.clear();
+                    x_buf.extend(x.flatten_all()?.to_vec1::<f32>()?);
+                    let objective = cpu_objective.expect("checked by uses_fused_path");
+                    let s =
+                        f.train_step(&x_buf, n, objective, &cfg.adam, lr, cfg.clip_grad_norm)?;
+                    (s.loss, s.grad_norm)
                 }
             };
-            let pred = self.model.forward(&x, problem)?;
-            let loss = cfg.loss.value(&pred, &x, labels.as_ref(), problem)?;
-            let loss_value: f64 = loss.to_dtype(candle_core::DType::F64)?.to_scalar()?;
-            let grads_store = loss.backward()?;
-            let mut grads = Vec::with_capacity(vars.len());
-            let mut sq = 0f64;
-            for v in &vars {
-                let g = match grads_store.get(v.as_tensor()) {
-                    Some(g) => g.detach(),
-                    None => v.as_tensor().zeros_like()?,
-                };
-                sq += g
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(candle_core::DType::F64)?
-                    .to_scalar::<f64>()?;
-                grads.push(g);
-            }
-            let grad_norm = sq.sqrt();
-            if !loss_value.is_finite() || !grad_norm.is_finite() {
-                self.save(step)?;
-                let what = if loss_value.is_finite() {
+            if !(loss.is_finite() && grad_norm.is_finite()) {
+                self.save(&engine, step)?;
+                let what = if loss.is_finite() {
                     "gradient norm"
                 } else {
                     "loss"
@@ -304,36 +401,30 @@ impl<'a> Trainer<'a> {
                     step: step + 1,
                 });
             }
-            if let Some(max) = cfg.clip_grad_norm {
-                if grad_norm > max {
-                    let s = max / grad_norm;
-                    for g in &mut grads {
-                        *g = g.affine(s, 0.0)?;
-                    }
-                }
-            }
-            let lr = cfg.schedule.rate(cfg.learning_rate, step, cfg.steps);
-            let current: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-            let current_refs: Vec<&Tensor> = current.iter().collect();
-            let new = cfg.adam.update(lr, &current_refs, &grads, &mut adam_state)?;
-            for (v, t) in vars.iter().zip(new) {
-                v.set(&t.detach())?;
-            }
-            last_loss = loss_value;
+            last_loss = loss;
             let done = step + 1;
             let record = Record {
                 phase: "train",
                 step: done,
                 elapsed: start.elapsed().as_secs_f64(),
-                values: vec![("loss", loss_value), ("grad_norm", grad_norm), ("lr", lr)],
+                values: vec![("loss", loss), ("grad_norm", grad_norm), ("lr", lr)],
             };
             self.emit(&record)?;
             if let Some(cb) = &mut self.on_step {
                 cb(done, &record);
             }
-            let eval_now = cfg.eval_every > 0 && done % cfg.eval_every == 0;
-            if eval_now && done < cfg.steps {
-                let obj = self.evaluate(&eval_x)?;
+            if self
+                .snapshot
+                .as_ref()
+                .is_some_and(|(every, _)| done % every == 0)
+            {
+                self.sync(&engine)?;
+                if let Some((_, f)) = &mut self.snapshot {
+                    f(done, self.model);
+                }
+            }
+            if cfg.eval_every > 0 && done % cfg.eval_every == 0 && done < cfg.steps {
+                let obj = self.evaluate(&engine, &eval_x)?;
                 let rec = Record {
                     phase: "eval",
                     step: done,
@@ -343,10 +434,10 @@ impl<'a> Trainer<'a> {
                 self.emit(&rec)?;
             }
             if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 {
-                self.save(done)?;
+                self.save(&engine, done)?;
             }
         }
-        let final_eval = self.evaluate(&eval_x)?;
+        let final_eval = self.evaluate(&engine, &eval_x)?;
         let rec = Record {
             phase: "eval",
             step: cfg.steps,
@@ -354,14 +445,67 @@ impl<'a> Trainer<'a> {
             values: vec![("objective", final_eval)],
         };
         self.emit(&rec)?;
-        self.save(cfg.steps)?;
+        self.save(&engine, cfg.steps)?;
+        self.sync(&engine)?;
         Ok(TrainSummary {
             steps: cfg.steps,
             seconds: start.elapsed().as_secs_f64(),
             final_loss: last_loss,
             final_eval_objective: final_eval,
+            fused,
         })
     }
+}
+
+/// One composite training step: the loss from candle tensor ops, ∇_θ by candle's autodiff,
+/// optional clipping, then Adam on `vars` with rate `lr`. Returns (loss, gradient norm) before
+/// the update; θ is left unchanged when either is not finite.
+pub fn composite_step(
+    model: &dyn Model,
+    problem: &dyn Problem,
+    cfg: &TrainConfig,
+    vars: &[candle_core::Var],
+    state: &mut AdamState,
+    x: &Tensor,
+    labels: Option<&Tensor>,
+    lr: f64,
+) -> Result<(f64, f64)> {
+    let pred = model.forward(x, problem)?;
+    let loss = cfg.loss.value(&pred, x, labels, problem)?;
+    let loss_value: f64 = loss.to_dtype(DType::F64)?.to_scalar()?;
+    let store = loss.backward()?;
+    let mut grads = Vec::with_capacity(vars.len());
+    let mut sq = 0f64;
+    for v in vars {
+        let g = match store.get(v.as_tensor()) {
+            Some(g) => g.detach(),
+            None => v.as_tensor().zeros_like()?,
+        };
+        sq += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        grads.push(g);
+    }
+    let grad_norm = sq.sqrt();
+    if !(loss_value.is_finite() && grad_norm.is_finite()) {
+        return Ok((loss_value, grad_norm));
+    }
+    if let Some(max) = cfg.clip_grad_norm {
+        if grad_norm > max {
+            for g in &mut grads {
+                *g = g.affine(max / grad_norm, 0.0)?;
+            }
+        }
+    }
+    let current: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let refs: Vec<&Tensor> = current.iter().collect();
+    let new = cfg.adam.update(lr, &refs, &grads, state)?;
+    for (v, t) in vars.iter().zip(new) {
+        v.set(&t.detach())?;
+    }
+    Ok((loss_value, grad_norm))
 }
 
 /// Labels y*(x) from the problem's exact solver, or a clear error when it has none.

@@ -6,7 +6,9 @@ use rand::SeedableRng;
 #[test]
 fn gap_of_the_exact_solution_is_zero_and_of_a_shifted_one_is_positive() -> Result<()> {
     let p = Quadratic::new(QuadraticConfig::default())?;
-    let x = p.sample_contexts(50, &mut StdRng::seed_from_u64(0), &Device::Cpu)?.to_dtype(DType::F64)?;
+    let x = p
+        .sample_contexts(50, &mut StdRng::seed_from_u64(0), &Device::Cpu)?
+        .to_dtype(DType::F64)?;
     let y = p.solve_exact(&x)?.unwrap();
     let g = amortization_gap(&p, &x, &y, &y, 1e-6)?;
     assert!(g.mean_gap.abs() < 1e-12);
@@ -36,8 +38,14 @@ fn speed_at_equal_quality_counts_iterations_to_the_amortized_level() -> Result<(
     let exact_plus = |x: &Tensor| -> Result<Tensor> { Ok((p.solve_exact(x)?.unwrap() + 0.05)?) };
     let cfg = SpeedConfig {
         baselines: vec![
-            Baseline { method: BaselineMethod::Adam { lr: 0.05 }, starts: 1 },
-            Baseline { method: BaselineMethod::Gd { lr: 0.1 }, starts: 2 },
+            Baseline {
+                method: BaselineMethod::Adam { lr: 0.05 },
+                starts: 1,
+            },
+            Baseline {
+                method: BaselineMethod::Gd { lr: 0.1 },
+                starts: 2,
+            },
         ],
         max_iters: 400,
         prediction_repeats: 3,
@@ -54,7 +62,16 @@ fn speed_at_equal_quality_counts_iterations_to_the_amortized_level() -> Result<(
         assert!(c.last().unwrap() < &c[0]);
     }
     let bad = |x: &Tensor| -> Result<Tensor> { Ok((x.narrow(1, 0, 3)?.zeros_like()? + 50.0)?) };
-    let r = speed_at_equal_quality(&p, &x, &bad, &SpeedConfig { max_iters: 3, prediction_repeats: 1, ..cfg })?;
+    let r = speed_at_equal_quality(
+        &p,
+        &x,
+        &bad,
+        &SpeedConfig {
+            max_iters: 3,
+            prediction_repeats: 1,
+            ..cfg
+        },
+    )?;
     assert_eq!(r.baselines[0].iters_to_match, Some(0));
     Ok(())
 }

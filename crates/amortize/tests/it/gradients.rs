@@ -17,8 +17,16 @@ fn closed_form_gradients_match_autodiff_and_finite_differences() -> Result<()> {
         let fd = finite_difference_grad(&y, 1e-6, |y| scalar(&problem.objective(y, &x)?))?;
         let e1 = max_abs_diff(&closed, &auto)?;
         let e2 = max_abs_diff(&closed, &fd)?;
-        assert!(e1 < 1e-9, "{}: closed form vs autodiff differ by {e1}", config.name());
-        assert!(e2 < 1e-6, "{}: closed form vs finite differences differ by {e2}", config.name());
+        assert!(
+            e1 < 1e-9,
+            "{}: closed form vs autodiff differ by {e1}",
+            config.name()
+        );
+        assert!(
+            e2 < 1e-6,
+            "{}: closed form vs finite differences differ by {e2}",
+            config.name()
+        );
     }
     Ok(())
 }
@@ -71,7 +79,9 @@ fn second_order_meta_gradient_matches_finite_differences() -> Result<()> {
     let (x, _) = sample_pair(&problem, 3, 7)?;
     let alpha = 0.3;
     // θ: a linear model ŷθ(x) = π(x W) with W (16, 3).
-    let w0: Vec<f64> = (0..48).map(|i| ((i * 37 % 17) as f64 - 8.0) / 10.0).collect();
+    let w0: Vec<f64> = (0..48)
+        .map(|i| ((i * 37 % 17) as f64 - 8.0) / 10.0)
+        .collect();
     let loss_of = |w: &Tensor| -> Result<Tensor> {
         let y = problem.to_domain(&x.matmul(w)?)?;
         // ∇_y f through autodiff (not the closed form), so the test exercises candle's
@@ -97,7 +107,11 @@ fn second_order_meta_gradient_matches_finite_differences() -> Result<()> {
         Ok(problem.objective(&y1, &x)?.sum_all()?)
     };
     let w2 = Var::from_tensor(&Tensor::from_vec(w0, (16, 3), &Device::Cpu)?)?;
-    let g1 = first_order(w2.as_tensor())?.backward()?.get(w2.as_tensor()).unwrap().clone();
+    let g1 = first_order(w2.as_tensor())?
+        .backward()?
+        .get(w2.as_tensor())
+        .unwrap()
+        .clone();
     assert!(max_abs_diff(&g1, &fd)? > 1e-4);
     Ok(())
 }
@@ -108,7 +122,11 @@ fn mlp_parameter_gradient_matches_finite_differences() -> Result<()> {
     let (x, _) = sample_pair(&problem, 4, 9)?;
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
     let mlp = Mlp::new(
-        MlpConfig { hidden: vec![8], activation: amortize::model::Activation::Tanh, project_output: true },
+        MlpConfig {
+            hidden: vec![8],
+            activation: amortize::model::Activation::Tanh,
+            project_output: true,
+        },
         16,
         3,
         &mut rng,
@@ -122,8 +140,7 @@ fn mlp_parameter_gradient_matches_finite_differences() -> Result<()> {
     let w0 = w_var.as_tensor().copy()?;
     let fd = finite_difference_grad(&w0, 1e-6, |w| {
         w_var.set(w)?;
-        let v = scalar(&Loss::Objective.value(&mlp.forward(&x, &problem)?, &x, None, &problem)?);
-        v
+        scalar(&Loss::Objective.value(&mlp.forward(&x, &problem)?, &x, None, &problem)?)
     })?;
     w_var.set(&w0)?;
     let err = max_abs_diff(&g, &fd)?;

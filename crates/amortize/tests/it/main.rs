@@ -1,10 +1,10 @@
 //! The library's integration tests: one binary, one submodule per concern.
 
+/// The evaluation harness: gap and speed at equal quality.
+mod evaluation;
 /// Gradients of every problem: closed form vs autodiff vs finite differences; second order.
 mod gradients;
 /// Problem families: samplers, exact solvers, bad input.
 mod problems;
 /// Training lowers the objective; checkpoints round-trip and refuse mismatches.
 mod training;
-/// The evaluation harness: gap and speed at equal quality.
-mod evaluation;

@@ -11,8 +11,17 @@ fn samplers_are_seeded_and_shaped() -> Result<()> {
         let b = p.sample_contexts(7, &mut StdRng::seed_from_u64(3), &Device::Cpu)?;
         let c = p.sample_contexts(7, &mut StdRng::seed_from_u64(4), &Device::Cpu)?;
         assert_eq!(a.dims(), &[7, p.context_dim()]);
-        assert_eq!(max_abs_diff(&a, &b)?, 0.0, "{}: same seed, same contexts", p.name());
-        assert!(max_abs_diff(&a, &c)? > 0.0, "{}: other seed, other contexts", p.name());
+        assert_eq!(
+            max_abs_diff(&a, &b)?,
+            0.0,
+            "{}: same seed, same contexts",
+            p.name()
+        );
+        assert!(
+            max_abs_diff(&a, &c)? > 0.0,
+            "{}: other seed, other contexts",
+            p.name()
+        );
         p.check_contexts(&a)?;
     }
     Ok(())
@@ -39,9 +48,15 @@ fn sphere_contexts_follow_the_reference_layout() -> Result<()> {
     let x: Vec<Vec<f32>> = normal
         .sample_contexts(2000, &mut StdRng::seed_from_u64(0), &Device::Cpu)?
         .to_vec2()?;
-    let alphas: Vec<f64> = x.iter().flat_map(|r| r[12..16].iter().map(|&v| v as f64)).collect();
+    let alphas: Vec<f64> = x
+        .iter()
+        .flat_map(|r| r[12..16].iter().map(|&v| v as f64))
+        .collect();
     let var = alphas.iter().map(|a| a * a).sum::<f64>() / alphas.len() as f64;
-    assert!((var - 4.0).abs() < 0.4, "alpha variance {var} should be near 4");
+    assert!(
+        (var - 4.0).abs() < 0.4,
+        "alpha variance {var} should be near 4"
+    );
     Ok(())
 }
 use amortize::problem::AlphaDistribution;
@@ -51,7 +66,10 @@ use amortize::problem::AlphaDistribution;
 #[test]
 fn sphere_exact_solver_is_globally_optimal() -> Result<()> {
     for gamma in [0.5, 0.0] {
-        let p = Sphere::new(SphereConfig { gamma, ..Default::default() })?;
+        let p = Sphere::new(SphereConfig {
+            gamma,
+            ..Default::default()
+        })?;
         let x = p
             .sample_contexts(20, &mut StdRng::seed_from_u64(1), &Device::Cpu)?
             .to_dtype(DType::F64)?;
@@ -64,7 +82,11 @@ fn sphere_exact_solver_is_globally_optimal() -> Result<()> {
                 .iter()
                 .map(|q| p.value_and_grad(*q, row).0)
                 .fold(f64::INFINITY, f64::min);
-            assert!(f[i] <= brute + 1e-9, "gamma {gamma}, instance {i}: {} > brute {brute}", f[i]);
+            assert!(
+                f[i] <= brute + 1e-9,
+                "gamma {gamma}, instance {i}: {} > brute {brute}",
+                f[i]
+            );
         }
         if gamma > 0.0 {
             let r: Vec<f64> = p.residual(&y, &x)?.to_vec1()?;
@@ -90,12 +112,17 @@ fn quadratic_and_toy1d_solutions_are_stationary() -> Result<()> {
         assert!(e < 1e-10, "{}: gradient at y* is {e}", p.name());
         // A perturbed point is worse.
         let f0 = p.objective(&y, &x)?.sum_all()?.to_scalar::<f64>()?;
-        let f1 = p.objective(&(y + 0.1)?, &x)?.sum_all()?.to_scalar::<f64>()?;
+        let f1 = p
+            .objective(&(y + 0.1)?, &x)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
         assert!(f1 > f0);
     }
     // toy1d: y*(x) = sin x + x(1 + 0.1 cos x) by hand at x = 2.
     let t = Toy1d::new(Toy1dConfig::default())?;
-    let y = t.solve_exact(&Tensor::new(&[[2.0f64]], &Device::Cpu)?)?.unwrap();
+    let y = t
+        .solve_exact(&Tensor::new(&[[2.0f64]], &Device::Cpu)?)?
+        .unwrap();
     let expect = 2f64.sin() + 2.0 * (1.0 + 0.1 * 2f64.cos());
     assert!((y.flatten_all()?.to_vec1::<f64>()?[0] - expect).abs() < 1e-12);
     Ok(())
@@ -120,8 +147,16 @@ fn bad_contexts_are_refused_with_a_clear_message() -> Result<()> {
 
 #[test]
 fn bad_problem_settings_are_refused() {
-    assert!(Sphere::new(SphereConfig { components: 0, ..Default::default() }).is_err());
-    assert!(Sphere::new(SphereConfig { gamma: -1.0, ..Default::default() }).is_err());
+    assert!(Sphere::new(SphereConfig {
+        components: 0,
+        ..Default::default()
+    })
+    .is_err());
+    assert!(Sphere::new(SphereConfig {
+        gamma: -1.0,
+        ..Default::default()
+    })
+    .is_err());
     assert!(Toy1d::new(Toy1dConfig { range: f64::NAN }).is_err());
     assert!(ProblemConfig::default_for("nope").is_err());
 }

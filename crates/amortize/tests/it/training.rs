@@ -31,13 +31,32 @@ fn mean_objective(problem: &dyn Problem, model: &dyn Model, seed: u64) -> Result
 #[test]
 fn training_lowers_the_objective_on_each_builtin() -> Result<()> {
     for (config, loss, steps) in [
-        (ProblemConfig::Sphere(SphereConfig::default()), Loss::Objective, 150),
-        (ProblemConfig::Toy1d(Toy1dConfig::default()), Loss::Regression, 300),
-        (ProblemConfig::Quadratic(QuadraticConfig::default()), Loss::Objective, 150),
+        (
+            ProblemConfig::Sphere(SphereConfig::default()),
+            Loss::Objective,
+            150,
+        ),
+        (
+            ProblemConfig::Toy1d(Toy1dConfig::default()),
+            Loss::Regression,
+            300,
+        ),
+        (
+            ProblemConfig::Quadratic(QuadraticConfig::default()),
+            Loss::Objective,
+            150,
+        ),
     ] {
         let problem = config.build()?;
-        let model = ModelConfig::Mlp(MlpConfig { hidden: vec![32, 32], ..Default::default() })
-            .build(problem.as_ref(), &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+        let model = ModelConfig::Mlp(MlpConfig {
+            hidden: vec![32, 32],
+            ..Default::default()
+        })
+        .build(
+            problem.as_ref(),
+            &mut StdRng::seed_from_u64(0),
+            &Device::Cpu,
+        )?;
         let before = mean_objective(problem.as_ref(), model.as_ref(), 99)?;
         let train = TrainConfig {
             steps,
@@ -50,7 +69,11 @@ fn training_lowers_the_objective_on_each_builtin() -> Result<()> {
         };
         Trainer::new(problem.as_ref(), config.clone(), model.as_ref(), train, 0)?.run()?;
         let after = mean_objective(problem.as_ref(), model.as_ref(), 99)?;
-        assert!(after < before - 1e-3, "{}: {before} -> {after}", config.name());
+        assert!(
+            after < before - 1e-3,
+            "{}: {before} -> {after}",
+            config.name()
+        );
     }
     Ok(())
 }
@@ -60,15 +83,27 @@ fn training_lowers_the_objective_on_each_builtin() -> Result<()> {
 fn mlp_beats_the_zero_predictor_on_quadratic() -> Result<()> {
     let config = ProblemConfig::Quadratic(QuadraticConfig::default());
     let problem = config.build()?;
-    let model = ModelConfig::Mlp(MlpConfig { hidden: vec![32], ..Default::default() })
-        .build(problem.as_ref(), &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+    let model = ModelConfig::Mlp(MlpConfig {
+        hidden: vec![32],
+        ..Default::default()
+    })
+    .build(
+        problem.as_ref(),
+        &mut StdRng::seed_from_u64(0),
+        &Device::Cpu,
+    )?;
     let train = TrainConfig {
         steps: 400,
         batch_size: 64,
         learning_rate: 5e-3,
-        loss: Loss::Mix { objective: 1.0, regression: 1.0 },
+        loss: Loss::Mix {
+            objective: 1.0,
+            regression: 1.0,
+        },
         data: DataConfig::Fixed { size: 512 },
-        schedule: Schedule::Cosine { final_fraction: 0.1 },
+        schedule: Schedule::Cosine {
+            final_fraction: 0.1,
+        },
         clip_grad_norm: Some(10.0),
         eval_every: 100,
         eval_size: 64,
@@ -79,13 +114,27 @@ fn mlp_beats_the_zero_predictor_on_quadratic() -> Result<()> {
         .observe(Collect(&mut records))
         .run()?;
     let x = problem.sample_contexts(256, &mut StdRng::seed_from_u64(5), &Device::Cpu)?;
-    let f_model = problem.objective(&model.forward(&x, problem.as_ref())?.y, &x)?.mean_all()?.to_scalar::<f32>()?;
-    let f_zero = problem.objective(&x.zeros_like()?.narrow(1, 0, 3)?, &x)?.mean_all()?.to_scalar::<f32>()?;
-    let f_star = problem.objective(&problem.solve_exact(&x)?.unwrap(), &x)?.mean_all()?.to_scalar::<f32>()?;
-    assert!(f_model < f_zero + 0.5 * (f_star - f_zero), "model {f_model}, zero {f_zero}, optimum {f_star}");
+    let f_model = problem
+        .objective(&model.forward(&x, problem.as_ref())?.y, &x)?
+        .mean_all()?
+        .to_scalar::<f32>()?;
+    let f_zero = problem
+        .objective(&x.zeros_like()?.narrow(1, 0, 3)?, &x)?
+        .mean_all()?
+        .to_scalar::<f32>()?;
+    let f_star = problem
+        .objective(&problem.solve_exact(&x)?.unwrap(), &x)?
+        .mean_all()?
+        .to_scalar::<f32>()?;
+    assert!(
+        f_model < f_zero + 0.5 * (f_star - f_zero),
+        "model {f_model}, zero {f_zero}, optimum {f_star}"
+    );
     assert_eq!(records.iter().filter(|r| r.phase == "train").count(), 400);
     assert_eq!(records.iter().filter(|r| r.phase == "eval").count(), 4);
-    assert!(records.iter().all(|r| r.phase != "train" || r.get("loss").unwrap().is_finite()));
+    assert!(records
+        .iter()
+        .all(|r| r.phase != "train" || r.get("loss").unwrap().is_finite()));
     Ok(())
 }
 
@@ -94,9 +143,20 @@ fn same_seed_same_training() -> Result<()> {
     let config = ProblemConfig::Sphere(SphereConfig::default());
     let problem = config.build()?;
     let run = || -> Result<f64> {
-        let model = ModelConfig::default().build(problem.as_ref(), &mut StdRng::seed_from_u64(4), &Device::Cpu)?;
-        let train = TrainConfig { steps: 20, batch_size: 32, eval_every: 0, eval_size: 32, ..Default::default() };
-        let summary = Trainer::new(problem.as_ref(), config.clone(), model.as_ref(), train, 4)?.run()?;
+        let model = ModelConfig::default().build(
+            problem.as_ref(),
+            &mut StdRng::seed_from_u64(4),
+            &Device::Cpu,
+        )?;
+        let train = TrainConfig {
+            steps: 20,
+            batch_size: 32,
+            eval_every: 0,
+            eval_size: 32,
+            ..Default::default()
+        };
+        let summary =
+            Trainer::new(problem.as_ref(), config.clone(), model.as_ref(), train, 4)?.run()?;
         Ok(summary.final_eval_objective)
     };
     assert_eq!(run()?, run()?);
@@ -108,7 +168,11 @@ fn non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() -> Result
     let dir = tmpdir("nan");
     let config = ProblemConfig::Quadratic(QuadraticConfig::default());
     let problem = config.build()?;
-    let model = ModelConfig::default().build(problem.as_ref(), &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+    let model = ModelConfig::default().build(
+        problem.as_ref(),
+        &mut StdRng::seed_from_u64(0),
+        &Device::Cpu,
+    )?;
     // A huge learning rate makes the quadratic objective overflow f32 within a few steps.
     let train = TrainConfig {
         steps: 200,
@@ -125,10 +189,18 @@ fn non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() -> Result
     let msg = err.to_string();
     assert!(matches!(err, Error::NonFinite { .. }), "{msg}");
     assert!(msg.contains("non-finite"), "{msg}");
-    let (meta, _, loaded) = Checkpoint::load(&dir, &Device::Cpu)?;
+    let amortize::train::Loaded {
+        meta,
+        model: loaded,
+        ..
+    } = Checkpoint::load(&dir, &Device::Cpu)?;
     assert!(meta.step < 200);
     for (a, b) in loaded.params().vars().zip(model.params().vars()) {
-        let finite = a.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite());
+        let finite = a
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|v| v.is_finite());
         assert!(finite, "the kept checkpoint holds finite parameters");
         assert_eq!(max_abs_diff(a.as_tensor(), b.as_tensor())?, 0.0);
     }
@@ -140,12 +212,26 @@ fn checkpoints_round_trip_and_refuse_mismatches() -> Result<()> {
     let dir = tmpdir("ckpt");
     let config = ProblemConfig::Sphere(SphereConfig::default());
     let problem = config.build()?;
-    let model = ModelConfig::default().build(problem.as_ref(), &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
-    let train = TrainConfig { steps: 5, batch_size: 8, eval_every: 0, eval_size: 8, ..Default::default() };
+    let model = ModelConfig::default().build(
+        problem.as_ref(),
+        &mut StdRng::seed_from_u64(0),
+        &Device::Cpu,
+    )?;
+    let train = TrainConfig {
+        steps: 5,
+        batch_size: 8,
+        eval_every: 0,
+        eval_size: 8,
+        ..Default::default()
+    };
     Trainer::new(problem.as_ref(), config.clone(), model.as_ref(), train, 7)?
         .checkpoint_to(&dir)
         .run()?;
-    let (meta, p2, m2) = Checkpoint::load_for(&dir, &config, &Device::Cpu)?;
+    let amortize::train::Loaded {
+        meta,
+        problem: p2,
+        model: m2,
+    } = Checkpoint::load_for(&dir, &config, &Device::Cpu)?;
     assert_eq!(meta.step, 5);
     assert_eq!(meta.seed, 7);
     let x = problem.sample_contexts(9, &mut StdRng::seed_from_u64(1), &Device::Cpu)?;
@@ -155,10 +241,16 @@ fn checkpoints_round_trip_and_refuse_mismatches() -> Result<()> {
 
     // Another problem.
     let other = ProblemConfig::Toy1d(Toy1dConfig::default());
-    let e = Checkpoint::load_for(&dir, &other, &Device::Cpu).err().unwrap().to_string();
+    let e = Checkpoint::load_for(&dir, &other, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("trained on problem 'sphere'"), "{e}");
     // Same family, other settings.
-    let other = ProblemConfig::Sphere(SphereConfig { gamma: 0.1, ..Default::default() });
+    let other = ProblemConfig::Sphere(SphereConfig {
+        gamma: 0.1,
+        ..Default::default()
+    });
     assert!(Checkpoint::load_for(&dir, &other, &Device::Cpu).is_err());
 
     // Corrupt weights.
@@ -167,23 +259,112 @@ fn checkpoints_round_trip_and_refuse_mismatches() -> Result<()> {
         std::fs::copy(dir.join(f), bad.join(f)).unwrap();
     }
     std::fs::write(bad.join("weights.safetensors"), b"not a safetensors file").unwrap();
-    let e = Checkpoint::load(&bad, &Device::Cpu).err().unwrap().to_string();
-    assert!(e.contains("weights.safetensors is missing or corrupt"), "{e}");
+    let e = Checkpoint::load(&bad, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("weights.safetensors is missing or corrupt"),
+        "{e}"
+    );
     // Weights of another shape.
     let meta_text = std::fs::read_to_string(dir.join("meta.json")).unwrap();
-    std::fs::copy(dir.join("weights.safetensors"), bad.join("weights.safetensors")).unwrap();
+    std::fs::copy(
+        dir.join("weights.safetensors"),
+        bad.join("weights.safetensors"),
+    )
+    .unwrap();
     std::fs::write(bad.join("meta.json"), meta_text.replace("128,", "64,")).unwrap();
-    let e = Checkpoint::load(&bad, &Device::Cpu).err().unwrap().to_string();
+    let e = Checkpoint::load(&bad, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("do not match the recorded model"), "{e}");
     // Corrupt and future metadata.
     std::fs::write(bad.join("meta.json"), "{ not json").unwrap();
-    let e = Checkpoint::load(&bad, &Device::Cpu).err().unwrap().to_string();
+    let e = Checkpoint::load(&bad, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("meta.json is corrupt"), "{e}");
-    std::fs::write(bad.join("meta.json"), meta_text.replace("\"format_version\": 1", "\"format_version\": 99")).unwrap();
-    let e = Checkpoint::load(&bad, &Device::Cpu).err().unwrap().to_string();
+    std::fs::write(
+        bad.join("meta.json"),
+        meta_text.replace("\"format_version\": 1", "\"format_version\": 99"),
+    )
+    .unwrap();
+    let e = Checkpoint::load(&bad, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("format version 99"), "{e}");
     // Missing folder.
-    let e = Checkpoint::load(&bad.join("nope"), &Device::Cpu).err().unwrap().to_string();
+    let e = Checkpoint::load(&bad.join("nope"), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("is this a checkpoint folder"), "{e}");
+    Ok(())
+}
+
+/// The fused path computes the same updates as the composite (autodiff) path.
+#[test]
+fn fused_and_composite_paths_take_the_same_steps() -> Result<()> {
+    let config = ProblemConfig::Sphere(SphereConfig::default());
+    let problem = config.build()?;
+    let mut finals = Vec::new();
+    for fused in [true, false] {
+        let model = ModelConfig::Mlp(MlpConfig {
+            hidden: vec![32, 32],
+            ..Default::default()
+        })
+        .build(
+            problem.as_ref(),
+            &mut StdRng::seed_from_u64(3),
+            &Device::Cpu,
+        )?;
+        let train = TrainConfig {
+            steps: 30,
+            batch_size: 64,
+            learning_rate: 1e-3,
+            clip_grad_norm: Some(0.05),
+            eval_every: 0,
+            eval_size: 16,
+            fused,
+            ..Default::default()
+        };
+        let trainer = Trainer::new(problem.as_ref(), config.clone(), model.as_ref(), train, 3)?;
+        assert_eq!(trainer.uses_fused_path(), fused);
+        let mut records = Vec::new();
+        let s = trainer.observe(Collect(&mut records)).run()?;
+        assert_eq!(s.fused, fused);
+        let losses: Vec<f64> = records.iter().filter_map(|r| r.get("loss")).collect();
+        finals.push((model, losses));
+    }
+    let (fused_model, fused_losses) = &finals[0];
+    let (comp_model, comp_losses) = &finals[1];
+    for (a, b) in fused_losses.iter().zip(comp_losses) {
+        assert!((a - b).abs() < 1e-4, "loss {a} vs {b}");
+    }
+    for (a, b) in fused_model.params().vars().zip(comp_model.params().vars()) {
+        let d = max_abs_diff(a.as_tensor(), b.as_tensor())?;
+        assert!(d < 1e-4, "parameters differ by {d}");
+    }
+    // The runs moved θ: the comparison is not between two untouched initialisations.
+    let fresh = ModelConfig::Mlp(MlpConfig {
+        hidden: vec![32, 32],
+        ..Default::default()
+    })
+    .build(
+        problem.as_ref(),
+        &mut StdRng::seed_from_u64(3),
+        &Device::Cpu,
+    )?;
+    let moved = fresh
+        .params()
+        .vars()
+        .zip(fused_model.params().vars())
+        .map(|(a, b)| max_abs_diff(a.as_tensor(), b.as_tensor()).unwrap())
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-3);
     Ok(())
 }

@@ -1,0 +1,210 @@
+//! `amortize bench`: benchmarks that print tables of medians and ratios.
+//!
+//! `train-step` times one training step of the sphere MLP 16-128-128-3 (objective loss, Adam,
+//! f32, one thread) on three implementations in one process: candle's composite ops with
+//! autodiff (the path that keeps second-order gradients), the fused hand-written gemm path
+//! (the product's fast path and the hardware reference), and the PyTorch (eager) and JAX (jit)
+//! scripts of `bench/baselines/` when their packages are installed.
+
+use std::path::Path;
+use std::process::Command;
+
+use amortize::eval::time_median;
+use amortize::model::{FusedMlp, Mlp, MlpConfig, Model};
+use amortize::problem::{Problem, Sphere, SphereConfig};
+use amortize::train::{composite_step, TrainConfig};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+/// The benchmarks.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Which {
+    /// Time per training step of the sphere MLP.
+    TrainStep,
+}
+
+/// One row of the table.
+struct Row {
+    batch: usize,
+    composite: f64,
+    fused: f64,
+    torch: Option<f64>,
+    jax: Option<f64>,
+}
+
+/// Runs a benchmark and prints its table.
+pub fn run(
+    which: Which,
+    batches: &[usize],
+    repeats: usize,
+    baselines: bool,
+    quiet: bool,
+) -> Result<()> {
+    match which {
+        Which::TrainStep => train_step(batches, repeats, baselines, quiet),
+    }
+}
+
+fn train_step(batches: &[usize], repeats: usize, baselines: bool, quiet: bool) -> Result<()> {
+    if batches.is_empty() || batches.contains(&0) {
+        bail!("--batches must list positive batch sizes");
+    }
+    let sphere = Sphere::new(SphereConfig::default())?;
+    let cfg = TrainConfig {
+        learning_rate: 1e-3,
+        ..Default::default()
+    };
+    let python = if baselines {
+        python_results(batches, repeats, quiet)
+    } else {
+        Vec::new()
+    };
+    let mut rows = Vec::new();
+    for &batch in batches {
+        let bar = crate::progress::bar(2, &format!("b={batch}"), quiet);
+        let x = sphere.sample_contexts(batch, &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+        let mlp = Mlp::new(
+            MlpConfig::default(),
+            16,
+            3,
+            &mut StdRng::seed_from_u64(0),
+            &Device::Cpu,
+        )?;
+        let vars: Vec<candle_core::Var> = mlp.params().vars().cloned().collect();
+        let tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+        let mut state = cfg.adam.init(&tensors)?;
+        let composite = time_median(repeats, || {
+            composite_step(&mlp, &sphere, &cfg, &vars, &mut state, &x, None, 1e-3).map(|_| ())
+        })?;
+        bar.inc(1);
+        let mut fused_mlp = FusedMlp::from_mlp(&mlp)?;
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let fused = time_median(repeats, || {
+            fused_mlp
+                .train_step(&xs, batch, &sphere, &cfg.adam, 1e-3, None)
+                .map(|_| ())
+        })?;
+        bar.finish_and_clear();
+        let find = |fw: &str| {
+            python
+                .iter()
+                .find(|(f, b, _)| f == fw && *b == batch)
+                .map(|(_, _, s)| *s)
+        };
+        rows.push(Row {
+            batch,
+            composite,
+            fused,
+            torch: find("torch"),
+            jax: find("jax"),
+        });
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+fn fmt_time(s: Option<f64>) -> String {
+    match s {
+        None => "—".into(),
+        Some(s) if s < 1e-3 => format!("{:.1} µs", s * 1e6),
+        Some(s) => format!("{:.2} ms", s * 1e3),
+    }
+}
+
+fn ratio(a: f64, b: Option<f64>) -> String {
+    b.map_or("—".into(), |b| format!("{:.2}×", a / b))
+}
+
+fn print_table(rows: &[Row]) {
+    println!("train-step: sphere MLP 16-128-128-3, objective loss, Adam, f32, median per step");
+    println!(
+        "| batch | candle composite | fused (gemm) | PyTorch eager | JAX jit | fused / JAX | composite / JAX | fused / PyTorch |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.batch,
+            fmt_time(Some(r.composite)),
+            fmt_time(Some(r.fused)),
+            fmt_time(r.torch),
+            fmt_time(r.jax),
+            ratio(r.fused, r.jax),
+            ratio(r.composite, r.jax),
+            ratio(r.fused, r.torch),
+        );
+    }
+    println!("(ratios are time / time: below 1 means ours is faster)");
+}
+
+/// Runs the Python baselines; returns (framework, batch, median seconds). A missing script,
+/// interpreter or package is reported and skipped.
+fn python_results(batches: &[usize], repeats: usize, quiet: bool) -> Vec<(String, usize, f64)> {
+    let script = Path::new("bench/baselines/train_step.py");
+    if !script.exists() {
+        eprintln!(
+            "baselines skipped: {} not found (run from the repository root)",
+            script.display()
+        );
+        return Vec::new();
+    }
+    let venv = Path::new("bench/baselines/.venv/bin/python");
+    let python = if venv.exists() {
+        venv.to_path_buf()
+    } else {
+        "python3".into()
+    };
+    let list: Vec<String> = batches.iter().map(|b| b.to_string()).collect();
+    let mut out = Vec::new();
+    for fw in ["torch", "jax"] {
+        let bar = crate::progress::bar(1, fw, quiet);
+        let result = Command::new(&python)
+            .arg(script)
+            .args([
+                "--framework",
+                fw,
+                "--batches",
+                &list.join(","),
+                "--repeats",
+                &repeats.to_string(),
+            ])
+            .output()
+            .with_context(|| format!("cannot start {}", python.display()));
+        bar.finish_and_clear();
+        let output = match result {
+            Ok(o) if o.status.success() => o,
+            Ok(o) => {
+                eprintln!(
+                    "{fw} baseline failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                );
+                continue;
+            }
+            Err(e) => {
+                eprintln!("{fw} baseline skipped: {e:#}");
+                continue;
+            }
+        };
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let Some(reason) = v.get("skipped").and_then(|s| s.as_str()) {
+                eprintln!("{fw} baseline skipped: {reason}");
+                continue;
+            }
+            if let (Some(b), Some(s)) = (
+                v.get("batch").and_then(|b| b.as_u64()),
+                v.get("median_seconds").and_then(|s| s.as_f64()),
+            ) {
+                out.push((fw.to_string(), b as usize, s));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,375 @@
+//! The subcommands' work.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use amortize::eval::{
+    amortization_gap, speed_at_equal_quality, GapReport, SpeedConfig, SpeedReport,
+};
+use amortize::model::Model;
+use amortize::problem::{Problem, ProblemConfig, Sphere};
+use amortize::train::{write_atomic, Checkpoint, JsonlWriter, Loaded, Observer, Record, Trainer};
+use amortize::{Error as LibError, Result as LibResult};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::experiment::{EvalConfig, Experiment, BUILTIN};
+use crate::{plots, progress, report, Cli, Command};
+
+/// Runs the parsed command line.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::Run { experiment, steps } => {
+            let exp = load_experiment(&experiment, cli.seed, steps)?;
+            let dir = run_experiment(&exp, &cli.out, quiet, true)?;
+            println!("{}", dir.join("report.md").display());
+        }
+        Command::Train { experiment, steps } => {
+            let exp = load_experiment(&experiment, cli.seed, steps)?;
+            let dir = run_experiment(&exp, &cli.out, quiet, false)?;
+            println!("{}", dir.join("checkpoint").display());
+        }
+        Command::Eval {
+            checkpoint,
+            n,
+            tolerance,
+            experiment,
+        } => {
+            if n == 0 {
+                bail!("--n must be at least 1");
+            }
+            let Loaded {
+                meta,
+                problem,
+                model,
+            } = match experiment {
+                Some(spec) => {
+                    let exp = Experiment::resolve(&spec)?;
+                    Checkpoint::load_for(&checkpoint, &exp.problem, &Device::Cpu)?
+                }
+                None => Checkpoint::load(&checkpoint, &Device::Cpu)?,
+            };
+            let cfg = EvalConfig {
+                size: n,
+                tolerance,
+                speed: SpeedConfig::default(),
+            };
+            let outcome = evaluate(
+                problem.as_ref(),
+                model.as_ref(),
+                &cfg,
+                cli.seed.unwrap_or(meta.seed).wrapping_add(1_000_003),
+            )?;
+            let summary = serde_json::json!({
+                "checkpoint": checkpoint,
+                "problem": meta.problem,
+                "step": meta.step,
+                "gap": outcome.gap,
+                "speed": report::speed_summary(outcome.speed.as_ref()),
+            });
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Command::Predict {
+            checkpoint,
+            contexts,
+            output,
+        } => predict(&checkpoint, &contexts, output.as_deref())?,
+        Command::List => list(),
+        Command::Bench {
+            which,
+            batches,
+            repeats,
+            no_baselines,
+        } => crate::bench::run(which, &batches, repeats, !no_baselines, quiet)?,
+    }
+    Ok(())
+}
+
+fn load_experiment(spec: &str, seed: Option<u64>, steps: Option<usize>) -> Result<Experiment> {
+    let mut exp = Experiment::resolve(spec)?;
+    if let Some(s) = seed {
+        exp.seed = s;
+    }
+    if let Some(s) = steps {
+        exp.train.steps = s;
+    }
+    exp.validate()?;
+    Ok(exp)
+}
+
+fn list() {
+    println!("problems:    {}", ProblemConfig::NAMES.join(", "));
+    println!(
+        "models:      {}",
+        amortize::model::ModelConfig::NAMES.join(", ")
+    );
+    println!("losses:      objective, regression, mix");
+    let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+    println!("experiments: {}", names.join(", "));
+    println!("benchmarks:  train-step");
+}
+
+/// Collects records in memory (for the learning-curve figure).
+#[derive(Default)]
+struct Collect {
+    train: Vec<(usize, f64)>,
+    eval: Vec<(usize, f64)>,
+}
+
+impl Observer for &mut Collect {
+    fn observe(&mut self, r: &Record) -> LibResult<()> {
+        match r.phase {
+            "train" => self.train.push((r.step, r.get("loss").unwrap_or(f64::NAN))),
+            _ => self
+                .eval
+                .push((r.step, r.get("objective").unwrap_or(f64::NAN))),
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of evaluating a model on held-out contexts.
+pub struct EvalOutcome {
+    /// The amortization gap (needs y*).
+    pub gap: Option<GapReport>,
+    /// Speed at equal quality.
+    pub speed: Option<SpeedReport>,
+}
+
+/// Gap and speed at equal quality on `cfg.size` fresh contexts drawn from `seed`.
+pub fn evaluate(
+    problem: &dyn Problem,
+    model: &dyn Model,
+    cfg: &EvalConfig,
+    seed: u64,
+) -> Result<EvalOutcome> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x = problem.sample_contexts(cfg.size, &mut rng, &Device::Cpu)?;
+    let y_pred = model.forward(&x, problem)?.y;
+    let y_star = problem.solve_exact(&x)?;
+    let gap = match &y_star {
+        Some(ys) => Some(amortization_gap(problem, &x, &y_pred, ys, cfg.tolerance)?),
+        None => None,
+    };
+    let predict = |x: &Tensor| -> LibResult<Tensor> { Ok(model.forward(x, problem)?.y) };
+    let speed = if cfg.speed.baselines.is_empty() {
+        None
+    } else {
+        Some(speed_at_equal_quality(problem, &x, &predict, &cfg.speed)?)
+    };
+    Ok(EvalOutcome { gap, speed })
+}
+
+/// Trains (and, with `evaluate_after`, evaluates and reports) one experiment into
+/// `<out>/<name>/`; returns that folder.
+pub fn run_experiment(
+    exp: &Experiment,
+    out: &Path,
+    quiet: bool,
+    evaluate_after: bool,
+) -> Result<PathBuf> {
+    let dir = out.join(&exp.name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_atomic(&dir.join("config.toml"), exp.to_toml()?.as_bytes())?;
+    let problem = exp.problem.build()?;
+    let device = Device::Cpu;
+    let model = exp.model.build(
+        problem.as_ref(),
+        &mut StdRng::seed_from_u64(exp.seed),
+        &device,
+    )?;
+
+    // Contexts whose predictions are followed along training (the sphere figure).
+    let track_x = problem.sample_contexts(
+        exp.figures.track_contexts.max(1),
+        &mut StdRng::seed_from_u64(exp.seed.wrapping_add(17)),
+        &device,
+    )?;
+    let snap_every = (exp.train.steps / exp.figures.snapshots.max(1)).max(1);
+    let mut snapshots: Vec<Vec<Vec<f64>>> =
+        vec![to_rows(&model.forward(&track_x, problem.as_ref())?.y)?];
+
+    let bar = progress::bar(exp.train.steps as u64, "train", quiet);
+    let mut collect = Collect::default();
+    let metrics = JsonlWriter::create(dir.join("metrics.jsonl"))?;
+    let t0 = Instant::now();
+    let result = {
+        let snapshots = &mut snapshots;
+        let problem_ref = problem.as_ref();
+        let track = &track_x;
+        let bar = &bar;
+        Trainer::new(
+            problem.as_ref(),
+            exp.problem.clone(),
+            model.as_ref(),
+            exp.train.clone(),
+            exp.seed,
+        )?
+        .observe(metrics)
+        .observe(&mut collect)
+        .checkpoint_to(dir.join("checkpoint"))
+        .on_step(move |step, rec| {
+            bar.inc(1);
+            if step % 10 == 0 {
+                bar.set_message(format!("loss {:.5}", rec.get("loss").unwrap_or(f64::NAN)));
+            }
+        })
+        .snapshot_every(snap_every, move |_, model| {
+            if let Ok(rows) = model
+                .forward(track, problem_ref)
+                .and_then(|p| to_rows(&p.y))
+            {
+                snapshots.push(rows);
+            }
+        })
+        .run()
+    };
+    bar.finish_and_clear();
+    let summary = match result {
+        Ok(s) => s,
+        Err(e @ LibError::NonFinite { .. }) => {
+            return Err(anyhow::Error::new(e)).context(format!(
+                "training of '{}' diverged; lower train.learning_rate or set train.clip_grad_norm",
+                exp.name
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let train_seconds = t0.elapsed().as_secs_f64();
+    if !evaluate_after {
+        return Ok(dir);
+    }
+
+    let eval_bar = progress::bar(1, "eval", quiet);
+    eval_bar.set_message("gap and speed at equal quality");
+    let outcome = evaluate(
+        problem.as_ref(),
+        model.as_ref(),
+        &exp.eval,
+        exp.seed.wrapping_add(1_000_003),
+    )?;
+    eval_bar.finish_and_clear();
+
+    let mut figures = Vec::new();
+    if exp.figures.enabled {
+        let fig_dir = dir.join("figures");
+        std::fs::create_dir_all(&fig_dir)?;
+        let optimum = outcome.gap.as_ref().map(|g| g.mean_optimum);
+        figures.extend(plots::learning_curve(
+            &fig_dir.join("learning-curve"),
+            &collect.train,
+            &collect.eval,
+            optimum,
+        )?);
+        if let Some(speed) = &outcome.speed {
+            figures.extend(plots::speed(&fig_dir.join("speed"), speed, optimum)?);
+        }
+        match &exp.problem {
+            ProblemConfig::Sphere(c) => {
+                let sphere = Sphere::new(c.clone())?;
+                figures.extend(sphere_figure(
+                    &fig_dir.join("sphere-predictions"),
+                    &sphere,
+                    &track_x,
+                    &snapshots,
+                )?);
+            }
+            ProblemConfig::Toy1d(_) => {
+                figures.extend(toy1d_figure(
+                    &fig_dir.join("landscape"),
+                    problem.as_ref(),
+                    model.as_ref(),
+                )?);
+            }
+            ProblemConfig::Quadratic(_) => {}
+        }
+    }
+    report::write(&dir, exp, &summary, train_seconds, &outcome, &figures)?;
+    Ok(dir)
+}
+
+fn to_rows(t: &Tensor) -> LibResult<Vec<Vec<f64>>> {
+    Ok(t.to_dtype(DType::F64)?.to_vec2()?)
+}
+
+fn sphere_figure(
+    stem: &Path,
+    sphere: &Sphere,
+    x: &Tensor,
+    snapshots: &[Vec<Vec<f64>>],
+) -> Result<Vec<PathBuf>> {
+    let rows = to_rows(x)?;
+    let y_star = to_rows(
+        &sphere
+            .solve_exact(x)?
+            .expect("the sphere has an exact solver"),
+    )?;
+    let panels: Vec<plots::SpherePanel> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let s = sphere.clone();
+            let ctx = row.clone();
+            plots::SpherePanel {
+                value: Box::new(move |p| s.value_and_grad(p, &ctx).0),
+                optimum: [y_star[i][0], y_star[i][1], y_star[i][2]],
+                trajectory: snapshots
+                    .iter()
+                    .map(|snap| [snap[i][0], snap[i][1], snap[i][2]])
+                    .collect(),
+            }
+        })
+        .collect();
+    plots::sphere_map(stem, &panels)
+}
+
+fn toy1d_figure(stem: &Path, problem: &dyn Problem, model: &dyn Model) -> Result<Vec<PathBuf>> {
+    let xs: Vec<f64> = (0..=200).map(|i| -5.0 + 10.0 * i as f64 / 200.0).collect();
+    let x = Tensor::from_vec(xs.clone(), (xs.len(), 1), &Device::Cpu)?;
+    let y_star: Vec<f64> = to_rows(
+        &problem
+            .solve_exact(&x)?
+            .context("toy1d has an exact solver")?,
+    )?
+    .into_iter()
+    .map(|r| r[0])
+    .collect();
+    let y_hat: Vec<f64> = to_rows(&model.forward(&x.to_dtype(DType::F32)?, problem)?.y)?
+        .into_iter()
+        .map(|r| r[0])
+        .collect();
+    let value = |x: f64, y: f64| -> f64 {
+        let s = x.sin() + x * (1.0 + 0.1 * x.cos());
+        1.0 / (1.0 + (-(y - s).powi(2) / 80.0).exp())
+    };
+    let opt: Vec<(f64, f64)> = xs.iter().copied().zip(y_star).collect();
+    let pred: Vec<(f64, f64)> = xs.iter().copied().zip(y_hat).collect();
+    plots::landscape_1d(stem, (-5.0, 5.0), (-7.0, 7.0), &value, &opt, &pred)
+}
+
+fn predict(checkpoint: &Path, contexts: &Path, output: Option<&Path>) -> Result<()> {
+    let Loaded { problem, model, .. } = Checkpoint::load(checkpoint, &Device::Cpu)?;
+    let rows = crate::contexts::read_contexts(contexts, problem.context_dim())?;
+    let n = rows.len();
+    let flat: Vec<f64> = rows.into_iter().flatten().collect();
+    let x =
+        Tensor::from_vec(flat, (n, problem.context_dim()), &Device::Cpu)?.to_dtype(DType::F32)?;
+    let y = model.forward(&x, problem.as_ref())?.y;
+    let f: Vec<f64> = problem.objective(&y, &x)?.to_dtype(DType::F64)?.to_vec1()?;
+    let r: Vec<f64> = problem.residual(&y, &x)?.to_dtype(DType::F64)?.to_vec1()?;
+    let json = serde_json::json!({
+        "problem": problem.name(),
+        "predictions": to_rows(&y)?,
+        "objective": f,
+        "residual": r,
+    });
+    let text = serde_json::to_string_pretty(&json)?;
+    match output {
+        Some(path) => write_atomic(path, text.as_bytes())?,
+        None => println!("{text}"),
+    }
+    Ok(())
+}

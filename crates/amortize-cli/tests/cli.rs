@@ -1,0 +1,299 @@
+//! End-to-end tests of the `amortize` binary: a tiny experiment through every subcommand, and
+//! every kind of bad input (a one-line error, a non-zero exit, never a panic).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_amortize"));
+    c.arg("--quiet");
+    c
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("amortize-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the binary starts")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a clean failure: non-zero exit, one `error:` line naming `needle`, no panic.
+fn assert_fails_with(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(needle), "expected '{needle}' in: {err}");
+}
+
+const TINY: &str = r#"
+name = "tiny"
+seed = 3
+
+[problem]
+name = "sphere"
+
+[model]
+kind = "mlp"
+hidden = [16]
+
+[train]
+steps = 60
+batch_size = 32
+eval_every = 30
+eval_size = 64
+
+[eval]
+size = 64
+speed = { max_iters = 40, prediction_repeats = 3, baselines = [
+  { method = { kind = "adam", lr = 0.005 }, starts = 8 },
+] }
+
+[figures]
+track_contexts = 2
+snapshots = 3
+"#;
+
+fn train_tiny(dir: &Path) -> PathBuf {
+    let cfg = dir.join("tiny.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    let o = run(bin().arg("--out").arg(dir).arg("run").arg(&cfg));
+    assert!(o.status.success(), "{}", stderr(&o));
+    dir.join("tiny")
+}
+
+#[test]
+fn run_writes_a_complete_report_folder() {
+    let dir = tmpdir("run");
+    let run_dir = train_tiny(&dir);
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "report.json",
+        "report.md",
+        "checkpoint/meta.json",
+        "checkpoint/weights.safetensors",
+        "figures/learning-curve.png",
+        "figures/learning-curve.svg",
+        "figures/speed.png",
+        "figures/speed.svg",
+        "figures/sphere-predictions.png",
+        "figures/sphere-predictions.svg",
+    ] {
+        assert!(run_dir.join(f).is_file(), "missing {f}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap())
+            .unwrap();
+    let gap = report["gap"]["mean_gap"].as_f64().unwrap();
+    assert!(gap.is_finite() && gap >= -1e-6, "gap {gap}");
+    let baseline = &report["speed"]["baselines"][0];
+    assert!(baseline["speed_ratio"].as_f64().unwrap() >= 0.0);
+    assert_eq!(
+        baseline["curve"]["mean_objective"]
+            .as_array()
+            .unwrap()
+            .len(),
+        41
+    );
+    let lines = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let train_lines = lines.lines().filter(|l| l.contains("\"train\"")).count();
+    assert_eq!(train_lines, 60);
+    let png = std::fs::read(run_dir.join("figures/speed.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+
+    // predict from CSV and JSON.
+    let ctx = dir.join("ctx.json");
+    let row: Vec<String> = (0..16)
+        .map(|i| {
+            if i % 3 == 0 && i < 12 {
+                "1".into()
+            } else {
+                "0.1".into()
+            }
+        })
+        .collect();
+    std::fs::write(&ctx, format!("[[{}]]", row.join(","))).unwrap();
+    let o = run(bin()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(run_dir.join("checkpoint"))
+        .arg("--contexts")
+        .arg(&ctx));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = v["predictions"][0].as_array().unwrap();
+    let norm: f64 = p
+        .iter()
+        .map(|x| x.as_f64().unwrap().powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "predictions lie on the sphere");
+    let csv = dir.join("ctx.csv");
+    std::fs::write(&csv, format!("{}\n{}\n", row.join(","), row.join(","))).unwrap();
+    let out = dir.join("pred.json");
+    let o = run(bin()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(run_dir.join("checkpoint"))
+        .arg("--contexts")
+        .arg(&csv)
+        .arg("--output")
+        .arg(&out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v["predictions"].as_array().unwrap().len(), 2);
+
+    // Bad contexts leave the earlier output untouched.
+    let before = std::fs::read(&out).unwrap();
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, "1,2,3\n").unwrap();
+    let o = run(bin()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(run_dir.join("checkpoint"))
+        .arg("--contexts")
+        .arg(&bad)
+        .arg("--output")
+        .arg(&out));
+    assert_fails_with(&o, "the model expects 16");
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+    let nan = dir.join("nan.csv");
+    std::fs::write(&nan, format!("{},NaN\n", row[..15].join(","))).unwrap();
+    let o = run(bin()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(run_dir.join("checkpoint"))
+        .arg("--contexts")
+        .arg(&nan));
+    assert_fails_with(&o, "NaN");
+
+    // eval, and eval against another experiment's problem.
+    let o = run(bin()
+        .arg("eval")
+        .arg("--checkpoint")
+        .arg(run_dir.join("checkpoint"))
+        .arg("--n")
+        .arg("32"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["gap"]["mean_gap"].as_f64().is_some());
+    let o = run(bin()
+        .arg("eval")
+        .arg("--checkpoint")
+        .arg(run_dir.join("checkpoint"))
+        .arg("--experiment")
+        .arg("toy1d"));
+    assert_fails_with(&o, "trained on problem 'sphere'");
+
+    // Corrupt and missing checkpoints.
+    let corrupt = dir.join("corrupt");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    std::fs::copy(
+        run_dir.join("checkpoint/meta.json"),
+        corrupt.join("meta.json"),
+    )
+    .unwrap();
+    std::fs::write(corrupt.join("weights.safetensors"), b"garbage").unwrap();
+    let o = run(bin()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(&corrupt)
+        .arg("--contexts")
+        .arg(&ctx));
+    assert_fails_with(&o, "missing or corrupt");
+    let o = run(bin().arg("eval").arg("--checkpoint").arg(dir.join("nope")));
+    assert_fails_with(&o, "is this a checkpoint folder");
+    let o = run(bin()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(run_dir.join("checkpoint"))
+        .arg("--contexts")
+        .arg(dir.join("missing.csv")));
+    assert_fails_with(&o, "cannot read contexts file");
+}
+
+#[test]
+fn bad_experiment_files_fail_cleanly() {
+    let dir = tmpdir("bad");
+    let cases = [
+        (
+            "malformed.toml",
+            "name = \"x\"\n[problem\n",
+            "malformed experiment",
+        ),
+        (
+            "unknown.toml",
+            &TINY.replace("hidden = [16]", "hidden = [16]\nwidth = 3"),
+            "unknown field `width`",
+        ),
+        (
+            "problem.toml",
+            &TINY.replace("name = \"sphere\"", "name = \"circle\""),
+            "unknown variant `circle`",
+        ),
+        (
+            "value.toml",
+            &TINY.replace("batch_size = 32", "batch_size = 0"),
+            "batch_size must be at least 1",
+        ),
+        (
+            "gamma.toml",
+            &TINY.replace("name = \"sphere\"", "name = \"sphere\"\ngamma = -1"),
+            "gamma must be finite and >= 0",
+        ),
+    ];
+    for (file, text, needle) in cases {
+        let p = dir.join(file);
+        std::fs::write(&p, text).unwrap();
+        let o = run(bin().arg("--out").arg(&dir).arg("run").arg(&p));
+        assert_fails_with(&o, needle);
+    }
+    let o = run(bin().arg("run").arg(dir.join("missing.toml")));
+    assert_fails_with(&o, "cannot read experiment file");
+    let o = run(bin().arg("run").arg("no-such-experiment"));
+    assert_fails_with(&o, "unknown experiment");
+}
+
+#[test]
+fn diverging_training_fails_cleanly_and_keeps_a_loadable_checkpoint() {
+    let dir = tmpdir("diverge");
+    let text = TINY
+        .replace("name = \"sphere\"", "name = \"quadratic\"")
+        .replace("steps = 60", "steps = 400\nlearning_rate = 1e6");
+    let cfg = dir.join("d.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let o = run(bin().arg("--out").arg(&dir).arg("run").arg(&cfg));
+    assert_fails_with(&o, "diverged");
+    let ctx = dir.join("c.csv");
+    std::fs::write(&ctx, "1,2,3,4\n").unwrap();
+    let o = run(bin()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(dir.join("tiny/checkpoint"))
+        .arg("--contexts")
+        .arg(&ctx));
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn list_names_everything() {
+    let o = run(bin().arg("list"));
+    let s = String::from_utf8_lossy(&o.stdout);
+    for name in ["sphere", "toy1d", "quadratic", "mlp", "train-step"] {
+        assert!(s.contains(name), "{s}");
+    }
+}
