@@ -63,6 +63,20 @@ macro_rules! figure {
     };
 }
 
+/// Draws the series legend of `chart` in a white box at `pos`.
+macro_rules! legend {
+    ($chart:expr, $size:expr, $pos:expr) => {
+        $chart
+            .configure_series_labels()
+            .label_font((FONT, $size))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position($pos)
+            .draw()
+            .map_err(e)?
+    };
+}
+
 fn e<T: std::fmt::Debug>(err: T) -> anyhow::Error {
     anyhow!("drawing failed: {err:?}")
 }
@@ -150,14 +164,7 @@ pub fn learning_curve(
                 .label("mean optimum f(y*)")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(e)?;
+        legend!(chart, 14, SeriesLabelPosition::UpperRight);
         root.present().map_err(e)?;
         Ok(())
     })
@@ -279,14 +286,7 @@ pub fn speed(stem: &Path, report: &SpeedReport, optimum: Option<f64>) -> Result<
                         PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                     });
             }
-            chart
-                .configure_series_labels()
-                .label_font((FONT, 13))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
-                .map_err(e)?;
+            legend!(chart, 13, SeriesLabelPosition::UpperRight);
         }
         root.present().map_err(e)?;
         Ok(())
@@ -530,14 +530,7 @@ pub fn landscape_1d(
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(3))
             });
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(e)?;
+        legend!(chart, 14, SeriesLabelPosition::UpperLeft);
         root.present().map_err(e)?;
         Ok(())
     })

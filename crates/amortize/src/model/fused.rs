@@ -33,6 +33,7 @@ pub struct StepStats {
 pub struct FusedMlp {
     widths: Vec<usize>,
     activation: Activation,
+    project_output: bool,
     /// Weights (in × out, row-major) and biases per layer.
     w: Vec<Vec<f32>>,
     b: Vec<Vec<f32>>,
@@ -94,6 +95,7 @@ impl FusedMlp {
         Ok(FusedMlp {
             widths: mlp.widths(),
             activation,
+            project_output: mlp.mlp_config().project_output,
             gw: zeros(&w),
             gb: zeros(&b),
             mw: zeros(&w),
@@ -147,31 +149,12 @@ impl FusedMlp {
             for row in out.chunks_exact_mut(dout) {
                 row.copy_from_slice(&self.b[l]);
             }
-            // SAFETY: the slices hold n×din, din×dout and n×dout f32 in row-major order, as
-            // the strides say, and do not overlap.
-            unsafe {
-                gemm::gemm(
-                    n,
-                    dout,
-                    din,
-                    out.as_mut_ptr(),
-                    1,
-                    dout as isize,
-                    true,
-                    input.as_ptr(),
-                    1,
-                    din as isize,
-                    self.w[l].as_ptr(),
-                    1,
-                    dout as isize,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
+            matmul(
+                out,
+                View::new(input, n, din),
+                View::new(&self.w[l], din, dout),
+                true,
+            );
             if l + 1 < layers {
                 match self.activation {
                     Activation::Relu => out.iter_mut().for_each(|v| *v = v.max(0.0)),
@@ -208,31 +191,13 @@ impl FusedMlp {
             let (din, dout) = (self.widths[l], self.widths[l + 1]);
             let (dlo, dhi) = self.deltas.split_at_mut(l + 1);
             let delta = &dhi[0];
-            // dW = a_{l}ᵀ δ (din × dout); db = column sums of δ.
-            // SAFETY: row-major buffers of the stated sizes; a_lᵀ is read through swapped strides.
-            unsafe {
-                gemm::gemm(
-                    din,
-                    dout,
-                    n,
-                    self.gw[l].as_mut_ptr(),
-                    1,
-                    dout as isize,
-                    false,
-                    self.acts[l].as_ptr(),
-                    din as isize,
-                    1,
-                    delta.as_ptr(),
-                    1,
-                    dout as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
+            // dW = a_lᵀ δ (din × dout); db = column sums of δ.
+            matmul(
+                &mut self.gw[l],
+                View::new(&self.acts[l], n, din).t(),
+                View::new(delta, n, dout),
+                false,
+            );
             let gb = &mut self.gb[l];
             gb.iter_mut().for_each(|v| *v = 0.0);
             for row in delta.chunks_exact(dout) {
@@ -243,30 +208,12 @@ impl FusedMlp {
             if l > 0 {
                 let prev = &mut dlo[l];
                 // δ_{l−1} = δ W_lᵀ ⊙ σ'(a_{l−1}).
-                // SAFETY: as above; W_lᵀ is read through swapped strides.
-                unsafe {
-                    gemm::gemm(
-                        n,
-                        din,
-                        dout,
-                        prev.as_mut_ptr(),
-                        1,
-                        din as isize,
-                        false,
-                        delta.as_ptr(),
-                        1,
-                        dout as isize,
-                        self.w[l].as_ptr(),
-                        dout as isize,
-                        1,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
+                matmul(
+                    prev,
+                    View::new(delta, n, dout),
+                    View::new(&self.w[l], din, dout).t(),
+                    false,
+                );
                 let act = self.activation;
                 for (d, a) in prev.iter_mut().zip(&self.acts[l]) {
                     *d *= sigma_prime_from_output(act, *a).unwrap_or(0.0);
@@ -321,9 +268,96 @@ impl FusedMlp {
         Ok(StepStats { loss, grad_norm })
     }
 
+    /// ŷθ(x) for a batch of contexts, mapped onto the problem's domain: the same numbers as
+    /// [`Mlp::forward`](super::Model::forward) (up to float rounding), without building a graph.
+    pub fn predict(&mut self, x: &Tensor, problem: &dyn crate::problem::Problem) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let xs: Vec<f32> = x
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let out = *self.widths.last().unwrap_or(&0);
+        let raw = Tensor::from_slice(self.forward(&xs, n)?, (n, out), x.device())?;
+        let raw = raw.to_dtype(x.dtype())?;
+        if self.project_output {
+            problem.to_domain(&raw)
+        } else {
+            Ok(raw)
+        }
+    }
+
     /// The gradients of the last step, per layer (weights, biases), before clipping.
     pub fn last_gradients(&self) -> (&[Vec<f32>], &[Vec<f32>]) {
         (&self.gw, &self.gb)
+    }
+}
+
+/// A row-major `rows × cols` matrix, read as itself or (after [`View::t`]) as its transpose.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+}
+
+impl<'a> View<'a> {
+    fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(data.len(), rows * cols, "matrix buffer size");
+        View {
+            data,
+            rows,
+            cols,
+            transposed: false,
+        }
+    }
+
+    fn t(self) -> Self {
+        View {
+            transposed: !self.transposed,
+            ..self
+        }
+    }
+
+    /// (logical rows, logical cols, column stride, row stride).
+    fn layout(&self) -> (usize, usize, isize, isize) {
+        if self.transposed {
+            (self.cols, self.rows, self.cols as isize, 1)
+        } else {
+            (self.rows, self.cols, 1, self.cols as isize)
+        }
+    }
+}
+
+/// dst (m × n, row-major) = lhs · rhs, or dst + lhs · rhs when `accumulate`; one thread.
+fn matmul(dst: &mut [f32], lhs: View, rhs: View, accumulate: bool) {
+    let (m, k, lhs_cs, lhs_rs) = lhs.layout();
+    let (k2, n, rhs_cs, rhs_rs) = rhs.layout();
+    assert!(k == k2 && dst.len() == m * n, "matmul shapes");
+    // SAFETY: the asserts above make every index the strides reach lie inside its buffer, and
+    // `dst` is a distinct mutable buffer.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.data.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
     }
 }
 

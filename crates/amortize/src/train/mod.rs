@@ -6,4 +6,6 @@ mod trainer;
 
 pub use checkpoint::{write_atomic, Checkpoint, CheckpointMeta, Loaded, CHECKPOINT_FORMAT_VERSION};
 pub use observer::{JsonlWriter, Observer, Record};
-pub use trainer::{composite_step, exact_labels, DataConfig, TrainConfig, TrainSummary, Trainer};
+pub use trainer::{
+    composite_step, exact_labels, held_out_contexts, DataConfig, TrainConfig, TrainSummary, Trainer,
+};

@@ -347,7 +347,7 @@ impl<'a> Trainer<'a> {
         let cfg = self.config.clone();
         let problem = self.problem;
         let mut rng = StdRng::seed_from_u64(self.seed);
-        let eval_x = problem.sample_contexts(cfg.eval_size, &mut rng, &self.device)?;
+        let eval_x = held_out_contexts(problem, cfg.eval_size, self.seed, &self.device)?;
         let mut batches = Batches::new(problem, &cfg, &mut rng, &self.device)?;
         let fused = self.uses_fused_path();
         let mut engine = match self.model.as_mlp() {
@@ -506,6 +506,20 @@ pub fn composite_step(
         v.set(&t.detach())?;
     }
     Ok((loss_value, grad_norm))
+}
+
+/// The held-out contexts of a run with seed `seed`: drawn from their own random stream, so the
+/// training batches never include them and every evaluation of the run (during training and
+/// in the final report) sees the same set.
+pub fn held_out_contexts(
+    problem: &dyn Problem,
+    n: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Tensor> {
+    const HELD_OUT_STREAM: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rng = StdRng::seed_from_u64(seed ^ HELD_OUT_STREAM);
+    problem.sample_contexts(n, &mut rng, device)
 }
 
 /// Labels y*(x) from the problem's exact solver, or a clear error when it has none.

@@ -368,3 +368,21 @@ fn fused_and_composite_paths_take_the_same_steps() -> Result<()> {
     assert!(moved > 1e-3);
     Ok(())
 }
+
+#[test]
+fn fused_prediction_matches_the_model() -> Result<()> {
+    let problem = Sphere::new(SphereConfig::default())?;
+    let mlp = Mlp::new(
+        MlpConfig::default(),
+        16,
+        3,
+        &mut StdRng::seed_from_u64(2),
+        &Device::Cpu,
+    )?;
+    let x = problem.sample_contexts(33, &mut StdRng::seed_from_u64(1), &Device::Cpu)?;
+    let a = mlp.forward(&x, &problem)?.y;
+    let b = amortize::model::FusedMlp::from_mlp(&mlp)?.predict(&x, &problem)?;
+    assert_eq!(a.dims(), b.dims());
+    assert!(max_abs_diff(&a, &b)? < 1e-5);
+    Ok(())
+}
