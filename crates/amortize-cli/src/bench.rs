@@ -39,15 +39,28 @@ pub fn run(
     which: Which,
     batches: &[usize],
     repeats: usize,
+    rounds: usize,
     baselines: bool,
     quiet: bool,
 ) -> Result<()> {
     match which {
-        Which::TrainStep => train_step(batches, repeats, baselines, quiet),
+        Which::TrainStep => train_step(batches, repeats, rounds, baselines, quiet),
     }
 }
 
-fn train_step(batches: &[usize], repeats: usize, baselines: bool, quiet: bool) -> Result<()> {
+/// The median of a non-empty list.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn train_step(
+    batches: &[usize],
+    repeats: usize,
+    rounds: usize,
+    baselines: bool,
+    quiet: bool,
+) -> Result<()> {
     if batches.is_empty() || batches.contains(&0) {
         bail!("--batches must list positive batch sizes");
     }
@@ -56,51 +69,68 @@ fn train_step(batches: &[usize], repeats: usize, baselines: bool, quiet: bool) -
         learning_rate: 1e-3,
         ..Default::default()
     };
-    let python = if baselines {
-        python_results(batches, repeats, quiet)
-    } else {
-        Vec::new()
-    };
-    let mut rows = Vec::new();
-    for &batch in batches {
-        let bar = crate::progress::bar(2, &format!("b={batch}"), quiet);
-        let x = sphere.sample_contexts(batch, &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
-        let mlp = Mlp::new(
-            MlpConfig::default(),
-            16,
-            3,
-            &mut StdRng::seed_from_u64(0),
-            &Device::Cpu,
-        )?;
-        let vars: Vec<candle_core::Var> = mlp.params().vars().cloned().collect();
-        let tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
-        let mut state = cfg.adam.init(&tensors)?;
-        let composite = time_median(repeats, || {
-            composite_step(&mlp, &sphere, &cfg, &vars, &mut state, &x, None, 1e-3).map(|_| ())
-        })?;
-        bar.inc(1);
-        let mut fused_mlp = FusedMlp::from_mlp(&mlp)?;
-        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let fused = time_median(repeats, || {
-            fused_mlp
-                .train_step(&xs, batch, &sphere, &cfg.adam, 1e-3, None)
-                .map(|_| ())
-        })?;
-        bar.finish_and_clear();
-        let find = |fw: &str| {
-            python
-                .iter()
-                .find(|(f, b, _)| f == fw && *b == batch)
-                .map(|(_, _, s)| *s)
-        };
-        rows.push(Row {
-            batch,
-            composite,
-            fused,
-            torch: find("torch"),
-            jax: find("jax"),
-        });
+    // Rounds alternate between the Python baselines and ours, so that a slow spell of a
+    // shared machine hits every implementation alike; each cell is the median over rounds.
+    let mut python: Vec<(String, usize, f64)> = Vec::new();
+    let mut ours: Vec<(usize, f64, f64)> = Vec::new();
+    let bar = crate::progress::bar((rounds * batches.len()) as u64, "bench", quiet);
+    for _ in 0..rounds.max(1) {
+        if baselines {
+            python.extend(python_results(batches, repeats));
+        }
+        for &batch in batches {
+            let x = sphere.sample_contexts(batch, &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+            let mlp = Mlp::new(
+                MlpConfig::default(),
+                16,
+                3,
+                &mut StdRng::seed_from_u64(0),
+                &Device::Cpu,
+            )?;
+            let vars: Vec<candle_core::Var> = mlp.params().vars().cloned().collect();
+            let tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+            let mut state = cfg.adam.init(&tensors)?;
+            let composite = time_median(repeats, || {
+                composite_step(&mlp, &sphere, &cfg, &vars, &mut state, &x, None, 1e-3).map(|_| ())
+            })?;
+            let mut fused_mlp = FusedMlp::from_mlp(&mlp)?;
+            let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let fused = time_median(repeats, || {
+                fused_mlp
+                    .train_step(&xs, batch, &sphere, &cfg.adam, 1e-3, None)
+                    .map(|_| ())
+            })?;
+            ours.push((batch, composite, fused));
+            bar.inc(1);
+        }
     }
+    bar.finish_and_clear();
+    let rows: Vec<Row> = batches
+        .iter()
+        .map(|&batch| {
+            let mine = |pick: fn(&(usize, f64, f64)) -> f64| {
+                median(ours.iter().filter(|o| o.0 == batch).map(pick).collect())
+            };
+            let theirs = |fw: &str| {
+                let v: Vec<f64> = python
+                    .iter()
+                    .filter(|(f, b, _)| f == fw && *b == batch)
+                    .map(|(_, _, s)| *s)
+                    .collect();
+                (!v.is_empty()).then(|| median(v))
+            };
+            Row {
+                batch,
+                composite: mine(|o| o.1),
+                fused: mine(|o| o.2),
+                torch: theirs("torch"),
+                jax: theirs("jax"),
+            }
+        })
+        .collect();
+    println!(
+        "train-step: sphere MLP 16-128-128-3, objective loss, Adam, f32, one thread; median of {repeats} steps, then median over {rounds} alternating rounds"
+    );
     print_table(&rows);
     Ok(())
 }
@@ -118,7 +148,6 @@ fn ratio(a: f64, b: Option<f64>) -> String {
 }
 
 fn print_table(rows: &[Row]) {
-    println!("train-step: sphere MLP 16-128-128-3, objective loss, Adam, f32, median per step");
     println!(
         "| batch | candle composite | fused (gemm) | PyTorch eager | JAX jit | fused / JAX | composite / JAX | fused / PyTorch |"
     );
@@ -141,7 +170,7 @@ fn print_table(rows: &[Row]) {
 
 /// Runs the Python baselines; returns (framework, batch, median seconds). A missing script,
 /// interpreter or package is reported and skipped.
-fn python_results(batches: &[usize], repeats: usize, quiet: bool) -> Vec<(String, usize, f64)> {
+fn python_results(batches: &[usize], repeats: usize) -> Vec<(String, usize, f64)> {
     let script = Path::new("bench/baselines/train_step.py");
     if !script.exists() {
         eprintln!(
@@ -159,7 +188,6 @@ fn python_results(batches: &[usize], repeats: usize, quiet: bool) -> Vec<(String
     let list: Vec<String> = batches.iter().map(|b| b.to_string()).collect();
     let mut out = Vec::new();
     for fw in ["torch", "jax"] {
-        let bar = crate::progress::bar(1, fw, quiet);
         let result = Command::new(&python)
             .arg(script)
             .args([
@@ -172,7 +200,6 @@ fn python_results(batches: &[usize], repeats: usize, quiet: bool) -> Vec<(String
             ])
             .output()
             .with_context(|| format!("cannot start {}", python.display()));
-        bar.finish_and_clear();
         let output = match result {
             Ok(o) if o.status.success() => o,
             Ok(o) => {

@@ -84,8 +84,9 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             which,
             batches,
             repeats,
+            rounds,
             no_baselines,
-        } => crate::bench::run(which, &batches, repeats, !no_baselines, quiet)?,
+        } => crate::bench::run(which, &batches, repeats, rounds, !no_baselines, quiet)?,
     }
     Ok(())
 }
@@ -318,7 +319,7 @@ fn sphere_figure(
             let s = sphere.clone();
             let ctx = row.clone();
             plots::SpherePanel {
-                value: Box::new(move |p| s.value_and_grad(p, &ctx).0),
+                value: Box::new(move |p| s.point_value_and_grad(p, &ctx).0),
                 optimum: [y_star[i][0], y_star[i][1], y_star[i][2]],
                 trajectory: snapshots
                     .iter()

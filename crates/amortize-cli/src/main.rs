@@ -103,6 +103,9 @@ pub enum Command {
         /// Timed repetitions per measurement (the median counts).
         #[arg(long, default_value_t = 50)]
         repeats: usize,
+        /// Rounds alternating between the baselines and ours (the median counts).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Skip the Python (PyTorch, JAX) baselines.
         #[arg(long)]
         no_baselines: bool,

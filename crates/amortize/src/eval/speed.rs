@@ -209,11 +209,14 @@ pub fn speed_at_equal_quality(
         }
         for it in 1..=config.max_iters {
             let t = Instant::now();
-            let g = problem.domain_gradient(&y, &x_rep)?;
+            // Detached: an autodiff gradient keeps its graph (second-order mode), and the
+            // iterates would otherwise chain every step's graph onto the next.
+            let g = problem.domain_gradient(&y, &x_rep)?.detach();
             y = match b.method {
                 BaselineMethod::Adam { lr } => adam.update(lr, &[&y], &[g], &mut state)?.remove(0),
                 BaselineMethod::Gd { lr } => (&y - (g * lr)?)?,
-            };
+            }
+            .detach();
             elapsed += t.elapsed().as_secs_f64();
             level = mean_best_of(problem, &y, &x_rep, b.starts)?;
             curve.iters.push(it);

@@ -117,7 +117,7 @@ impl Sphere {
 
     /// f(y; x) and its Euclidean gradient ∇_y f for one instance, in f64 (used by the exact
     /// solver and the fused training path). `y` need not be normalised.
-    pub fn value_and_grad(&self, y: [f64; 3], x: &[f64]) -> (f64, [f64; 3]) {
+    pub fn point_value_and_grad(&self, y: [f64; 3], x: &[f64]) -> (f64, [f64; 3]) {
         let m = self.config.components;
         let gamma = self.config.gamma;
         let eps = acos_margin(DType::F64);
@@ -151,7 +151,7 @@ impl Sphere {
     /// decrease; returns the final point and value.
     fn refine(&self, y0: [f64; 3], x: &[f64]) -> ([f64; 3], f64) {
         let mut y = normalize(y0);
-        let (mut f, mut g) = self.value_and_grad(y, x);
+        let (mut f, mut g) = self.point_value_and_grad(y, x);
         let mut step = 0.5;
         for _ in 0..500 {
             let t = tangent(y, g);
@@ -160,7 +160,7 @@ impl Sphere {
                 break;
             }
             let cand = normalize([y[0] - step * t[0], y[1] - step * t[1], y[2] - step * t[2]]);
-            let (fc, gc) = self.value_and_grad(cand, x);
+            let (fc, gc) = self.point_value_and_grad(cand, x);
             if fc <= f {
                 y = cand;
                 f = fc;
@@ -180,7 +180,7 @@ impl Sphere {
         let mut best_grid = self.grid[0];
         let mut best_val = f64::INFINITY;
         for p in &self.grid {
-            let v = self.value_and_grad(*p, x).0;
+            let v = self.point_value_and_grad(*p, x).0;
             if v < best_val {
                 best_val = v;
                 best_grid = *p;
@@ -375,28 +375,203 @@ impl Problem for Sphere {
     }
 }
 
+/// Rows evaluated together by the CPU objective: every per-component quantity is computed for
+/// `LANES` rows at once in plain loops over fixed arrays, which the compiler turns into SIMD
+/// (libm's scalar `acosf`/`expf` calls would not vectorize, so polynomial forms are used).
+const LANES: usize = 16;
+
+/// arccos on [−1, 1] to about 2e-8 absolute error (Abramowitz & Stegun 4.4.46):
+/// arccos|c| ≈ √(1 − |c|) · p(|c|), and arccos(c) = π − arccos(−c) for c < 0.
+#[inline(always)]
+fn acos_poly(c: f32) -> f32 {
+    let x = c.abs();
+    // Published coefficients a0 … a7 (f64 literals, rounded once to f32).
+    const A: [f32; 8] = [
+        1.570_796_305_0_f64 as f32,
+        -0.214_598_801_6_f64 as f32,
+        0.088_978_987_4_f64 as f32,
+        -0.050_174_304_6_f64 as f32,
+        0.030_891_881_0_f64 as f32,
+        -0.017_088_125_6_f64 as f32,
+        0.006_670_090_1_f64 as f32,
+        -0.001_262_491_1_f64 as f32,
+    ];
+    let mut p = A[7];
+    for k in (0..7).rev() {
+        p = p * x + A[k];
+    }
+    let r = (1.0 - x).max(0.0).sqrt() * p;
+    if c < 0.0 {
+        std::f32::consts::PI - r
+    } else {
+        r
+    }
+}
+
+/// eᵗ for t ≤ 0 (soft-min weights), to about 1e-6 relative error: t = k ln 2 + r with
+/// |r| ≤ ln2/2, a degree-6 polynomial for eʳ, and 2ᵏ from the exponent bits; t is clamped at
+/// −87 (e⁻⁸⁷ ≈ 1.6e−38, the smallest normal f32 scale).
+#[inline(always)]
+fn exp_poly(t: f32) -> f32 {
+    let t = t.max(-87.0);
+    let k = (t * std::f32::consts::LOG2_E).round();
+    // Cody–Waite: ln 2 split in two so that k·ln2 is exact enough for large |k|.
+    let r = (t - k * 0.693_145_75) - k * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r / 720.0)))));
+    let scale = f32::from_bits((((k as i32) + 127).max(0) as u32) << 23);
+    p * scale
+}
+
 impl CpuObjective for Sphere {
-    /// f(raw/‖raw‖; x) per row, with ∇_raw = (I − uuᵀ) ∇f(u) / ‖raw‖ for u = raw/‖raw‖.
+    /// f(u; x) with u = raw/‖raw‖ per row, in f32, and ∇_raw = (I − uuᵀ) ∇f(u) / ‖raw‖
+    /// (the same formulas as [`Sphere::point_value_and_grad`]).
     fn value_and_grad(&self, raw: &[f32], x: &[f32], n: usize, grad: &mut [f32]) -> f64 {
-        let cdim = 4 * self.config.components;
-        let mut ctx = [0f64; 4 * MAX_COMPONENTS];
-        let mut total = 0.0;
-        for i in 0..n {
-            let r = &raw[3 * i..3 * i + 3];
-            let norm = ((r[0] * r[0] + r[1] * r[1] + r[2] * r[2]) as f64)
-                .sqrt()
-                .max(1e-12);
-            let u = [r[0] as f64 / norm, r[1] as f64 / norm, r[2] as f64 / norm];
-            for (c, v) in ctx.iter_mut().zip(&x[cdim * i..cdim * (i + 1)]) {
-                *c = *v as f64;
+        let m = self.config.components;
+        let cdim = 4 * m;
+        let gamma = self.config.gamma as f32;
+        let eps = acos_margin(DType::F32) as f32;
+        let (lo, hi) = (-1.0 + eps, 1.0 - eps);
+        let mut total = 0.0f64;
+        let mut start = 0;
+        while start < n {
+            let len = LANES.min(n - start);
+            // Structure of arrays for LANES rows: u, ‖raw‖, and per component a_i, ∂a_i/∂c.
+            let mut u = [[0f32; LANES]; 3];
+            let mut norm = [1f32; LANES];
+            for l in 0..len {
+                let r = &raw[3 * (start + l)..3 * (start + l) + 3];
+                norm[l] = (r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).sqrt().max(1e-12);
+                for k in 0..3 {
+                    u[k][l] = r[k] / norm[l];
+                }
             }
-            let (f, g) = self.value_and_grad(u, &ctx[..cdim]);
-            let t = tangent(u, g);
-            for k in 0..3 {
-                grad[3 * i + k] = (t[k] / norm) as f32;
+            let mut a = [[0f32; LANES]; MAX_COMPONENTS];
+            let mut da = [[0f32; LANES]; MAX_COMPONENTS];
+            let mut amin = [f32::INFINITY; LANES];
+            for i in 0..m {
+                let mut c = [0f32; LANES];
+                let mut alpha = [0f32; LANES];
+                for l in 0..len {
+                    let ctx = &x[cdim * (start + l)..cdim * (start + l + 1)];
+                    let z = &ctx[3 * i..3 * i + 3];
+                    c[l] = u[0][l] * z[0] + u[1][l] * z[1] + u[2][l] * z[2];
+                    alpha[l] = ctx[3 * m + i];
+                }
+                for l in 0..LANES {
+                    let cc = c[l].clamp(lo, hi);
+                    let d = acos_poly(cc);
+                    a[i][l] = 0.5 * d * d + alpha[l];
+                    let inside = c[l] > lo && c[l] < hi;
+                    da[i][l] = if inside {
+                        -d / (1.0 - cc * cc).sqrt()
+                    } else {
+                        0.0
+                    };
+                    amin[l] = amin[l].min(a[i][l]);
+                }
             }
-            total += f;
+            // Soft-min value and weights w_i (γ = 0: the first minimiser), folded into da.
+            let mut value = amin;
+            if gamma > 0.0 {
+                let mut sum = [0f32; LANES];
+                for ai in a.iter_mut().take(m) {
+                    for l in 0..LANES {
+                        ai[l] = exp_poly(-(ai[l] - amin[l]) / gamma);
+                        sum[l] += ai[l];
+                    }
+                }
+                for (ai, di) in a.iter().zip(da.iter_mut()).take(m) {
+                    for l in 0..LANES {
+                        di[l] *= ai[l] / sum[l];
+                    }
+                }
+                for l in 0..len {
+                    value[l] = amin[l] - gamma * sum[l].ln();
+                }
+            } else {
+                for l in 0..len {
+                    let k = (0..m).position(|i| a[i][l] == amin[l]).unwrap_or(0);
+                    for (i, di) in da.iter_mut().enumerate().take(m) {
+                        if i != k {
+                            di[l] = 0.0;
+                        }
+                    }
+                }
+            }
+            for l in 0..len {
+                let ctx = &x[cdim * (start + l)..cdim * (start + l + 1)];
+                let mut g = [0f32; 3];
+                for i in 0..m {
+                    for k in 0..3 {
+                        g[k] += da[i][l] * ctx[3 * i + k];
+                    }
+                }
+                let radial = u[0][l] * g[0] + u[1][l] * g[1] + u[2][l] * g[2];
+                let out = &mut grad[3 * (start + l)..3 * (start + l) + 3];
+                for k in 0..3 {
+                    out[k] = (g[k] - radial * u[k][l]) / norm[l];
+                }
+                total += value[l] as f64;
+            }
+            start += len;
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polynomial_acos_and_exp_match_libm() {
+        for i in 0..=2000 {
+            let c = -1.0 + i as f32 / 1000.0;
+            assert!((acos_poly(c) - c.acos()).abs() < 1e-6, "acos({c})");
+        }
+        for i in 0..=1000 {
+            let t = -(i as f32) / 20.0;
+            let (got, want) = (exp_poly(t), t.exp());
+            assert!(
+                (got - want).abs() <= 2e-6 * want + 1e-30,
+                "exp({t}): {got} vs {want}"
+            );
+        }
+        assert!(exp_poly(-200.0) < 1e-37);
+    }
+
+    #[test]
+    fn cpu_objective_matches_the_f64_point_formula() {
+        let s = Sphere::new(SphereConfig::default()).unwrap();
+        let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(0);
+        let n = 37;
+        let x: Vec<f32> = s
+            .sample_contexts(n, &mut rng, &Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let raw: Vec<f32> = (0..3 * n)
+            .map(|i| ((i * 7919 % 13) as f32 - 6.0) / 3.0 + 0.01)
+            .collect();
+        let mut g = vec![0f32; 3 * n];
+        let total = CpuObjective::value_and_grad(&s, &raw, &x, n, &mut g);
+        let mut want_total = 0.0;
+        for r in 0..n {
+            let y: Vec<f64> = raw[3 * r..3 * r + 3].iter().map(|&v| v as f64).collect();
+            let norm = (y[0] * y[0] + y[1] * y[1] + y[2] * y[2]).sqrt();
+            let u = [y[0] / norm, y[1] / norm, y[2] / norm];
+            let ctx: Vec<f64> = x[16 * r..16 * r + 16].iter().map(|&v| v as f64).collect();
+            let (f, gf) = s.point_value_and_grad(u, &ctx);
+            want_total += f;
+            let t = tangent(u, gf);
+            for k in 0..3 {
+                assert!((g[3 * r + k] as f64 - t[k] / norm).abs() < 1e-4, "row {r}");
+            }
+        }
+        assert!((total - want_total).abs() < 1e-4 * n as f64);
     }
 }

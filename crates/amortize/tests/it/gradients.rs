@@ -58,7 +58,7 @@ fn sphere_scalar_gradient_matches_tensor_gradient() -> Result<()> {
     let gs: Vec<Vec<f64>> = g.to_vec2()?;
     let fs: Vec<f64> = sphere.objective(&y, &x)?.to_vec1()?;
     for i in 0..4 {
-        let (v, gi) = sphere.value_and_grad([ys[i][0], ys[i][1], ys[i][2]], &xs[i]);
+        let (v, gi) = sphere.point_value_and_grad([ys[i][0], ys[i][1], ys[i][2]], &xs[i]);
         assert!((v - fs[i]).abs() < 1e-12);
         for k in 0..3 {
             assert!((gi[k] - gs[i][k]).abs() < 1e-9, "{gi:?} vs {:?}", gs[i]);

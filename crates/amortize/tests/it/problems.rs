@@ -80,7 +80,7 @@ fn sphere_exact_solver_is_globally_optimal() -> Result<()> {
         for (i, row) in rows.iter().enumerate() {
             let brute = fine
                 .iter()
-                .map(|q| p.value_and_grad(*q, row).0)
+                .map(|q| p.point_value_and_grad(*q, row).0)
                 .fold(f64::INFINITY, f64::min);
             assert!(
                 f[i] <= brute + 1e-9,
