@@ -13,6 +13,15 @@ fn tmpdir(name: &str) -> PathBuf {
     d
 }
 
+/// The default MLP with these hidden widths for `problem`, θ drawn from `seed`.
+fn model_for(problem: &dyn Problem, hidden: &[usize], seed: u64) -> Result<Box<dyn Model>> {
+    ModelConfig::Mlp(MlpConfig {
+        hidden: hidden.to_vec(),
+        ..Default::default()
+    })
+    .build(problem, &mut StdRng::seed_from_u64(seed), &Device::Cpu)
+}
+
 struct Collect<'a>(&'a mut Vec<Record>);
 impl Observer for Collect<'_> {
     fn observe(&mut self, r: &Record) -> Result<()> {
@@ -48,15 +57,7 @@ fn training_lowers_the_objective_on_each_builtin() -> Result<()> {
         ),
     ] {
         let problem = config.build()?;
-        let model = ModelConfig::Mlp(MlpConfig {
-            hidden: vec![32, 32],
-            ..Default::default()
-        })
-        .build(
-            problem.as_ref(),
-            &mut StdRng::seed_from_u64(0),
-            &Device::Cpu,
-        )?;
+        let model = model_for(problem.as_ref(), &[32, 32], 0)?;
         let before = mean_objective(problem.as_ref(), model.as_ref(), 99)?;
         let train = TrainConfig {
             steps,
@@ -83,15 +84,7 @@ fn training_lowers_the_objective_on_each_builtin() -> Result<()> {
 fn mlp_beats_the_zero_predictor_on_quadratic() -> Result<()> {
     let config = ProblemConfig::Quadratic(QuadraticConfig::default());
     let problem = config.build()?;
-    let model = ModelConfig::Mlp(MlpConfig {
-        hidden: vec![32],
-        ..Default::default()
-    })
-    .build(
-        problem.as_ref(),
-        &mut StdRng::seed_from_u64(0),
-        &Device::Cpu,
-    )?;
+    let model = model_for(problem.as_ref(), &[32], 0)?;
     let train = TrainConfig {
         steps: 400,
         batch_size: 64,
@@ -143,11 +136,7 @@ fn same_seed_same_training() -> Result<()> {
     let config = ProblemConfig::Sphere(SphereConfig::default());
     let problem = config.build()?;
     let run = || -> Result<f64> {
-        let model = ModelConfig::default().build(
-            problem.as_ref(),
-            &mut StdRng::seed_from_u64(4),
-            &Device::Cpu,
-        )?;
+        let model = model_for(problem.as_ref(), &[128, 128], 4)?;
         let train = TrainConfig {
             steps: 20,
             batch_size: 32,
@@ -168,11 +157,7 @@ fn non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() -> Result
     let dir = tmpdir("nan");
     let config = ProblemConfig::Quadratic(QuadraticConfig::default());
     let problem = config.build()?;
-    let model = ModelConfig::default().build(
-        problem.as_ref(),
-        &mut StdRng::seed_from_u64(0),
-        &Device::Cpu,
-    )?;
+    let model = model_for(problem.as_ref(), &[128, 128], 0)?;
     // A huge learning rate makes the quadratic objective overflow f32 within a few steps.
     let train = TrainConfig {
         steps: 200,
@@ -212,11 +197,7 @@ fn checkpoints_round_trip_and_refuse_mismatches() -> Result<()> {
     let dir = tmpdir("ckpt");
     let config = ProblemConfig::Sphere(SphereConfig::default());
     let problem = config.build()?;
-    let model = ModelConfig::default().build(
-        problem.as_ref(),
-        &mut StdRng::seed_from_u64(0),
-        &Device::Cpu,
-    )?;
+    let model = model_for(problem.as_ref(), &[128, 128], 0)?;
     let train = TrainConfig {
         steps: 5,
         batch_size: 8,
@@ -313,15 +294,7 @@ fn fused_and_composite_paths_take_the_same_steps() -> Result<()> {
     let problem = config.build()?;
     let mut finals = Vec::new();
     for fused in [true, false] {
-        let model = ModelConfig::Mlp(MlpConfig {
-            hidden: vec![32, 32],
-            ..Default::default()
-        })
-        .build(
-            problem.as_ref(),
-            &mut StdRng::seed_from_u64(3),
-            &Device::Cpu,
-        )?;
+        let model = model_for(problem.as_ref(), &[32, 32], 3)?;
         let train = TrainConfig {
             steps: 30,
             batch_size: 64,
@@ -350,15 +323,7 @@ fn fused_and_composite_paths_take_the_same_steps() -> Result<()> {
         assert!(d < 1e-4, "parameters differ by {d}");
     }
     // The runs moved θ: the comparison is not between two untouched initialisations.
-    let fresh = ModelConfig::Mlp(MlpConfig {
-        hidden: vec![32, 32],
-        ..Default::default()
-    })
-    .build(
-        problem.as_ref(),
-        &mut StdRng::seed_from_u64(3),
-        &Device::Cpu,
-    )?;
+    let fresh = model_for(problem.as_ref(), &[32, 32], 3)?;
     let moved = fresh
         .params()
         .vars()
