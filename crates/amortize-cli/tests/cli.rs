@@ -108,6 +108,7 @@ fn run_writes_a_complete_report_folder() {
             .len(),
         41
     );
+    assert!(!run_dir.join(".metrics.jsonl.partial").exists());
     let lines = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
     let train_lines = lines.lines().filter(|l| l.contains("\"train\"")).count();
     assert_eq!(train_lines, 60);

@@ -35,20 +35,40 @@ pub trait Observer {
 }
 
 /// Writes each record as one JSON line `{"phase", "step", "elapsed", <values>…}`.
+///
+/// Lines go to a hidden `.<name>.partial` file beside `path`, which replaces `path` when the
+/// writer is dropped (the run ended, well or with an error): an earlier run's file stays
+/// intact until then, and a killed run leaves only the partial file.
 pub struct JsonlWriter {
     path: PathBuf,
+    partial: PathBuf,
     out: BufWriter<File>,
 }
 
 impl JsonlWriter {
-    /// Creates (truncates) `path`.
+    /// Starts writing the lines that will replace `path`.
     pub fn create(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let partial = path.with_file_name(format!(".{name}.partial"));
+        let file = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
         Ok(JsonlWriter {
             path,
+            partial,
             out: BufWriter::new(file),
         })
+    }
+}
+
+impl Drop for JsonlWriter {
+    fn drop(&mut self) {
+        // Errors cannot be returned from drop; the partial file then stays for inspection.
+        if self.out.flush().is_ok() {
+            let _ = std::fs::rename(&self.partial, &self.path);
+        }
     }
 }
 
@@ -62,7 +82,11 @@ impl Observer for JsonlWriter {
             obj.insert((*k).into(), serde_json::Value::from(*v));
         }
         serde_json::to_writer(&mut self.out, &obj)?;
-        writeln!(self.out).map_err(|e| Error::io(&self.path, e))?;
-        self.out.flush().map_err(|e| Error::io(&self.path, e))
+        writeln!(self.out).map_err(|e| Error::io(&self.partial, e))?;
+        // Flushing every line would cost a system call per training step.
+        if record.phase != "train" || record.step.is_multiple_of(100) {
+            self.out.flush().map_err(|e| Error::io(&self.partial, e))?;
+        }
+        Ok(())
     }
 }
