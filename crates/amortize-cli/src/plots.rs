@@ -359,15 +359,19 @@ pub fn mollweide(p: [f64; 3]) -> (f64, f64) {
     let lat = (p[2] / n).clamp(-1.0, 1.0).asin();
     let lon = p[1].atan2(p[0]);
     let target = std::f64::consts::PI * lat.sin();
+    let half_pi = std::f64::consts::FRAC_PI_2;
+    // Newton on 2t + sin 2t = π sin φ; near the poles the derivative vanishes, so every step is
+    // kept inside [−π/2, π/2], where the answer lies.
     let mut t = lat;
     for _ in 0..50 {
         let denom = 2.0 + 2.0 * (2.0 * t).cos();
-        if denom.abs() < 1e-12 {
+        if denom < 1e-12 {
             break;
         }
-        let step = (2.0 * t + (2.0 * t).sin() - target) / denom;
-        t -= step;
-        if step.abs() < 1e-12 {
+        let next = (t - (2.0 * t + (2.0 * t).sin() - target) / denom).clamp(-half_pi, half_pi);
+        let done = (next - t).abs() < 1e-12;
+        t = next;
+        if done {
             break;
         }
     }
@@ -442,18 +446,25 @@ pub fn sphere_map(stem: &Path, panels: &[SpherePanel]) -> Result<Vec<PathBuf>> {
                 .map_err(e)?;
             // The path, broken where it wraps around the map's edge.
             let pts: Vec<(f64, f64)> = panel.trajectory.iter().map(|p| mollweide(*p)).collect();
-            let blue = RGBColor(84, 153, 255);
-            let mut segment: Vec<(f64, f64)> = Vec::new();
-            for (i, p) in pts.iter().enumerate() {
-                if i > 0 && (p.0 - pts[i - 1].0).abs() > 2.0 {
-                    chart
-                        .draw_series(LineSeries::new(segment.drain(..), blue.stroke_width(2)))
-                        .map_err(e)?;
+            // Consecutive points closer than half a pixel are dropped (zero-length segments).
+            let mut path: Vec<(f64, f64)> = Vec::with_capacity(pts.len());
+            for p in &pts {
+                if path
+                    .last()
+                    .is_none_or(|q| (p.0 - q.0).hypot(p.1 - q.1) > 5e-3)
+                {
+                    path.push(*p);
                 }
-                segment.push(*p);
             }
+            let blue = RGBColor(84, 153, 255);
+            // One element per segment: joined wide polylines grow long miter spikes at sharp
+            // turns in the bitmap backend. Segments that wrap around the map's edge are skipped.
             chart
-                .draw_series(LineSeries::new(segment, blue.stroke_width(2)))
+                .draw_series(
+                    path.windows(2)
+                        .filter(|w| (w[1].0 - w[0].0).abs() <= 2.0)
+                        .map(|w| PathElement::new(vec![w[0], w[1]], blue.stroke_width(2))),
+                )
                 .map_err(e)?;
             chart
                 .draw_series(pts.iter().map(|p| Circle::new(*p, 2, blue.filled())))
@@ -542,10 +553,20 @@ mod tests {
 
     #[test]
     fn mollweide_round_trips() {
-        for p in [[1.0f64, 0.0, 0.0], [0.3, -0.5, 0.7], [-0.2, 0.1, -0.9]] {
+        for p in [
+            [1.0f64, 0.0, 0.0],
+            [0.3, -0.5, 0.7],
+            [-0.2, 0.1, -0.9],
+            [0.01, 0.02, 0.999],
+            [-3e-3, 1e-3, -1.0],
+        ] {
             let n = (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt();
             let p = [p[0] / n, p[1] / n, p[2] / n];
             let (x, y) = mollweide(p);
+            assert!(
+                x * x / 8.0 + y * y / 2.0 <= 1.0 + 1e-9,
+                "{p:?} maps outside the map"
+            );
             let q = mollweide_inverse(x, y).unwrap();
             for k in 0..3 {
                 assert!((p[k] - q[k]).abs() < 1e-8, "{p:?} vs {q:?}");
