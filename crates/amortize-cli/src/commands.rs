@@ -110,6 +110,11 @@ fn list() {
         amortize::model::ModelConfig::NAMES.join(", ")
     );
     println!("losses:      objective, regression, mix");
+    let projections: Vec<&str> = amortize::projection::projection_zoo()
+        .iter()
+        .map(|p| p.name())
+        .collect();
+    println!("projections: {}", projections.join(", "));
     let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
     println!("experiments: {}", names.join(", "));
     println!("benchmarks:  train-step");

@@ -294,7 +294,14 @@ fn diverging_training_fails_cleanly_and_keeps_a_loadable_checkpoint() {
 fn list_names_everything() {
     let o = run(bin().arg("list"));
     let s = String::from_utf8_lossy(&o.stdout);
-    for name in ["sphere", "toy1d", "quadratic", "mlp", "train-step"] {
+    for name in [
+        "sphere",
+        "toy1d",
+        "quadratic",
+        "mlp",
+        "train-step",
+        "second-order-cone",
+    ] {
         assert!(s.contains(name), "{s}");
     }
 }

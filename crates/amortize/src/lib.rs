@@ -49,6 +49,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod problem;
+pub mod projection;
 pub mod testing;
 pub mod train;
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CpuObjective, Problem};
 use crate::ops::{acos_margin, safe_acos};
+use crate::projection::{Projection, SoftmaxSimplex, UnitSphere};
 use crate::{Error, Result};
 
 /// The largest number of components (keeps the per-instance solver allocation-free).
@@ -325,7 +326,9 @@ impl Problem for Sphere {
         let d = safe_acos(&c)?;
         let a = (d.sqr()? * 0.5)?.add(&alpha)?;
         let w = if self.config.gamma > 0.0 {
-            candle_nn::ops::softmax_last_dim(&a.affine(-1.0 / self.config.gamma, 0.0)?)?
+            // Not candle_nn's softmax_last_dim: it has no backward, and this gradient must stay
+            // differentiable for unrolled (semi-amortized) steps.
+            SoftmaxSimplex.project(&a.affine(-1.0 / self.config.gamma, 0.0)?)?
         } else {
             a.broadcast_eq(&a.min_keepdim(D::Minus1)?)?
                 .to_dtype(a.dtype())?
@@ -349,12 +352,7 @@ impl Problem for Sphere {
     }
 
     fn to_domain(&self, y: &Tensor) -> Result<Tensor> {
-        let norm = y
-            .sqr()?
-            .sum_keepdim(1)?
-            .sqrt()?
-            .clamp(1e-12, f64::INFINITY)?;
-        Ok(y.broadcast_div(&norm)?)
+        UnitSphere.project(y)
     }
 
     fn cpu_objective(&self) -> Option<&dyn CpuObjective> {

@@ -99,6 +99,25 @@ fn second_order_meta_gradient_matches_finite_differences() -> Result<()> {
     assert!(scale > 1e-3, "the test must have a non-trivial gradient");
     assert!(err < 1e-6, "meta-gradient off by {err} (scale {scale})");
 
+    // The same through the closed-form gradient, which unrolled models use.
+    let closed = |w: &Tensor| -> Result<Tensor> {
+        let y = problem.to_domain(&x.matmul(w)?)?;
+        let g = problem.gradient(&y, &x)?;
+        let y1 = problem.to_domain(&(y - (g * alpha)?)?)?;
+        Ok(problem.objective(&y1, &x)?.sum_all()?)
+    };
+    let w3 = Var::from_tensor(&Tensor::from_vec(w0.clone(), (16, 3), &Device::Cpu)?)?;
+    let g3 = closed(w3.as_tensor())?
+        .backward()?
+        .get(w3.as_tensor())
+        .unwrap()
+        .clone();
+    let err = max_abs_diff(&g3, &fd)?;
+    assert!(
+        err < 1e-6,
+        "meta-gradient through the closed form off by {err}"
+    );
+
     // Detaching ∇_y f gives a different (first-order) answer, so the check above is not vacuous.
     let first_order = |w: &Tensor| -> Result<Tensor> {
         let y = problem.to_domain(&x.matmul(w)?)?;

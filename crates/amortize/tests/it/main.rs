@@ -6,5 +6,7 @@ mod evaluation;
 mod gradients;
 /// Problem families: samplers, exact solvers, bad input.
 mod problems;
+/// Differentiable projections: membership, idempotence, non-expansiveness, VJPs.
+mod projections;
 /// Training lowers the objective; checkpoints round-trip and refuse mismatches.
 mod training;

@@ -1,0 +1,115 @@
+use amortize::autodiff::grad_at;
+use amortize::prelude::*;
+use amortize::projection::{projection_zoo, EuclideanSimplex, Projection, SecondOrderCone};
+use amortize::testing::{finite_difference_grad, max_abs_diff};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+
+fn random(n: usize, d: usize, scale: f64, seed: u64) -> Result<Tensor> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let v: Vec<f64> = (0..n * d)
+        .map(|_| {
+            let z: f64 = StandardNormal.sample(&mut rng);
+            scale * z
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, (n, d), &Device::Cpu)?)
+}
+
+fn max_of(t: &Tensor) -> Result<f64> {
+    Ok(t.flatten_all()?.max(0)?.to_scalar()?)
+}
+
+#[test]
+fn projections_land_in_their_sets() -> Result<()> {
+    for p in projection_zoo() {
+        let y = random(40, 9, 2.0, 1)?;
+        let v = max_of(&p.violation(&p.project(&y)?)?)?;
+        assert!(v < 1e-9, "{}: violation {v}", p.name());
+        // The certificate is not vacuous: raw inputs violate (every set here excludes some of
+        // them), except for the boxes' interiors that random draws rarely leave.
+        if !["tanh-box", "unit-cube"].contains(&p.name()) {
+            assert!(max_of(&p.violation(&y)?)? > 1e-3, "{}", p.name());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn euclidean_projections_are_idempotent_and_nonexpansive() -> Result<()> {
+    for p in projection_zoo() {
+        let a = random(30, 9, 2.0, 2)?;
+        let b = random(30, 9, 2.0, 3)?;
+        let pa = p.project(&a)?;
+        if p.idempotent() {
+            let e = max_abs_diff(&p.project(&pa)?, &pa)?;
+            assert!(e < 1e-12, "{}: not idempotent ({e})", p.name());
+        }
+        if p.nonexpansive() {
+            let pb = p.project(&b)?;
+            let d_out: Vec<f64> = pa.sub(&pb)?.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
+            let d_in: Vec<f64> = a.sub(&b)?.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
+            for (o, i) in d_out.iter().zip(&d_in) {
+                assert!(o <= &(i + 1e-12), "{}: expands {i} to {o}", p.name());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn projection_vjps_match_finite_differences() -> Result<()> {
+    for p in projection_zoo() {
+        let y = random(5, 9, 1.5, 4)?;
+        let v = random(5, 9, 1.0, 5)?;
+        let g = grad_at(&y, |y| Ok(p.project(y)?.mul(&v)?.sum_all()?))?;
+        let fd = finite_difference_grad(&y, 1e-6, |y| {
+            Ok(p.project(y)?.mul(&v)?.sum_all()?.to_scalar::<f64>()?)
+        })?;
+        let e = max_abs_diff(&g, &fd)?;
+        assert!(e < 1e-6, "{}: VJP off by {e}", p.name());
+        assert!(max_of(&g.abs()?)? > 1e-3, "{}: trivial gradient", p.name());
+    }
+    Ok(())
+}
+
+#[test]
+fn projections_match_hand_computed_values() -> Result<()> {
+    let t = |v: &[f64]| Tensor::from_slice(v, (1, v.len()), &Device::Cpu);
+    let s = EuclideanSimplex::default();
+    let got: Vec<f64> = s.project(&t(&[0.5, 0.2, 2.0])?)?.flatten_all()?.to_vec1()?;
+    assert_eq!(got, vec![0.0, 0.0, 1.0]);
+    let got: Vec<f64> = s.project(&t(&[0.4, 0.3, 0.1])?)?.flatten_all()?.to_vec1()?;
+    // τ = (0.8 − 1)/3, so each entry rises by 1/15.
+    for (a, b) in got
+        .iter()
+        .zip([0.4 + 0.2 / 3.0, 0.3 + 0.2 / 3.0, 0.1 + 0.2 / 3.0])
+    {
+        assert!((a - b).abs() < 1e-12, "{got:?}");
+    }
+    let two = EuclideanSimplex::new(2.0)?;
+    let got: Vec<f64> = two.project(&t(&[0.0, 0.0])?)?.flatten_all()?.to_vec1()?;
+    assert_eq!(got, vec![1.0, 1.0]);
+    assert!(EuclideanSimplex::new(0.0).is_err());
+    let c = SecondOrderCone;
+    let got: Vec<f64> = c.project(&t(&[3.0, 4.0, 0.0])?)?.flatten_all()?.to_vec1()?;
+    assert_eq!(got, vec![1.5, 2.0, 2.5]);
+    let got: Vec<f64> = c
+        .project(&t(&[3.0, 4.0, -6.0])?)?
+        .flatten_all()?
+        .to_vec1()?;
+    assert_eq!(got, vec![0.0, 0.0, 0.0]);
+    let got: Vec<f64> = c.project(&t(&[3.0, 4.0, 6.0])?)?.flatten_all()?.to_vec1()?;
+    assert_eq!(got, vec![3.0, 4.0, 6.0]);
+    Ok(())
+}
+
+#[test]
+fn birkhoff_refuses_rows_of_the_wrong_length() {
+    let b = amortize::projection::Birkhoff::new(3, 1.0, 10).unwrap();
+    let y = Tensor::zeros((2, 8), DType::F64, &Device::Cpu).unwrap();
+    let e = b.project(&y).unwrap_err().to_string();
+    assert!(e.contains("k² = 9"), "{e}");
+    assert!(amortize::projection::TanhBox::new(1.0, 1.0).is_err());
+}
