@@ -13,11 +13,15 @@
 mod birkhoff;
 mod boxes;
 mod cone;
+mod lml;
+mod psd;
 mod simplex;
 
 pub use birkhoff::Birkhoff;
 pub use boxes::{ClipBox, TanhBox, UnitCube};
 pub use cone::{Orthant, SecondOrderCone};
+pub use lml::CappedSimplex;
+pub use psd::{symmetric_eigen, PsdCone};
 pub use simplex::{EuclideanSimplex, SoftmaxSimplex};
 
 use candle_core::Tensor;
@@ -87,5 +91,7 @@ pub fn projection_zoo() -> Vec<Box<dyn Projection>> {
         Box::new(ClipBox::new(-0.5, 0.5).expect("valid box")),
         Box::new(SecondOrderCone),
         Box::new(Birkhoff::new(3, 1.0, 1000).expect("valid settings")),
+        Box::new(CappedSimplex::new(3.0, 1.0).expect("valid settings")),
+        Box::new(PsdCone::new(3).expect("valid size")),
     ]
 }

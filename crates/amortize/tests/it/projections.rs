@@ -113,3 +113,65 @@ fn birkhoff_refuses_rows_of_the_wrong_length() {
     assert!(e.contains("k² = 9"), "{e}");
     assert!(amortize::projection::TanhBox::new(1.0, 1.0).is_err());
 }
+
+#[test]
+fn symmetric_eigen_reconstructs_and_orders_nothing_away() {
+    use amortize::projection::symmetric_eigen;
+    // [[2, 1], [1, 2]] has eigenvalues 1 and 3.
+    let (mut lam, _) = symmetric_eigen(&[2.0, 1.0, 1.0, 2.0], 2);
+    lam.sort_by(|a, b| a.total_cmp(b));
+    assert!(
+        (lam[0] - 1.0).abs() < 1e-12 && (lam[1] - 3.0).abs() < 1e-12,
+        "{lam:?}"
+    );
+    // A random symmetric 5×5: V diag(λ) Vᵀ = A and VᵀV = I.
+    let k = 5;
+    let r: Vec<f64> = random(1, k * k, 1.0, 9)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let a: Vec<f64> = (0..k * k)
+        .map(|ij| 0.5 * (r[ij] + r[(ij % k) * k + ij / k]))
+        .collect();
+    let (lam, v) = symmetric_eigen(&a, k);
+    for i in 0..k {
+        for j in 0..k {
+            let rec: f64 = (0..k).map(|l| v[i * k + l] * lam[l] * v[j * k + l]).sum();
+            let ortho: f64 = (0..k).map(|l| v[l * k + i] * v[l * k + j]).sum();
+            assert!((rec - a[i * k + j]).abs() < 1e-12);
+            assert!((ortho - if i == j { 1.0 } else { 0.0 }).abs() < 1e-12);
+        }
+    }
+}
+
+#[test]
+fn psd_and_capped_simplex_match_hand_computed_values() -> Result<()> {
+    use amortize::projection::{CappedSimplex, PsdCone};
+    let t = |v: &[f64]| Tensor::from_slice(v, (1, v.len()), &Device::Cpu);
+    // diag(2, −1) ↦ diag(2, 0).
+    let got: Vec<f64> = PsdCone::new(2)?
+        .project(&t(&[2.0, 0.0, 0.0, -1.0])?)?
+        .flatten_all()?
+        .to_vec1()?;
+    for (a, b) in got.iter().zip([2.0, 0.0, 0.0, 0.0]) {
+        assert!((a - b).abs() < 1e-12, "{got:?}");
+    }
+    // Equal scores share the mass k equally.
+    let got: Vec<f64> = CappedSimplex::new(2.0, 0.5)?
+        .project(&t(&[0.3; 5])?)?
+        .flatten_all()?
+        .to_vec1()?;
+    assert!(got.iter().all(|v| (v - 0.4).abs() < 1e-12), "{got:?}");
+    // A large gap selects the top k almost surely.
+    let got: Vec<f64> = CappedSimplex::new(1.0, 0.01)?
+        .project(&t(&[0.0, 5.0, 0.1])?)?
+        .flatten_all()?
+        .to_vec1()?;
+    assert!(got[1] > 1.0 - 1e-9 && got[0] < 1e-9, "{got:?}");
+    assert!(CappedSimplex::new(3.0, 1.0)?
+        .project(&t(&[0.0, 1.0, 2.0])?)
+        .is_err());
+    Ok(())
+}

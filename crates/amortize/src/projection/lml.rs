@@ -1,0 +1,139 @@
+//! The limited multi-label projection (LML; Amos, Koltun & Kolter 2019), the soft top-k
+//! behind the differentiable cross-entropy method: the entropic projection onto the capped
+//! simplex {y ∈ [0, 1]ⁿ : 1ᵀy = k}.
+//!
+//! π(x) = argmin_{0<y<1, 1ᵀy=k} −xᵀy/τ − H_b(y) has the solution y_i = σ((x_i + ν)/τ), with
+//! the scalar ν such that Σ_i y_i = k, found by bisection. Differentiating the optimality
+//! conditions gives, with d_i = y_i(1 − y_i)/τ, the VJP ∂L/∂x = d ⊙ g − d (dᵀg)/(1ᵀd).
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+
+use super::Projection;
+use crate::{Error, Result};
+
+/// Soft top-k onto {y ∈ (0, 1)ⁿ : 1ᵀy = k} with temperature τ.
+#[derive(Debug, Clone, Copy)]
+pub struct CappedSimplex {
+    k: f64,
+    temperature: f64,
+}
+
+impl CappedSimplex {
+    /// Mass k (0 < k < n is required of the rows it is applied to) and temperature τ > 0.
+    pub fn new(k: f64, temperature: f64) -> Result<Self> {
+        if !(k.is_finite() && k > 0.0 && temperature.is_finite() && temperature > 0.0) {
+            return Err(Error::invalid(format!(
+                "capped simplex: need k > 0 and temperature > 0, got k = {k}, τ = {temperature}"
+            )));
+        }
+        Ok(CappedSimplex { k, temperature })
+    }
+
+    fn solve_row(&self, x: &[f64], out: &mut Vec<f64>) {
+        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+        let mass = |nu: f64| {
+            x.iter()
+                .map(|&xi| sig((xi + nu) / self.temperature))
+                .sum::<f64>()
+        };
+        let (xmin, xmax) = x
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        // mass(ν) rises from 0 to n; this bracket holds mass(lo) < k < mass(hi) for 0 < k < n.
+        let span = 40.0 * self.temperature;
+        let (mut lo, mut hi) = (-xmax - span, -xmin + span);
+        for _ in 0..200 {
+            let mid = 0.5 * (lo + hi);
+            if mass(mid) < self.k {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+            if hi - lo < 1e-15 * (1.0 + lo.abs()) {
+                break;
+            }
+        }
+        let nu = 0.5 * (lo + hi);
+        out.extend(x.iter().map(|&xi| sig((xi + nu) / self.temperature)));
+    }
+}
+
+impl CustomOp1 for CappedSimplex {
+    fn name(&self) -> &'static str {
+        "capped-simplex"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("capped-simplex: the input must be contiguous")
+        };
+        let d = *layout.shape().dims().last().unwrap_or(&1);
+        if self.k >= d as f64 {
+            candle_core::bail!(
+                "capped-simplex: k = {} must be below the row length {d}",
+                self.k
+            )
+        }
+        let rows: Vec<f64> = match storage {
+            CpuStorage::F32(v) => v[start..end].iter().map(|&x| x as f64).collect(),
+            CpuStorage::F64(v) => v[start..end].to_vec(),
+            _ => candle_core::bail!("capped-simplex: only f32 and f64 are supported"),
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows.chunks(d.max(1)) {
+            self.solve_row(row, &mut out);
+        }
+        let result = match storage {
+            CpuStorage::F32(_) => CpuStorage::F32(out.iter().map(|&x| x as f32).collect()),
+            _ => CpuStorage::F64(out),
+        };
+        Ok((result, layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let d = res
+            .mul(&res.affine(-1.0, 1.0)?)?
+            .affine(1.0 / self.temperature, 0.0)?;
+        let dg = d.mul(grad)?;
+        let coef = dg
+            .sum_keepdim(1)?
+            .div(&d.sum_keepdim(1)?.clamp(1e-300, f64::INFINITY)?)?;
+        Ok(Some(dg.sub(&d.broadcast_mul(&coef)?)?))
+    }
+}
+
+impl Projection for CappedSimplex {
+    fn name(&self) -> &'static str {
+        "capped-simplex"
+    }
+
+    fn project(&self, y: &Tensor) -> Result<Tensor> {
+        Ok(y.contiguous()?.apply_op1(*self)?)
+    }
+
+    fn violation(&self, y: &Tensor) -> Result<Tensor> {
+        let sum_gap = y.sum(1)?.affine(1.0, -self.k)?.abs()?;
+        let below = y.neg()?.relu()?.max(1)?;
+        let above = y.affine(1.0, -1.0)?.relu()?.max(1)?;
+        Ok(sum_gap.maximum(&below)?.maximum(&above)?)
+    }
+
+    fn idempotent(&self) -> bool {
+        false
+    }
+
+    fn nonexpansive(&self) -> bool {
+        false
+    }
+}
