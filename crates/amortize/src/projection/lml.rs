@@ -8,7 +8,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
-use super::Projection;
+use super::{map_rows_f64, Projection};
 use crate::{Error, Result};
 
 /// Soft top-k onto {y ∈ (0, 1)ⁿ : 1ᵀy = k} with temperature τ.
@@ -70,9 +70,6 @@ impl CustomOp1 for CappedSimplex {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("capped-simplex: the input must be contiguous")
-        };
         let d = *layout.shape().dims().last().unwrap_or(&1);
         if self.k >= d as f64 {
             candle_core::bail!(
@@ -80,20 +77,9 @@ impl CustomOp1 for CappedSimplex {
                 self.k
             )
         }
-        let rows: Vec<f64> = match storage {
-            CpuStorage::F32(v) => v[start..end].iter().map(|&x| x as f64).collect(),
-            CpuStorage::F64(v) => v[start..end].to_vec(),
-            _ => candle_core::bail!("capped-simplex: only f32 and f64 are supported"),
-        };
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows.chunks(d.max(1)) {
-            self.solve_row(row, &mut out);
-        }
-        let result = match storage {
-            CpuStorage::F32(_) => CpuStorage::F32(out.iter().map(|&x| x as f32).collect()),
-            _ => CpuStorage::F64(out),
-        };
-        Ok((result, layout.shape().clone()))
+        map_rows_f64(storage, layout, "capped-simplex", |row, out| {
+            self.solve_row(row, out)
+        })
     }
 
     fn bwd(

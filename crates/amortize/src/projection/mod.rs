@@ -24,9 +24,38 @@ pub use lml::CappedSimplex;
 pub use psd::{symmetric_eigen, PsdCone};
 pub use simplex::{EuclideanSimplex, SoftmaxSimplex};
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, Layout, Shape, Tensor};
 
 use crate::Result;
+
+/// The CPU forward of the custom-op projections: applies `f` to every row (last dimension)
+/// of a contiguous f32 or f64 storage in f64 and returns storage of the input's dtype and
+/// shape. `f` appends exactly one output row per input row.
+pub(crate) fn map_rows_f64(
+    storage: &CpuStorage,
+    layout: &Layout,
+    name: &str,
+    mut f: impl FnMut(&[f64], &mut Vec<f64>),
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{name}: the input must be contiguous")
+    };
+    let d = (*layout.shape().dims().last().unwrap_or(&1)).max(1);
+    let rows: Vec<f64> = match storage {
+        CpuStorage::F32(v) => v[start..end].iter().map(|&x| x as f64).collect(),
+        CpuStorage::F64(v) => v[start..end].to_vec(),
+        _ => candle_core::bail!("{name}: only f32 and f64 are supported"),
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows.chunks(d) {
+        f(row, &mut out);
+    }
+    let result = match storage {
+        CpuStorage::F32(_) => CpuStorage::F32(out.iter().map(|&x| x as f32).collect()),
+        _ => CpuStorage::F64(out),
+    };
+    Ok((result, layout.shape().clone()))
+}
 
 /// A differentiable map from Rⁿ onto a set C, row-wise on `(n, d)` tensors.
 pub trait Projection: Send + Sync {

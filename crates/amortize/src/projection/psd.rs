@@ -2,7 +2,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
-use super::Projection;
+use super::{map_rows_f64, Projection};
 use crate::{Error, Result};
 
 /// The Euclidean (Frobenius) projection onto the PSD cone of k×k matrices, rows holding k²
@@ -98,17 +98,6 @@ fn symmetrize(row: &[f64], k: usize) -> Vec<f64> {
     a
 }
 
-fn rows_f64(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<Vec<f64>> {
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("psd cone: the input must be contiguous")
-    };
-    Ok(match storage {
-        CpuStorage::F32(v) => v[start..end].iter().map(|&x| x as f64).collect(),
-        CpuStorage::F64(v) => v[start..end].to_vec(),
-        _ => candle_core::bail!("psd cone: only f32 and f64 are supported"),
-    })
-}
-
 impl CustomOp1 for PsdCone {
     fn name(&self) -> &'static str {
         "psd-cone"
@@ -120,9 +109,7 @@ impl CustomOp1 for PsdCone {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let k = self.k;
-        let data = rows_f64(storage, layout)?;
-        let mut out = Vec::with_capacity(data.len());
-        for row in data.chunks(k * k) {
+        map_rows_f64(storage, layout, "psd-cone", |row, out| {
             let (lam, v) = symmetric_eigen(&symmetrize(row, k), k);
             for i in 0..k {
                 for j in 0..k {
@@ -133,12 +120,7 @@ impl CustomOp1 for PsdCone {
                     );
                 }
             }
-        }
-        let result = match storage {
-            CpuStorage::F32(_) => CpuStorage::F32(out.iter().map(|&x| x as f32).collect()),
-            _ => CpuStorage::F64(out),
-        };
-        Ok((result, layout.shape().clone()))
+        })
     }
 
     fn bwd(

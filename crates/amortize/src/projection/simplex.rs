@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
-use super::Projection;
+use super::{map_rows_f64, Projection};
 use crate::{Error, Result};
 
 /// softmax(y): the entropy-regularised projection onto the interior of the unit simplex
@@ -72,8 +72,8 @@ impl EuclideanSimplex {
     }
 }
 
-fn project_row<T: Copy + Into<f64>>(row: &[T], radius: f64, out: &mut Vec<f64>) {
-    let mut u: Vec<f64> = row.iter().map(|&v| v.into()).collect();
+fn project_row(row: &[f64], radius: f64, out: &mut Vec<f64>) {
+    let mut u = row.to_vec();
     u.sort_by(|a, b| b.total_cmp(a));
     let (mut cum, mut tau) = (0.0, 0.0);
     for (j, uj) in u.iter().enumerate() {
@@ -83,7 +83,7 @@ fn project_row<T: Copy + Into<f64>>(row: &[T], radius: f64, out: &mut Vec<f64>) 
             tau = t;
         }
     }
-    out.extend(row.iter().map(|&v| (v.into() - tau).max(0.0)));
+    out.extend(row.iter().map(|&v| (v - tau).max(0.0)));
 }
 
 impl CustomOp1 for EuclideanSimplex {
@@ -96,28 +96,9 @@ impl CustomOp1 for EuclideanSimplex {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("euclidean-simplex: the input must be contiguous")
-        };
-        let dims = layout.shape().dims();
-        let d = *dims.last().unwrap_or(&1);
-        let mut out = Vec::with_capacity(end - start);
-        let result = match storage {
-            CpuStorage::F32(v) => {
-                for row in v[start..end].chunks(d.max(1)) {
-                    project_row(row, self.radius, &mut out);
-                }
-                CpuStorage::F32(out.iter().map(|&x| x as f32).collect())
-            }
-            CpuStorage::F64(v) => {
-                for row in v[start..end].chunks(d.max(1)) {
-                    project_row(row, self.radius, &mut out);
-                }
-                CpuStorage::F64(out)
-            }
-            _ => candle_core::bail!("euclidean-simplex: only f32 and f64 are supported"),
-        };
-        Ok((result, layout.shape().clone()))
+        map_rows_f64(storage, layout, "euclidean-simplex", |row, out| {
+            project_row(row, self.radius, out)
+        })
     }
 
     fn bwd(
