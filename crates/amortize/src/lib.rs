@@ -50,6 +50,7 @@ pub mod ops;
 pub mod optim;
 pub mod problem;
 pub mod projection;
+pub mod solver;
 pub mod testing;
 pub mod train;
 

@@ -155,6 +155,11 @@ impl Problem for Quadratic {
         Ok(y.matmul(&q)?.sub(&x.matmul(&b.t()?)?)?)
     }
 
+    /// The domain is all of Rⁿ (π_Y is the identity), so this is [`Problem::gradient`].
+    fn domain_gradient(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
+        self.gradient(y, x)
+    }
+
     fn solve_exact(&self, x: &Tensor) -> Result<Option<Tensor>> {
         self.check_contexts(x)?;
         let (n, k) = (self.config.solution_dim, self.config.context_dim);

@@ -79,6 +79,11 @@ impl Problem for Toy1d {
         Ok(ds.mul(&r)?.affine(2.0 / 80.0, 0.0)?)
     }
 
+    /// The domain is all of Rⁿ (π_Y is the identity), so this is [`Problem::gradient`].
+    fn domain_gradient(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
+        self.gradient(y, x)
+    }
+
     fn solve_exact(&self, x: &Tensor) -> Result<Option<Tensor>> {
         self.check_contexts(x)?;
         Ok(Some(Self::center(x)?))

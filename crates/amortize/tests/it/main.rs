@@ -8,5 +8,7 @@ mod gradients;
 mod problems;
 /// Differentiable projections: membership, idempotence, non-expansiveness, VJPs.
 mod projections;
+/// Classical solvers: known solutions, optimality conditions, statuses.
+mod solvers;
 /// Training lowers the objective; checkpoints round-trip and refuse mismatches.
 mod training;

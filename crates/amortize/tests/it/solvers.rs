@@ -1,0 +1,307 @@
+use amortize::prelude::*;
+use amortize::solver::{
+    solve, AdamSolver, GradientDescent, ProxOperator, ProximalGradient, Settings, Status, StepRule,
+};
+use amortize::testing::max_abs_diff;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+fn quadratic_batch(n: usize) -> Result<(Quadratic, Tensor, Tensor)> {
+    let p = Quadratic::new(QuadraticConfig::default())?;
+    let x = p
+        .sample_contexts(n, &mut StdRng::seed_from_u64(0), &Device::Cpu)?
+        .to_dtype(DType::F64)?;
+    let y0 = Tensor::zeros((n, 3), DType::F64, &Device::Cpu)?;
+    Ok((p, x, y0))
+}
+
+/// Gradient methods reach the closed-form y* of the quadratic family.
+#[test]
+fn gradient_solvers_reach_the_closed_form_solution() -> Result<()> {
+    let (p, x, y0) = quadratic_batch(16)?;
+    let y_star = p.solve_exact(&x)?.unwrap();
+    let settings = Settings {
+        tol: 1e-8,
+        max_iters: 20_000,
+        max_time: None,
+    };
+    let fixed = GradientDescent::new(&p, StepRule::Fixed { lr: 0.2 });
+    let armijo = GradientDescent::new(
+        &p,
+        StepRule::Armijo {
+            initial: 1.0,
+            shrink: 0.5,
+            c: 1e-4,
+        },
+    );
+    let runs = [
+        ("gd", solve(&fixed, &y0, &x, &settings, |_, _| {})?),
+        // A line search on values of f cannot certify decrease below ‖∇‖ ≈ √(ε|f|).
+        (
+            "gd-armijo",
+            solve(
+                &armijo,
+                &y0,
+                &x,
+                &Settings {
+                    tol: 1e-6,
+                    ..settings
+                },
+                |_, _| {},
+            )?,
+        ),
+    ];
+    for (name, s) in runs {
+        assert_eq!(
+            s.status,
+            Status::Converged,
+            "{name} after {} iterations",
+            s.iters
+        );
+        let e = max_abs_diff(&s.y, &y_star)?;
+        assert!(e < 1e-5, "{name}: off y* by {e}");
+        assert!(s.iters > 1);
+    }
+    // Adam with a constant rate hovers at a distance of order lr from y*: a looser tolerance.
+    let adam = AdamSolver::new(&p, 0.01);
+    let s = solve(
+        &adam,
+        &y0,
+        &x,
+        &Settings {
+            tol: 1e-3,
+            max_iters: 5000,
+            max_time: None,
+        },
+        |_, _| {},
+    )?;
+    assert_eq!(
+        s.status,
+        Status::Converged,
+        "adam after {} iterations",
+        s.iters
+    );
+    assert!(max_abs_diff(&s.y, &y_star)? < 1e-2);
+    Ok(())
+}
+
+#[test]
+fn armijo_decreases_the_objective_every_step() -> Result<()> {
+    let p = Sphere::new(SphereConfig::default())?;
+    let x = p
+        .sample_contexts(32, &mut StdRng::seed_from_u64(1), &Device::Cpu)?
+        .to_dtype(DType::F64)?;
+    let y0 = p.sample_contexts(32, &mut StdRng::seed_from_u64(2), &Device::Cpu)?;
+    let y0 = y0.narrow(1, 0, 3)?.to_dtype(DType::F64)?;
+    let gd = GradientDescent::new(
+        &p,
+        StepRule::Armijo {
+            initial: 4.0,
+            shrink: 0.5,
+            c: 1e-4,
+        },
+    );
+    let mut values = Vec::new();
+    let mut y = y0.clone();
+    for _ in 0..40 {
+        values.push(p.objective(&p.to_domain(&y)?, &x)?.to_vec1::<f64>()?);
+        y = amortize::solver::Solver::step(&gd, y, &x)?;
+    }
+    for w in values.windows(2) {
+        for (a, b) in w[0].iter().zip(&w[1]) {
+            assert!(b <= &(a + 1e-12), "objective rose from {a} to {b}");
+        }
+    }
+    let s = solve(
+        &gd,
+        &y0,
+        &x,
+        &Settings {
+            tol: 1e-7,
+            max_iters: 2000,
+            max_time: None,
+        },
+        |_, _| {},
+    )?;
+    assert_eq!(s.status, Status::Converged);
+    let r: Vec<f64> = s.residual.to_vec1()?;
+    assert!(r.iter().all(|v| *v <= 1e-7));
+    Ok(())
+}
+
+#[test]
+fn budgets_end_in_a_status_not_an_error() -> Result<()> {
+    let (p, x, y0) = quadratic_batch(4)?;
+    let gd = GradientDescent::new(&p, StepRule::Fixed { lr: 1e-3 });
+    let s = solve(
+        &gd,
+        &y0,
+        &x,
+        &Settings {
+            tol: 1e-12,
+            max_iters: 3,
+            max_time: None,
+        },
+        |_, _| {},
+    )?;
+    assert_eq!((s.status, s.iters), (Status::MaxIterations, 3));
+    let s = solve(
+        &gd,
+        &y0,
+        &x,
+        &Settings {
+            tol: 1e-12,
+            max_iters: 1_000_000,
+            max_time: Some(0.0),
+        },
+        |_, _| {},
+    )?;
+    assert_eq!(s.status, Status::MaxTime);
+    let wild = GradientDescent::new(&p, StepRule::Fixed { lr: 1e6 });
+    let s = solve(
+        &wild,
+        &y0,
+        &x,
+        &Settings {
+            tol: 1e-12,
+            max_iters: 1000,
+            max_time: None,
+        },
+        |_, _| {},
+    )?;
+    assert_eq!(s.status, Status::NumericalError);
+    let mut seen = Vec::new();
+    solve(
+        &gd,
+        &y0,
+        &x,
+        &Settings {
+            tol: 0.0,
+            max_iters: 2,
+            max_time: None,
+        },
+        |i, r| seen.push((i, r)),
+    )?;
+    assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert!(solve(
+        &gd,
+        &y0,
+        &x,
+        &Settings {
+            tol: f64::NAN,
+            ..Default::default()
+        },
+        |_, _| {}
+    )
+    .is_err());
+    Ok(())
+}
+
+/// ISTA and FISTA on quadratic + α‖y‖₁ agree, satisfy the subgradient optimality conditions
+/// (checked independently of the solvers), and FISTA needs fewer iterations.
+#[test]
+fn ista_and_fista_solve_an_l1_problem() -> Result<()> {
+    let (p, x, y0) = quadratic_batch(24)?;
+    let alpha = 0.3;
+    let prox = ProxOperator::L1 { alpha };
+    let settings = Settings {
+        tol: 1e-9,
+        max_iters: 50_000,
+        max_time: None,
+    };
+    let ista = solve(
+        &ProximalGradient::ista(&p, prox, 0.2)?,
+        &y0,
+        &x,
+        &settings,
+        |_, _| {},
+    )?;
+    let fista = solve(
+        &ProximalGradient::fista(&p, prox, 0.2)?,
+        &y0,
+        &x,
+        &settings,
+        |_, _| {},
+    )?;
+    assert_eq!(
+        (ista.status, fista.status),
+        (Status::Converged, Status::Converged)
+    );
+    assert!(
+        fista.iters < ista.iters,
+        "fista {} vs ista {}",
+        fista.iters,
+        ista.iters
+    );
+    assert!(max_abs_diff(&ista.y, &fista.y)? < 1e-7);
+    let y: Vec<Vec<f64>> = fista.y.to_vec2()?;
+    let g: Vec<Vec<f64>> = p.gradient(&fista.y, &x)?.to_vec2()?;
+    let mut zeros = 0;
+    for (yr, gr) in y.iter().zip(&g) {
+        for (yi, gi) in yr.iter().zip(gr) {
+            if yi.abs() > 1e-9 {
+                assert!(
+                    (gi + alpha * yi.signum()).abs() < 1e-6,
+                    "stationarity: {gi} {yi}"
+                );
+            } else {
+                zeros += 1;
+                assert!(gi.abs() <= alpha + 1e-6, "subgradient: {gi}");
+            }
+        }
+    }
+    assert!(
+        zeros > 0,
+        "α = {alpha} must zero some coordinates, or the test checks little"
+    );
+    Ok(())
+}
+
+#[test]
+fn box_and_elastic_net_proxes_give_feasible_stationary_points() -> Result<()> {
+    let (p, x, y0) = quadratic_batch(12)?;
+    let (lo, hi) = (-0.2, 0.3);
+    let s = solve(
+        &ProximalGradient::fista(&p, ProxOperator::Box { lo, hi }, 0.2)?,
+        &y0,
+        &x,
+        &Settings {
+            tol: 1e-9,
+            max_iters: 20_000,
+            max_time: None,
+        },
+        |_, _| {},
+    )?;
+    assert_eq!(s.status, Status::Converged);
+    let y: Vec<Vec<f64>> = s.y.to_vec2()?;
+    let g: Vec<Vec<f64>> = p.gradient(&s.y, &x)?.to_vec2()?;
+    for (yr, gr) in y.iter().zip(&g) {
+        for (yi, gi) in yr.iter().zip(gr) {
+            assert!((lo - 1e-12..=hi + 1e-12).contains(yi));
+            // KKT: interior ⇒ ∇ = 0; at lo ⇒ ∇ ≥ 0; at hi ⇒ ∇ ≤ 0.
+            if (yi - lo).abs() < 1e-9 {
+                assert!(*gi >= -1e-6);
+            } else if (yi - hi).abs() < 1e-9 {
+                assert!(*gi <= 1e-6);
+            } else {
+                assert!(gi.abs() < 1e-6);
+            }
+        }
+    }
+    let en = ProxOperator::ElasticNet { l1: 0.1, l2: 0.5 };
+    let s = solve(
+        &ProximalGradient::fista(&p, en, 0.2)?,
+        &y0,
+        &x,
+        &Settings {
+            tol: 1e-9,
+            max_iters: 20_000,
+            max_time: None,
+        },
+        |_, _| {},
+    )?;
+    assert_eq!(s.status, Status::Converged);
+    assert!(ProxOperator::L1 { alpha: -1.0 }.validate().is_err());
+    assert!(ProximalGradient::ista(&p, ProxOperator::NonNegative, 0.0).is_err());
+    Ok(())
+}
