@@ -15,8 +15,8 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::optim::Adam;
 use crate::problem::Problem;
+use crate::solver::{AdamSolver, GradientDescent, Solver, StepRule};
 use crate::{Error, Result};
 
 /// The update rule of a baseline.
@@ -167,6 +167,56 @@ fn mean_best_of(problem: &dyn Problem, y: &Tensor, x_rep: &Tensor, starts: usize
     Ok(best.mean_all()?.to_dtype(DType::F64)?.to_scalar()?)
 }
 
+/// What one baseline run produced.
+struct BaselineRun {
+    curve: Curve,
+    matched: Option<(usize, f64)>,
+    elapsed: f64,
+    level: f64,
+}
+
+/// Runs `solver` from `y` for `max_iters` steps, timing only the steps, and records the mean
+/// best-of-`starts` objective after each.
+fn run_baseline<S: Solver>(
+    solver: &S,
+    problem: &dyn Problem,
+    y: Tensor,
+    x_rep: &Tensor,
+    starts: usize,
+    amortized: f64,
+    max_iters: usize,
+) -> Result<BaselineRun> {
+    let mut state = solver.init(&y, x_rep)?;
+    let mut curve = Curve::default();
+    let mut elapsed = 0.0;
+    let mut matched: Option<(usize, f64)> = None;
+    let mut level = mean_best_of(problem, solver.iterate(&state), x_rep, starts)?;
+    curve.iters.push(0);
+    curve.seconds.push(0.0);
+    curve.mean_objective.push(level);
+    if level <= amortized {
+        matched = Some((0, 0.0));
+    }
+    for it in 1..=max_iters {
+        let t = Instant::now();
+        state = solver.detach(solver.step(state, x_rep)?);
+        elapsed += t.elapsed().as_secs_f64();
+        level = mean_best_of(problem, solver.iterate(&state), x_rep, starts)?;
+        curve.iters.push(it);
+        curve.seconds.push(elapsed);
+        curve.mean_objective.push(level);
+        if matched.is_none() && level <= amortized {
+            matched = Some((it, elapsed));
+        }
+    }
+    Ok(BaselineRun {
+        curve,
+        matched,
+        elapsed,
+        level,
+    })
+}
+
 /// Times `predict` on contexts `x` and runs every baseline of `config` on the same contexts.
 pub fn speed_at_equal_quality(
     problem: &dyn Problem,
@@ -193,39 +243,34 @@ pub fn speed_at_equal_quality(
         let y0: Vec<f64> = (0..rows * dim)
             .map(|_| StandardNormal.sample(&mut rng))
             .collect();
-        let mut y = Tensor::from_vec(y0, (rows, dim), x.device())?.to_dtype(x.dtype())?;
+        let y = Tensor::from_vec(y0, (rows, dim), x.device())?.to_dtype(x.dtype())?;
         let x_rep = Tensor::cat(&vec![x.clone(); b.starts], 0)?;
-        let adam = Adam::default();
-        let mut state = adam.init(&[&y])?;
-        let mut curve = Curve::default();
-        let mut elapsed = 0.0;
-        let mut matched: Option<(usize, f64)> = None;
-        let mut level = mean_best_of(problem, &y, &x_rep, b.starts)?;
-        curve.iters.push(0);
-        curve.seconds.push(0.0);
-        curve.mean_objective.push(level);
-        if level <= amortized {
-            matched = Some((0, 0.0));
-        }
-        for it in 1..=config.max_iters {
-            let t = Instant::now();
-            // Detached: an autodiff gradient keeps its graph (second-order mode), and the
-            // iterates would otherwise chain every step's graph onto the next.
-            let g = problem.domain_gradient(&y, &x_rep)?.detach();
-            y = match b.method {
-                BaselineMethod::Adam { lr } => adam.update(lr, &[&y], &[g], &mut state)?.remove(0),
-                BaselineMethod::Gd { lr } => (&y - (g * lr)?)?,
-            }
-            .detach();
-            elapsed += t.elapsed().as_secs_f64();
-            level = mean_best_of(problem, &y, &x_rep, b.starts)?;
-            curve.iters.push(it);
-            curve.seconds.push(elapsed);
-            curve.mean_objective.push(level);
-            if matched.is_none() && level <= amortized {
-                matched = Some((it, elapsed));
-            }
-        }
+        let run = match b.method {
+            BaselineMethod::Adam { lr } => run_baseline(
+                &AdamSolver::new(problem, lr),
+                problem,
+                y,
+                &x_rep,
+                b.starts,
+                amortized,
+                config.max_iters,
+            )?,
+            BaselineMethod::Gd { lr } => run_baseline(
+                &GradientDescent::new(problem, StepRule::Fixed { lr }),
+                problem,
+                y,
+                &x_rep,
+                b.starts,
+                amortized,
+                config.max_iters,
+            )?,
+        };
+        let BaselineRun {
+            curve,
+            matched,
+            elapsed,
+            level,
+        } = run;
         let (ratio, lower) = match matched {
             Some((_, s)) => (s / prediction_seconds, false),
             None => (elapsed / prediction_seconds, true),

@@ -108,6 +108,10 @@ impl Solver for GradientDescent<'_> {
         y
     }
 
+    fn detach(&self, y: Tensor) -> Tensor {
+        y.detach()
+    }
+
     fn value(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
         self.f(y, x)
     }
@@ -161,6 +165,12 @@ impl Solver for AdamSolver<'_> {
 
     fn iterate<'s>(&self, state: &'s Self::State) -> &'s Tensor {
         &state.0
+    }
+
+    fn detach(&self, (y, mut state): Self::State) -> Self::State {
+        state.m = state.m.iter().map(Tensor::detach).collect();
+        state.v = state.v.iter().map(Tensor::detach).collect();
+        (y.detach(), state)
     }
 
     fn value(&self, state: &Self::State, x: &Tensor) -> Result<Tensor> {

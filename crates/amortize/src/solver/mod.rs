@@ -90,6 +90,11 @@ pub trait Solver {
     /// The current iterate `(n, d)`.
     fn iterate<'s>(&self, state: &'s Self::State) -> &'s Tensor;
 
+    /// The state cut from the autodiff graph. Steps keep their graph so that models can
+    /// unroll them; a plain solve detaches after every step, or each iterate would chain the
+    /// graphs of all earlier steps (second-order mode keeps gradients' graphs too).
+    fn detach(&self, state: Self::State) -> Self::State;
+
     /// The objective at the current iterate, `(n,)`.
     fn value(&self, state: &Self::State, x: &Tensor) -> Result<Tensor>;
 
@@ -137,7 +142,7 @@ pub fn solve<S: Solver>(
         {
             break Status::MaxTime;
         }
-        state = solver.step(state, x)?;
+        state = solver.detach(solver.step(state, x)?);
         iters += 1;
     };
     let residual = solver.residual(&state, x)?;

@@ -197,6 +197,14 @@ impl Solver for ProximalGradient<'_> {
         &s.y
     }
 
+    fn detach(&self, s: ProxState) -> ProxState {
+        ProxState {
+            y: s.y.detach(),
+            y_prev: s.y_prev.detach(),
+            t: s.t.detach(),
+        }
+    }
+
     fn value(&self, s: &ProxState, x: &Tensor) -> Result<Tensor> {
         Ok(self
             .problem

@@ -305,3 +305,53 @@ fn box_and_elastic_net_proxes_give_feasible_stationary_points() -> Result<()> {
     assert!(ProximalGradient::ista(&p, ProxOperator::NonNegative, 0.0).is_err());
     Ok(())
 }
+
+/// A family with only an objective, so gradients come from autodiff (which keeps its graph in
+/// second-order mode): f(y; x) = ½‖y − x‖².
+struct AutodiffOnly;
+
+impl Problem for AutodiffOnly {
+    fn name(&self) -> &str {
+        "autodiff-only"
+    }
+    fn context_dim(&self) -> usize {
+        2
+    }
+    fn solution_dim(&self) -> usize {
+        2
+    }
+    fn sample_contexts(&self, n: usize, _: &mut StdRng, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::ones((n, 2), DType::F64, device)?)
+    }
+    fn objective(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
+        Ok(y.sub(x)?.sqr()?.sum(1)?.affine(0.5, 0.0)?)
+    }
+}
+
+/// Steps keep their graph (models unroll them); the solve driver cuts it after every step, or
+/// each iterate would carry the graph of all earlier ones (regression: `run toy1d` once took
+/// minutes in the speed harness for this reason).
+#[test]
+fn solve_detaches_iterates_but_steps_keep_their_graph() -> Result<()> {
+    use amortize::solver::Solver;
+    let p = AutodiffOnly;
+    let x = p.sample_contexts(3, &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+    let y0 = Tensor::zeros((3, 2), DType::F64, &Device::Cpu)?;
+    let gd = GradientDescent::new(&p, StepRule::Fixed { lr: 0.5 });
+    let stepped = gd.step(y0.clone(), &x)?;
+    assert!(stepped.track_op(), "a single step stays differentiable");
+    let s = solve(
+        &gd,
+        &y0,
+        &x,
+        &Settings {
+            tol: 1e-10,
+            max_iters: 100,
+            max_time: None,
+        },
+        |_, _| {},
+    )?;
+    assert_eq!(s.status, Status::Converged);
+    assert!(!s.y.track_op(), "solve returns a detached iterate");
+    Ok(())
+}
