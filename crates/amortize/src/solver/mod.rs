@@ -7,9 +7,11 @@
 //! Running out of iterations or time is a [`Status`], never an error. Steps are tensor ops, so
 //! a model can differentiate through them.
 
+mod anderson;
 mod gradient;
 mod proximal;
 
+pub use anderson::{Anderson, AndersonState, FixedPointMap};
 pub use gradient::{AdamSolver, GradientDescent, StepRule};
 pub use proximal::{ProxOperator, ProxState, ProximalGradient};
 

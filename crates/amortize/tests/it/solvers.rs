@@ -355,3 +355,67 @@ fn solve_detaches_iterates_but_steps_keep_their_graph() -> Result<()> {
     assert!(!s.y.track_op(), "solve returns a detached iterate");
     Ok(())
 }
+
+/// g(y; x) = A y + x with a fixed contraction A; the fixed point is (I − A)⁻¹ x.
+struct Affine {
+    a: Tensor,
+}
+
+impl amortize::solver::FixedPointMap for Affine {
+    fn apply(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
+        Ok(y.matmul(&self.a.t()?)?.add(x)?)
+    }
+}
+
+#[test]
+fn anderson_finds_the_fixed_point_faster_than_plain_iteration() -> Result<()> {
+    use amortize::solver::Anderson;
+    let d = 6;
+    // A = 0.9 · (rotation-like, non-symmetric) so that plain iteration is slow.
+    let mut a = vec![0.0f64; d * d];
+    for i in 0..d {
+        a[i * d + i] = 0.6;
+        a[i * d + (i + 1) % d] = 0.3;
+    }
+    let a = Tensor::from_vec(a, (d, d), &Device::Cpu)?;
+    let x = Tensor::from_vec(
+        (0..4 * d).map(|i| (i as f64).sin()).collect::<Vec<_>>(),
+        (4, d),
+        &Device::Cpu,
+    )?;
+    let y0 = x.zeros_like()?;
+    let settings = Settings {
+        tol: 1e-10,
+        max_iters: 5000,
+        max_time: None,
+    };
+    let plain = solve(
+        &Anderson::new(Affine { a: a.clone() }, 0, 1.0, 0.0)?,
+        &y0,
+        &x,
+        &settings,
+        |_, _| {},
+    )?;
+    let aa = solve(
+        &Anderson::new(Affine { a: a.clone() }, 5, 1.0, 1e-10)?,
+        &y0,
+        &x,
+        &settings,
+        |_, _| {},
+    )?;
+    assert_eq!(
+        (plain.status, aa.status),
+        (Status::Converged, Status::Converged)
+    );
+    assert!(
+        aa.iters * 3 < plain.iters,
+        "anderson {} vs plain {}",
+        aa.iters,
+        plain.iters
+    );
+    // Independent check: (I − A) y = x.
+    let lhs = aa.y.sub(&aa.y.matmul(&a.t()?)?)?;
+    assert!(max_abs_diff(&lhs, &x)? < 1e-8);
+    assert!(Anderson::new(Affine { a }, 3, 0.0, 0.0).is_err());
+    Ok(())
+}
