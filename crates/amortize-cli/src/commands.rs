@@ -8,6 +8,10 @@ use amortize::eval::{
 };
 use amortize::model::{FusedMlp, Model};
 use amortize::problem::{Problem, ProblemConfig, Sphere};
+use amortize::solver::{
+    solve, AdamSolver, GradientDescent, ProxOperator, ProximalGradient, Settings, Solution, Solver,
+    StepRule,
+};
 use amortize::train::{
     held_out_contexts, write_atomic, Checkpoint, JsonlWriter, Loaded, Observer, Record, Trainer,
 };
@@ -79,6 +83,38 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             contexts,
             output,
         } => predict(&checkpoint, &contexts, output.as_deref())?,
+        Command::Solve {
+            problem,
+            solver,
+            contexts,
+            n,
+            tol,
+            max_iters,
+            lr,
+            l1,
+            output,
+        } => {
+            let request = SolveRequest {
+                problem,
+                solver,
+                contexts,
+                n,
+                settings: Settings {
+                    tol,
+                    max_iters,
+                    max_time: None,
+                },
+                lr,
+                l1,
+                seed: cli.seed.unwrap_or(0),
+            };
+            let json = solve_command(&request)?;
+            let text = serde_json::to_string_pretty(&json)?;
+            match output {
+                Some(path) => write_atomic(&path, text.as_bytes())?,
+                None => println!("{text}"),
+            }
+        }
         Command::List => list(),
         Command::Bench {
             which,
@@ -89,6 +125,125 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         } => crate::bench::run(which, &batches, repeats, rounds, !no_baselines, quiet)?,
     }
     Ok(())
+}
+
+/// The solvers `amortize solve` runs.
+const SOLVERS: [&str; 5] = ["gd", "gd-armijo", "adam", "ista", "fista"];
+
+/// What `amortize solve` was asked.
+struct SolveRequest {
+    problem: String,
+    solver: String,
+    contexts: Option<PathBuf>,
+    n: usize,
+    settings: Settings,
+    lr: f64,
+    l1: f64,
+    seed: u64,
+}
+
+fn run_solver<S: Solver>(
+    solver: &S,
+    y0: &Tensor,
+    x: &Tensor,
+    settings: &Settings,
+) -> Result<Solution> {
+    Ok(solve(solver, y0, x, settings, |_, _| {})?)
+}
+
+/// Solves the requested instances from scratch (random starts from the seed) and returns the
+/// JSON report: status, iterations, seconds, and per instance y, value and residual.
+fn solve_command(req: &SolveRequest) -> Result<serde_json::Value> {
+    let config = ProblemConfig::default_for(&req.problem)?;
+    let problem = config.build()?;
+    let mut rng = StdRng::seed_from_u64(req.seed);
+    let x = match &req.contexts {
+        Some(path) => {
+            let rows = crate::contexts::read_contexts(path, problem.context_dim())?;
+            let n = rows.len();
+            Tensor::from_vec(
+                rows.into_iter().flatten().collect::<Vec<f64>>(),
+                (n, problem.context_dim()),
+                &Device::Cpu,
+            )?
+        }
+        None => {
+            if req.n == 0 {
+                bail!("--n must be at least 1");
+            }
+            problem
+                .sample_contexts(req.n, &mut rng, &Device::Cpu)?
+                .to_dtype(DType::F64)?
+        }
+    };
+    let n = x.dim(0)?;
+    let d = problem.solution_dim();
+    let y0: Vec<f64> = (0..n * d)
+        .map(|_| rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng))
+        .collect();
+    let y0 = Tensor::from_vec(y0, (n, d), &Device::Cpu)?;
+    let p = problem.as_ref();
+    let lr = req.lr;
+    let l1 = ProxOperator::L1 { alpha: req.l1 };
+    let unconstrained = |name: &str| -> Result<()> {
+        if matches!(config, ProblemConfig::Sphere(_)) {
+            bail!("{name} solves f(y) + α‖y‖₁ over all of Rⁿ; the sphere's domain needs gd, gd-armijo or adam");
+        }
+        Ok(())
+    };
+    let solution = match req.solver.as_str() {
+        "gd" => run_solver(
+            &GradientDescent::new(p, StepRule::Fixed { lr }),
+            &y0,
+            &x,
+            &req.settings,
+        )?,
+        "gd-armijo" => run_solver(
+            &GradientDescent::new(
+                p,
+                StepRule::Armijo {
+                    initial: lr,
+                    shrink: 0.5,
+                    c: 1e-4,
+                },
+            ),
+            &y0,
+            &x,
+            &req.settings,
+        )?,
+        "adam" => run_solver(&AdamSolver::new(p, lr), &y0, &x, &req.settings)?,
+        "ista" => {
+            unconstrained("ista")?;
+            run_solver(&ProximalGradient::ista(p, l1, lr)?, &y0, &x, &req.settings)?
+        }
+        "fista" => {
+            unconstrained("fista")?;
+            run_solver(&ProximalGradient::fista(p, l1, lr)?, &y0, &x, &req.settings)?
+        }
+        other => bail!("unknown solver '{other}' (known: {})", SOLVERS.join(", ")),
+    };
+    // Report points of the domain (the sphere's solvers iterate over free y).
+    let y = if matches!(req.solver.as_str(), "ista" | "fista") {
+        solution.y.clone()
+    } else {
+        p.to_domain(&solution.y)?
+    };
+    let values: Vec<f64> = solution.value.to_dtype(DType::F64)?.to_vec1()?;
+    let residuals: Vec<f64> = solution.residual.to_dtype(DType::F64)?.to_vec1()?;
+    let instances: Vec<serde_json::Value> = to_rows(&y)?
+        .into_iter()
+        .zip(values)
+        .zip(residuals)
+        .map(|((y, value), residual)| serde_json::json!({ "y": y, "value": value, "residual": residual }))
+        .collect();
+    Ok(serde_json::json!({
+        "problem": problem.name(),
+        "solver": req.solver,
+        "status": solution.status,
+        "iters": solution.iters,
+        "elapsed": solution.elapsed,
+        "instances": instances,
+    }))
 }
 
 fn load_experiment(spec: &str, seed: Option<u64>, steps: Option<usize>) -> Result<Experiment> {
@@ -116,6 +271,7 @@ fn list() {
         .collect();
     println!("projections: {}", projections.join(", "));
     let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+    println!("solvers:     {}", SOLVERS.join(", "));
     println!("experiments: {}", names.join(", "));
     println!("benchmarks:  train-step");
 }

@@ -90,7 +90,37 @@ pub enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
-    /// List problems, models and built-in experiments.
+    /// Solve instances from scratch with a classical solver; prints the solutions as JSON.
+    Solve {
+        /// Built-in problem family (default settings).
+        #[arg(long, default_value = "sphere")]
+        problem: String,
+        /// Solver: gd, gd-armijo, adam, ista, fista (ista/fista add an l1 term, see --l1).
+        #[arg(long, default_value = "gd-armijo")]
+        solver: String,
+        /// Contexts file (.csv or .json); without it, --n contexts are drawn with --seed.
+        #[arg(long)]
+        contexts: Option<PathBuf>,
+        /// Number of contexts to draw when no file is given.
+        #[arg(long, default_value_t = 8)]
+        n: usize,
+        /// Stop when every residual is at most this.
+        #[arg(long, default_value_t = 1e-6)]
+        tol: f64,
+        /// Iteration budget.
+        #[arg(long, default_value_t = 10_000)]
+        max_iters: usize,
+        /// Step size (gd, adam, ista, fista) or first trial step (gd-armijo).
+        #[arg(long, default_value_t = 0.1)]
+        lr: f64,
+        /// Weight α of the α‖y‖₁ term for ista/fista.
+        #[arg(long, default_value_t = 0.1)]
+        l1: f64,
+        /// Write the JSON here (atomically) instead of printing it.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// List problems, models, projections, solvers and built-in experiments.
     List,
     /// Benchmarks that print tables (see docs/benchmarks.md).
     Bench {

@@ -305,3 +305,53 @@ fn list_names_everything() {
         assert!(s.contains(name), "{s}");
     }
 }
+
+#[test]
+fn solve_runs_classical_solvers_from_the_cli() {
+    let dir = tmpdir("solve");
+    let o = run(bin().args([
+        "solve",
+        "--problem",
+        "quadratic",
+        "--solver",
+        "fista",
+        "--n",
+        "3",
+        "--tol",
+        "1e-8",
+        "--lr",
+        "0.2",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "converged");
+    assert_eq!(v["instances"].as_array().unwrap().len(), 3);
+    assert!(v["instances"][0]["residual"].as_f64().unwrap() <= 1e-8);
+    // The sphere from a contexts file: answers lie on the sphere and are stationary.
+    let ctx = dir.join("c.json");
+    std::fs::write(&ctx, "[[1,0,0, 0,1,0, 0,0,1, -1,0,0, 0.1,0.2,0.3,0.4]]").unwrap();
+    let out = dir.join("s.json");
+    let o = run(bin()
+        .args(["solve", "--solver", "gd-armijo", "--tol", "1e-7"])
+        .arg("--contexts")
+        .arg(&ctx)
+        .arg("--output")
+        .arg(&out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v["status"], "converged");
+    let y: Vec<f64> = v["instances"][0]["y"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!((y.iter().map(|a| a * a).sum::<f64>() - 1.0).abs() < 1e-9);
+    let o = run(bin().args(["solve", "--solver", "nope"]));
+    assert_fails_with(&o, "unknown solver 'nope'");
+    let o = run(bin().args(["solve", "--solver", "ista"]));
+    assert_fails_with(&o, "the sphere's domain");
+    let o = run(bin().args(["solve", "--problem", "quadratic", "--tol", "NaN"]));
+    assert_fails_with(&o, "tolerance must be finite");
+}
