@@ -95,7 +95,7 @@ pub enum Command {
         /// Built-in problem family (default settings).
         #[arg(long, default_value = "sphere")]
         problem: String,
-        /// Solver: gd, gd-armijo, adam, ista, fista (ista/fista add an l1 term, see --l1).
+        /// Solver: gd, gd-armijo, adam, newton, ista, fista (ista/fista add an l1 term, see --l1).
         #[arg(long, default_value = "gd-armijo")]
         solver: String,
         /// Contexts file (.csv or .json); without it, --n contexts are drawn with --seed.
@@ -110,7 +110,8 @@ pub enum Command {
         /// Iteration budget.
         #[arg(long, default_value_t = 10_000)]
         max_iters: usize,
-        /// Step size (gd, adam, ista, fista) or first trial step (gd-armijo).
+        /// Step size (gd, adam, ista, fista), first trial step (gd-armijo), or newton's fallback
+        /// gradient step where the Hessian is not positive definite.
         #[arg(long, default_value_t = 0.1)]
         lr: f64,
         /// Weight α of the α‖y‖₁ term for ista/fista.

@@ -348,6 +348,20 @@ fn solve_runs_classical_solvers_from_the_cli() {
         .map(|x| x.as_f64().unwrap())
         .collect();
     assert!((y.iter().map(|a| a * a).sum::<f64>() - 1.0).abs() < 1e-9);
+    let o = run(bin().args([
+        "solve",
+        "--problem",
+        "toy1d",
+        "--solver",
+        "newton",
+        "--n",
+        "2",
+        "--tol",
+        "1e-9",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "converged");
     let o = run(bin().args(["solve", "--solver", "nope"]));
     assert_fails_with(&o, "unknown solver 'nope'");
     let o = run(bin().args(["solve", "--solver", "ista"]));

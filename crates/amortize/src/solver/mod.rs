@@ -9,10 +9,12 @@
 
 mod anderson;
 mod gradient;
+mod newton;
 mod proximal;
 
 pub use anderson::{Anderson, AndersonState, FixedPointMap};
 pub use gradient::{AdamSolver, GradientDescent, StepRule};
+pub use newton::Newton;
 pub use proximal::{ProxOperator, ProxState, ProximalGradient};
 
 use std::time::Instant;

@@ -419,3 +419,54 @@ fn anderson_finds_the_fixed_point_faster_than_plain_iteration() -> Result<()> {
     assert!(Anderson::new(Affine { a }, 3, 0.0, 0.0).is_err());
     Ok(())
 }
+
+#[test]
+fn newton_solves_a_quadratic_in_one_step_and_its_hessian_is_right() -> Result<()> {
+    use amortize::solver::Newton;
+    let (p, x, y0) = quadratic_batch(5)?;
+    let newton = Newton::new(&p, 0.0, 0.1)?;
+    let s = solve(
+        &newton,
+        &y0,
+        &x,
+        &Settings {
+            tol: 1e-10,
+            max_iters: 10,
+            max_time: None,
+        },
+        |_, _| {},
+    )?;
+    assert_eq!((s.status, s.iters), (Status::Converged, 1));
+    assert!(max_abs_diff(&s.y, &p.solve_exact(&x)?.unwrap())? < 1e-10);
+    // The autodiff Hessian of the sphere against finite differences of its closed-form gradient.
+    let sphere = Sphere::new(SphereConfig::default())?;
+    let xs = sphere
+        .sample_contexts(2, &mut StdRng::seed_from_u64(4), &Device::Cpu)?
+        .to_dtype(DType::F64)?;
+    let y = Tensor::new(&[[0.3f64, -0.8, 0.5], [0.9, 0.1, -0.2]], &Device::Cpu)?;
+    let (_, h) = Newton::new(&sphere, 0.0, 0.1)?.gradient_and_hessian(&y, &xs)?;
+    let eps = 1e-6;
+    for k in 0..3 {
+        let mut e = vec![0.0; 6];
+        e[k] = eps;
+        e[3 + k] = eps;
+        let e = Tensor::from_vec(e, (2, 3), &Device::Cpu)?;
+        let gp: Vec<f64> = sphere
+            .domain_gradient(&(&y + &e)?, &xs)?
+            .flatten_all()?
+            .to_vec1()?;
+        let gm: Vec<f64> = sphere
+            .domain_gradient(&(&y - &e)?, &xs)?
+            .flatten_all()?
+            .to_vec1()?;
+        for i in 0..2 {
+            for j in 0..3 {
+                let fd = (gp[i * 3 + j] - gm[i * 3 + j]) / (2.0 * eps);
+                let got = h[i * 9 + k * 3 + j];
+                assert!((fd - got).abs() < 1e-5, "H[{i}][{k}][{j}]: {got} vs {fd}");
+            }
+        }
+    }
+    assert!(Newton::new(&p, -1.0, 0.1).is_err());
+    Ok(())
+}
