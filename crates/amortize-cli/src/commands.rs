@@ -9,8 +9,8 @@ use amortize::eval::{
 use amortize::model::{FusedMlp, Model};
 use amortize::problem::{Problem, ProblemConfig, Sphere};
 use amortize::solver::{
-    solve, AdamSolver, GradientDescent, Newton, ProxOperator, ProximalGradient, Settings, Solution,
-    Solver, StepRule,
+    solve, AdamSolver, CrossEntropyMethod, GradientDescent, Newton, ProxOperator, ProximalGradient,
+    Settings, Solution, Solver, StepRule,
 };
 use amortize::train::{
     held_out_contexts, write_atomic, Checkpoint, JsonlWriter, Loaded, Observer, Record, Trainer,
@@ -128,7 +128,16 @@ pub fn dispatch(cli: Cli) -> Result<()> {
 }
 
 /// The solvers `amortize solve` runs.
-const SOLVERS: [&str; 6] = ["gd", "gd-armijo", "adam", "newton", "ista", "fista"];
+const SOLVERS: [&str; 8] = [
+    "gd",
+    "gd-armijo",
+    "adam",
+    "newton",
+    "ista",
+    "fista",
+    "cem",
+    "dcem",
+];
 
 /// What `amortize solve` was asked.
 struct SolveRequest {
@@ -213,6 +222,18 @@ fn solve_command(req: &SolveRequest) -> Result<serde_json::Value> {
         )?,
         "adam" => run_solver(&AdamSolver::new(p, lr), &y0, &x, &req.settings)?,
         "newton" => run_solver(&Newton::new(p, 0.0, lr)?, &y0, &x, &req.settings)?,
+        "cem" => run_solver(
+            &CrossEntropyMethod::new(p, 128, 12, 0.1, 1.0, req.seed)?,
+            &y0,
+            &x,
+            &req.settings,
+        )?,
+        "dcem" => run_solver(
+            &CrossEntropyMethod::new(p, 128, 12, 0.1, 1.0, req.seed)?.soft(0.01)?,
+            &y0,
+            &x,
+            &req.settings,
+        )?,
         "ista" => {
             unconstrained("ista")?;
             run_solver(&ProximalGradient::ista(p, l1, lr)?, &y0, &x, &req.settings)?

@@ -95,7 +95,8 @@ pub enum Command {
         /// Built-in problem family (default settings).
         #[arg(long, default_value = "sphere")]
         problem: String,
-        /// Solver: gd, gd-armijo, adam, newton, ista, fista (ista/fista add an l1 term, see --l1).
+        /// Solver: gd, gd-armijo, adam, newton, ista, fista (ista/fista add an l1 term, see --l1),
+        /// cem, dcem (128 samples, 12 elites; dcem with soft top-k).
         #[arg(long, default_value = "gd-armijo")]
         solver: String,
         /// Contexts file (.csv or .json); without it, --n contexts are drawn with --seed.

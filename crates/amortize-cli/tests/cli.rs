@@ -362,6 +362,23 @@ fn solve_runs_classical_solvers_from_the_cli() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["status"], "converged");
+    let o = run(bin().args([
+        "solve",
+        "--solver",
+        "cem",
+        "--n",
+        "2",
+        "--max-iters",
+        "40",
+        "--tol",
+        "0",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["iters"].as_u64()),
+        (Some("max-iterations"), Some(40))
+    );
     let o = run(bin().args(["solve", "--solver", "nope"]));
     assert_fails_with(&o, "unknown solver 'nope'");
     let o = run(bin().args(["solve", "--solver", "ista"]));

@@ -8,11 +8,13 @@
 //! a model can differentiate through them.
 
 mod anderson;
+mod cem;
 mod gradient;
 mod newton;
 mod proximal;
 
 pub use anderson::{Anderson, AndersonState, FixedPointMap};
+pub use cem::{CemState, CrossEntropyMethod};
 pub use gradient::{AdamSolver, GradientDescent, StepRule};
 pub use newton::Newton;
 pub use proximal::{ProxOperator, ProxState, ProximalGradient};

@@ -470,3 +470,59 @@ fn newton_solves_a_quadratic_in_one_step_and_its_hessian_is_right() -> Result<()
     assert!(Newton::new(&p, -1.0, 0.1).is_err());
     Ok(())
 }
+
+#[test]
+fn cem_and_dcem_find_global_minima() -> Result<()> {
+    use amortize::solver::CrossEntropyMethod;
+    let (p, x, y0) = quadratic_batch(6)?;
+    // The initial spread must cover the solutions: CEM's spread shrinks geometrically.
+    let cem = CrossEntropyMethod::new(&p, 64, 8, 0.5, 5.0, 0)?;
+    // Sampling limits its precision: the spread collapses around residuals of about 1e-3.
+    let s = solve(
+        &cem,
+        &y0,
+        &x,
+        &Settings {
+            tol: 1e-3,
+            max_iters: 500,
+            max_time: None,
+        },
+        |_, _| {},
+    )?;
+    assert_eq!(s.status, Status::Converged, "after {} iterations", s.iters);
+    assert!(max_abs_diff(&s.y, &p.solve_exact(&x)?.unwrap())? < 1e-3);
+    // On the sphere CEM is global: it matches the exact solver where single-start GD may not.
+    let sphere = Sphere::new(SphereConfig::default())?;
+    let xs = sphere
+        .sample_contexts(16, &mut StdRng::seed_from_u64(3), &Device::Cpu)?
+        .to_dtype(DType::F64)?;
+    let y_star = sphere.solve_exact(&xs)?.unwrap();
+    let f_star: Vec<f64> = sphere.objective(&y_star, &xs)?.to_vec1()?;
+    let start = Tensor::zeros((16, 3), DType::F64, &Device::Cpu)?.affine(0.0, 1e-3)?;
+    let settings = Settings {
+        tol: 0.0,
+        max_iters: 60,
+        max_time: None,
+    };
+    for (name, solver) in [
+        (
+            "cem",
+            CrossEntropyMethod::new(&sphere, 128, 12, 0.1, 1.0, 1)?,
+        ),
+        (
+            "dcem",
+            CrossEntropyMethod::new(&sphere, 128, 12, 0.1, 1.0, 1)?.soft(0.01)?,
+        ),
+    ] {
+        let s = solve(&solver, &start, &xs, &settings, |_, _| {})?;
+        let f: Vec<f64> = s.value.to_vec1()?;
+        let gap = f
+            .iter()
+            .zip(&f_star)
+            .map(|(a, b)| a - b)
+            .fold(0.0, f64::max);
+        assert!(gap < 1e-3, "{name}: worst gap {gap}");
+    }
+    assert!(CrossEntropyMethod::new(&p, 8, 8, 0.1, 1.0, 0).is_err());
+    Ok(())
+}
