@@ -175,46 +175,52 @@ struct BaselineRun {
     level: f64,
 }
 
-/// Runs `solver` from `y` for `max_iters` steps, timing only the steps, and records the mean
-/// best-of-`starts` objective after each.
-fn run_baseline<S: Solver>(
-    solver: &S,
-    problem: &dyn Problem,
-    y: Tensor,
-    x_rep: &Tensor,
+/// What every baseline of one comparison shares.
+struct BaselineSetup<'a> {
+    problem: &'a dyn Problem,
+    /// The contexts repeated once per start.
+    x_rep: Tensor,
     starts: usize,
+    /// The amortized mean objective to reach.
     amortized: f64,
     max_iters: usize,
-) -> Result<BaselineRun> {
-    let mut state = solver.init(&y, x_rep)?;
-    let mut curve = Curve::default();
-    let mut elapsed = 0.0;
-    let mut matched: Option<(usize, f64)> = None;
-    let mut level = mean_best_of(problem, solver.iterate(&state), x_rep, starts)?;
-    curve.iters.push(0);
-    curve.seconds.push(0.0);
-    curve.mean_objective.push(level);
-    if level <= amortized {
-        matched = Some((0, 0.0));
-    }
-    for it in 1..=max_iters {
-        let t = Instant::now();
-        state = solver.detach(solver.step(state, x_rep)?);
-        elapsed += t.elapsed().as_secs_f64();
-        level = mean_best_of(problem, solver.iterate(&state), x_rep, starts)?;
-        curve.iters.push(it);
-        curve.seconds.push(elapsed);
+}
+
+impl BaselineSetup<'_> {
+    /// Runs `solver` from `y` for `max_iters` steps, timing only the steps, and records the
+    /// mean best-of-`starts` objective after each.
+    fn run<S: Solver>(&self, solver: &S, y: Tensor) -> Result<BaselineRun> {
+        let (problem, x_rep, starts) = (self.problem, &self.x_rep, self.starts);
+        let mut state = solver.init(&y, x_rep)?;
+        let mut curve = Curve::default();
+        let mut elapsed = 0.0;
+        let mut matched: Option<(usize, f64)> = None;
+        let mut level = mean_best_of(problem, solver.iterate(&state), x_rep, starts)?;
+        curve.iters.push(0);
+        curve.seconds.push(0.0);
         curve.mean_objective.push(level);
-        if matched.is_none() && level <= amortized {
-            matched = Some((it, elapsed));
+        if level <= self.amortized {
+            matched = Some((0, 0.0));
         }
+        for it in 1..=self.max_iters {
+            let t = Instant::now();
+            state = solver.detach(solver.step(state, x_rep)?);
+            elapsed += t.elapsed().as_secs_f64();
+            level = mean_best_of(problem, solver.iterate(&state), x_rep, starts)?;
+            curve.iters.push(it);
+            curve.seconds.push(elapsed);
+            curve.mean_objective.push(level);
+            if matched.is_none() && level <= self.amortized {
+                matched = Some((it, elapsed));
+            }
+        }
+        Ok(BaselineRun {
+            curve,
+            matched,
+            elapsed,
+            level,
+        })
     }
-    Ok(BaselineRun {
-        curve,
-        matched,
-        elapsed,
-        level,
-    })
 }
 
 /// Times `predict` on contexts `x` and runs every baseline of `config` on the same contexts.
@@ -244,26 +250,18 @@ pub fn speed_at_equal_quality(
             .map(|_| StandardNormal.sample(&mut rng))
             .collect();
         let y = Tensor::from_vec(y0, (rows, dim), x.device())?.to_dtype(x.dtype())?;
-        let x_rep = Tensor::cat(&vec![x.clone(); b.starts], 0)?;
+        let setup = BaselineSetup {
+            problem,
+            x_rep: Tensor::cat(&vec![x.clone(); b.starts], 0)?,
+            starts: b.starts,
+            amortized,
+            max_iters: config.max_iters,
+        };
         let run = match b.method {
-            BaselineMethod::Adam { lr } => run_baseline(
-                &AdamSolver::new(problem, lr),
-                problem,
-                y,
-                &x_rep,
-                b.starts,
-                amortized,
-                config.max_iters,
-            )?,
-            BaselineMethod::Gd { lr } => run_baseline(
-                &GradientDescent::new(problem, StepRule::Fixed { lr }),
-                problem,
-                y,
-                &x_rep,
-                b.starts,
-                amortized,
-                config.max_iters,
-            )?,
+            BaselineMethod::Adam { lr } => setup.run(&AdamSolver::new(problem, lr), y)?,
+            BaselineMethod::Gd { lr } => {
+                setup.run(&GradientDescent::new(problem, StepRule::Fixed { lr }), y)?
+            }
         };
         let BaselineRun {
             curve,
