@@ -122,18 +122,10 @@ fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-fn sigma_prime_from_output(act: Activation, a: f32) -> Option<f32> {
-    match act {
-        Activation::Relu => Some(if a > 0.0 { 1.0 } else { 0.0 }),
-        Activation::Tanh => Some(1.0 - a * a),
-        _ => None,
-    }
-}
-
 impl FusedMlp {
     /// Whether an activation is supported (its derivative must follow from its output).
     pub fn supports(activation: Activation) -> bool {
-        sigma_prime_from_output(activation, 0.5).is_some()
+        matches!(activation, Activation::Relu | Activation::Tanh)
     }
 
     /// Copies θ out of `mlp` (f32, CPU); fresh Adam moments.

@@ -10,7 +10,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UnitCube;
 
-fn box_violation(y: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
+/// max over each row of the distance below `lo` or above `hi` (0 inside the box).
+pub(super) fn box_violation(y: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
     let below = y.affine(-1.0, lo)?.relu()?;
     let above = y.affine(1.0, -hi)?.relu()?;
     Ok(below.maximum(&above)?.max(1)?)

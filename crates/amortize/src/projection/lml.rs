@@ -8,6 +8,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
+use super::boxes::box_violation;
+use super::simplex::simplex_violation;
 use super::{map_rows_f64, Projection};
 use crate::{Error, Result};
 
@@ -108,11 +110,9 @@ impl Projection for CappedSimplex {
         Ok(y.contiguous()?.apply_op1(*self)?)
     }
 
+    /// The capped simplex is the simplex of mass k intersected with the unit box.
     fn violation(&self, y: &Tensor) -> Result<Tensor> {
-        let sum_gap = y.sum(1)?.affine(1.0, -self.k)?.abs()?;
-        let below = y.neg()?.relu()?.max(1)?;
-        let above = y.affine(1.0, -1.0)?.relu()?.max(1)?;
-        Ok(sum_gap.maximum(&below)?.maximum(&above)?)
+        Ok(simplex_violation(y, self.k)?.maximum(&box_violation(y, 0.0, 1.0)?)?)
     }
 
     fn idempotent(&self) -> bool {

@@ -11,7 +11,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SoftmaxSimplex;
 
-fn simplex_violation(y: &Tensor, radius: f64) -> Result<Tensor> {
+/// max(|1ᵀy − r|, largest negative entry) per row (0 on the simplex of mass r).
+pub(super) fn simplex_violation(y: &Tensor, radius: f64) -> Result<Tensor> {
     let sum_gap = y.sum(1)?.affine(1.0, -radius)?.abs()?;
     let negative = y.neg()?.relu()?.max(1)?;
     Ok(sum_gap.maximum(&negative)?)
