@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets up bench/baselines/.venv for the Python train-step baselines (CPU only).
+# Sets up bench/baselines/.venv for the Python baselines (train step, solvers; CPU only).
 #
-#   bash bench/baselines/setup.sh                     # numpy + CPU JAX (~105 MB download, ~620 MB on disk)
+#   bash bench/baselines/setup.sh                     # numpy + CPU JAX + osqp (~105 MB download, ~620 MB on disk;
+#                                                     # osqp and its jinja2/joblib add a few MB)
 #   BASELINES_TORCH=1 bash bench/baselines/setup.sh   # also torch (opt-in, see below)
 #
 # torch is opt-in: PyPI has no CPU-only torch wheel for Linux x86_64. The default
@@ -22,8 +23,8 @@ fi
 
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 
-echo "setup.sh: installing numpy and CPU jax" >&2
-"${pip[@]}" install --quiet numpy "jax[cpu]"
+echo "setup.sh: installing numpy, CPU jax and osqp" >&2
+"${pip[@]}" install --quiet numpy "jax[cpu]" osqp
 
 if [ "${BASELINES_TORCH:-0}" = "1" ]; then
     echo "setup.sh: installing torch (default PyPI wheel with its CUDA packages)" >&2
@@ -34,7 +35,7 @@ fi
 
 "$venv/bin/python" - <<'PY'
 import importlib
-for name in ("numpy", "jax", "jaxlib", "torch"):
+for name in ("numpy", "scipy", "jax", "jaxlib", "osqp", "torch"):
     try:
         mod = importlib.import_module(name)
         print(f"setup.sh: {name} {mod.__version__}")

@@ -8,10 +8,8 @@ use amortize::eval::{
 };
 use amortize::model::{FusedMlp, Model};
 use amortize::problem::{Problem, ProblemConfig, Sphere};
-use amortize::solver::{
-    solve, AdamSolver, CrossEntropyMethod, GradientDescent, Newton, ProxOperator, ProximalGradient,
-    Settings, Solution, Solver, StepRule,
-};
+use amortize::solver::qp::{Admm, AdmmSettings, QpData, QpProblem};
+use amortize::solver::{iterates_in_domain, solve_named, Settings, SolverOptions, SOLVER_NAMES};
 use amortize::train::{
     held_out_contexts, write_atomic, Checkpoint, JsonlWriter, Loaded, Observer, Record, Trainer,
 };
@@ -92,6 +90,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             max_iters,
             lr,
             l1,
+            qp,
+            qp_size,
             output,
         } => {
             let request = SolveRequest {
@@ -108,7 +108,15 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 l1,
                 seed: cli.seed.unwrap_or(0),
             };
-            let json = solve_command(&request)?;
+            let json = if request.solver == "admm" {
+                let source = match &qp {
+                    Some(path) => QpSource::File(path),
+                    None => QpSource::Random { n: qp_size },
+                };
+                solve_qps(source, &request)?
+            } else {
+                solve_command(&request)?
+            };
             let text = serde_json::to_string_pretty(&json)?;
             match output {
                 Some(path) => write_atomic(&path, text.as_bytes())?,
@@ -127,18 +135,6 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// The solvers `amortize solve` runs.
-const SOLVERS: [&str; 8] = [
-    "gd",
-    "gd-armijo",
-    "adam",
-    "newton",
-    "ista",
-    "fista",
-    "cem",
-    "dcem",
-];
-
 /// What `amortize solve` was asked.
 struct SolveRequest {
     problem: String,
@@ -151,13 +147,57 @@ struct SolveRequest {
     seed: u64,
 }
 
-fn run_solver<S: Solver>(
-    solver: &S,
-    y0: &Tensor,
-    x: &Tensor,
-    settings: &Settings,
-) -> Result<Solution> {
-    Ok(solve(solver, y0, x, settings, |_, _| {})?)
+/// Where `amortize solve --solver admm` gets its QPs.
+enum QpSource<'a> {
+    File(&'a Path),
+    Random { n: usize },
+}
+
+/// Solves QPs with ADMM (eps_abs = eps_rel = --tol) and returns the JSON report per instance.
+fn solve_qps(source: QpSource, req: &SolveRequest) -> Result<serde_json::Value> {
+    let qps: Vec<QpProblem> = match source {
+        QpSource::File(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading QP file {}", path.display()))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not valid JSON", path.display()))?;
+            let items = match value {
+                serde_json::Value::Array(items) => items,
+                one => vec![one],
+            };
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let data: QpData = serde_json::from_value(v)
+                        .with_context(|| format!("{}: QP {i}", path.display()))?;
+                    data.to_problem()
+                        .with_context(|| format!("{}: QP {i}", path.display()))
+                })
+                .collect::<Result<_>>()?
+        }
+        QpSource::Random { n } => {
+            if req.n == 0 || n == 0 {
+                bail!("--n and --qp-size must be at least 1");
+            }
+            let mut rng = StdRng::seed_from_u64(req.seed);
+            (0..req.n)
+                .map(|_| QpProblem::random(n, 10 * n, 0.15, &mut rng))
+                .collect::<LibResult<_>>()?
+        }
+    };
+    let admm = Admm::new(AdmmSettings {
+        eps_abs: req.settings.tol,
+        eps_rel: req.settings.tol,
+        max_iters: req.settings.max_iters,
+        ..AdmmSettings::default()
+    })?;
+    let solutions = admm.solve_batch(&qps, 1)?;
+    Ok(serde_json::json!({
+        "problem": "qp",
+        "solver": "admm",
+        "instances": solutions,
+    }))
 }
 
 /// Solves the requested instances from scratch (random starts from the seed) and returns the
@@ -192,60 +232,21 @@ fn solve_command(req: &SolveRequest) -> Result<serde_json::Value> {
         .collect();
     let y0 = Tensor::from_vec(y0, (n, d), &Device::Cpu)?;
     let p = problem.as_ref();
-    let lr = req.lr;
-    let l1 = ProxOperator::L1 { alpha: req.l1 };
-    let unconstrained = |name: &str| -> Result<()> {
-        if matches!(config, ProblemConfig::Sphere(_)) {
-            bail!("{name} solves f(y) + α‖y‖₁ over all of Rⁿ; the sphere's domain needs gd, gd-armijo or adam");
-        }
-        Ok(())
+    if iterates_in_domain(&req.solver) && matches!(config, ProblemConfig::Sphere(_)) {
+        bail!(
+            "{} solves f(y) + α‖y‖₁ over all of Rⁿ; the sphere's domain needs a solver over free y (gd, gd-armijo, adam, lbfgs, newton, cem, dcem)",
+            req.solver
+        );
+    }
+    let opts = SolverOptions {
+        lr: req.lr,
+        l1: req.l1,
+        seed: req.seed,
+        ..SolverOptions::default()
     };
-    let solution = match req.solver.as_str() {
-        "gd" => run_solver(
-            &GradientDescent::new(p, StepRule::Fixed { lr }),
-            &y0,
-            &x,
-            &req.settings,
-        )?,
-        "gd-armijo" => run_solver(
-            &GradientDescent::new(
-                p,
-                StepRule::Armijo {
-                    initial: lr,
-                    shrink: 0.5,
-                    c: 1e-4,
-                },
-            ),
-            &y0,
-            &x,
-            &req.settings,
-        )?,
-        "adam" => run_solver(&AdamSolver::new(p, lr), &y0, &x, &req.settings)?,
-        "newton" => run_solver(&Newton::new(p, 0.0, lr)?, &y0, &x, &req.settings)?,
-        "cem" => run_solver(
-            &CrossEntropyMethod::new(p, 128, 12, 0.1, 1.0, req.seed)?,
-            &y0,
-            &x,
-            &req.settings,
-        )?,
-        "dcem" => run_solver(
-            &CrossEntropyMethod::new(p, 128, 12, 0.1, 1.0, req.seed)?.soft(0.01)?,
-            &y0,
-            &x,
-            &req.settings,
-        )?,
-        "ista" => {
-            unconstrained("ista")?;
-            run_solver(&ProximalGradient::ista(p, l1, lr)?, &y0, &x, &req.settings)?
-        }
-        "fista" => {
-            unconstrained("fista")?;
-            run_solver(&ProximalGradient::fista(p, l1, lr)?, &y0, &x, &req.settings)?
-        }
-        other => bail!("unknown solver '{other}' (known: {})", SOLVERS.join(", ")),
-    };
-    // Report points of the domain (the sphere's solvers iterate over free y).
-    let y = if matches!(req.solver.as_str(), "ista" | "fista") {
+    let solution = solve_named(&req.solver, p, &y0, &x, &req.settings, &opts)?;
+    // Report points of the domain (most solvers iterate over free y).
+    let y = if iterates_in_domain(&req.solver) {
         solution.y.clone()
     } else {
         p.to_domain(&solution.y)?
@@ -293,7 +294,7 @@ fn list() {
         .collect();
     println!("projections: {}", projections.join(", "));
     let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
-    println!("solvers:     {}", SOLVERS.join(", "));
+    println!("solvers:     {}, admm (QPs)", SOLVER_NAMES.join(", "));
     println!("experiments: {}", names.join(", "));
     println!("benchmarks:  train-step");
 }

@@ -95,8 +95,9 @@ pub enum Command {
         /// Built-in problem family (default settings).
         #[arg(long, default_value = "sphere")]
         problem: String,
-        /// Solver: gd, gd-armijo, adam, newton, ista, fista (ista/fista add an l1 term, see --l1),
-        /// cem, dcem (128 samples, 12 elites; dcem with soft top-k).
+        /// Solver: gd, gd-armijo, adam, lbfgs, newton, ista, fista (ista/fista add an l1 term,
+        /// see --l1), cem, dcem (128 samples, 12 elites; dcem with soft top-k), or admm for QPs
+        /// (--qp file, or --n random QPs of OSQP's class with --qp-size variables).
         #[arg(long, default_value = "gd-armijo")]
         solver: String,
         /// Contexts file (.csv or .json); without it, --n contexts are drawn with --seed.
@@ -118,6 +119,13 @@ pub enum Command {
         /// Weight α of the α‖y‖₁ term for ista/fista.
         #[arg(long, default_value_t = 0.1)]
         l1: f64,
+        /// admm: a QP as JSON ({"P": rows, "q", "A": rows, "l", "u"}, null bounds infinite) or a
+        /// list of them.
+        #[arg(long)]
+        qp: Option<PathBuf>,
+        /// admm without --qp: variables n of the random QPs (m = 10n constraints).
+        #[arg(long, default_value_t = 10)]
+        qp_size: usize,
         /// Write the JSON here (atomically) instead of printing it.
         #[arg(long)]
         output: Option<PathBuf>,

@@ -44,6 +44,7 @@
 pub mod autodiff;
 mod error;
 pub mod eval;
+pub mod linalg;
 pub mod loss;
 pub mod model;
 pub mod ops;

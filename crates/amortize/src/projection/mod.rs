@@ -13,6 +13,7 @@
 mod birkhoff;
 mod boxes;
 mod cone;
+mod expcone;
 mod lml;
 mod psd;
 mod simplex;
@@ -20,6 +21,7 @@ mod simplex;
 pub use birkhoff::Birkhoff;
 pub use boxes::{ClipBox, TanhBox, UnitCube};
 pub use cone::{Orthant, SecondOrderCone};
+pub use expcone::ExpCone;
 pub use lml::CappedSimplex;
 pub use psd::{symmetric_eigen, PsdCone};
 pub use simplex::{EuclideanSimplex, SoftmaxSimplex};
@@ -122,5 +124,6 @@ pub fn projection_zoo() -> Vec<Box<dyn Projection>> {
         Box::new(Birkhoff::new(3, 1.0, 1000).expect("valid settings")),
         Box::new(CappedSimplex::new(3.0, 1.0).expect("valid settings")),
         Box::new(PsdCone::new(3).expect("valid size")),
+        Box::new(ExpCone),
     ]
 }

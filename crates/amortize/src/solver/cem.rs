@@ -14,7 +14,8 @@ use crate::{Error, Result};
 /// # Cross-entropy method
 /// Per instance, a Gaussian N(μ, diag σ²) over free y: draw `samples` candidates, score them by
 /// f(π_Y(y); x), and refit μ and σ to the best `elites` (hard), or to all candidates weighted
-/// by the soft top-k w = LML(−f/τ) of mass `elites` (DCEM, differentiable in the scores).
+/// by the soft top-k w = LML(−f̂/τ) of mass `elites`, f̂ the scores standardised per instance
+/// (DCEM, differentiable in the scores).
 /// The new parameters are mixed with the old: μ ← (1 − s)·μ_fit + s·μ (s = `smoothing`).
 ///
 /// ## Requires
@@ -86,7 +87,13 @@ impl<'a> CrossEntropyMethod<'a> {
     fn weights(&self, scores: &Tensor) -> Result<Tensor> {
         let k = self.elites as f64;
         let w = match self.soft_temperature {
-            Some(tau) => CappedSimplex::new(k, 1.0)?.project(&scores.affine(-1.0 / tau, 0.0)?)?,
+            Some(tau) => {
+                // Standardised per instance, so that τ does not depend on the scale of f.
+                let centred = scores.broadcast_sub(&scores.mean_keepdim(1)?)?;
+                let std = centred.sqr()?.mean_keepdim(1)?.sqrt()?.affine(1.0, 1e-12)?;
+                let z = centred.broadcast_div(&std)?;
+                CappedSimplex::new(k, 1.0)?.project(&z.affine(-1.0 / tau, 0.0)?)?
+            }
             None => {
                 // Hard elites: the `elites` smallest scores per row.
                 let order = scores.arg_sort_last_dim(true)?;

@@ -1,7 +1,7 @@
 //! Gradient methods on f(π_Y(y); x) over free y ∈ Rⁿ (tutorial eq. 83): gradient descent with
 //! a fixed step or Armijo backtracking, and Adam (the same update rule that trains models).
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use super::Solver;
 use crate::optim::{Adam, AdamState};
@@ -28,6 +28,49 @@ pub enum StepRule {
         /// Sufficient-decrease constant in (0, 1).
         c: f64,
     },
+}
+
+/// Batched backtracking line search: per instance, the largest t = initial · shrinkᵏ (k < 30)
+/// with F(y + t d) ≤ F(y) + c t ⟨∇F(y), d⟩ (Armijo's sufficient decrease, Nocedal & Wright
+/// §3.1); rows where no trial passes keep y.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Backtracking {
+    pub initial: f64,
+    pub shrink: f64,
+    pub c: f64,
+}
+
+impl Backtracking {
+    /// The accepted points `(n, d)` for directions `d` with slopes ⟨∇F, d⟩ `(n,)`.
+    pub fn run(
+        &self,
+        y: &Tensor,
+        d: &Tensor,
+        f0: &Tensor,
+        slope: &Tensor,
+        f: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let n = y.dim(0)?;
+        let mut t = Tensor::full(self.initial, n, y.device())?.to_dtype(y.dtype())?;
+        let mut accepted = y.clone();
+        let mut done = Tensor::zeros(n, y.dtype(), y.device())?;
+        for _ in 0..30 {
+            let cand = y.add(&d.broadcast_mul(&t.unsqueeze(1)?)?)?;
+            let fc = f(&cand)?;
+            let bound = f0.add(&t.mul(slope)?.affine(self.c, 0.0)?)?;
+            // Newly accepted rows: decrease holds and not yet accepted.
+            let ok = fc.le(&bound)?.to_dtype(y.dtype())?;
+            let new = ok.mul(&done.affine(-1.0, 1.0)?)?;
+            let mask = new.unsqueeze(1)?.broadcast_as(y.shape())?;
+            accepted = mask.ne(0.0)?.where_cond(&cand, &accepted)?;
+            done = done.add(&new)?;
+            if done.min(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()? >= 1.0 {
+                break;
+            }
+            t = t.affine(self.shrink, 0.0)?;
+        }
+        Ok(accepted)
+    }
 }
 
 /// # Gradient descent
@@ -73,33 +116,10 @@ impl Solver for GradientDescent<'_> {
         match self.rule {
             StepRule::Fixed { lr } => Ok((&y - (g * lr)?)?),
             StepRule::Armijo { initial, shrink, c } => {
-                let n = y.dim(0)?;
                 let f0 = self.f(&y, x)?;
-                let gg = g.sqr()?.sum(1)?;
-                let mut lr = Tensor::full(initial, n, y.device())?.to_dtype(y.dtype())?;
-                let mut accepted = y.clone();
-                let mut done = Tensor::zeros(n, y.dtype(), y.device())?;
-                for _ in 0..30 {
-                    let cand = y.sub(&g.broadcast_mul(&lr.unsqueeze(1)?)?)?;
-                    let fc = self.f(&cand, x)?;
-                    let bound = f0.sub(&lr.mul(&gg)?.affine(c, 0.0)?)?;
-                    // Newly accepted rows: decrease holds and not yet accepted.
-                    let ok = fc.le(&bound)?.to_dtype(y.dtype())?;
-                    let new = ok.mul(&done.affine(-1.0, 1.0)?)?;
-                    let mask = new.unsqueeze(1)?.broadcast_as(y.shape())?;
-                    accepted = mask.ne(0.0)?.where_cond(&cand, &accepted)?;
-                    done = done.add(&new)?;
-                    if done
-                        .min(0)?
-                        .to_dtype(candle_core::DType::F64)?
-                        .to_scalar::<f64>()?
-                        >= 1.0
-                    {
-                        break;
-                    }
-                    lr = lr.affine(shrink, 0.0)?;
-                }
-                Ok(accepted)
+                let slope = g.sqr()?.sum(1)?.neg()?;
+                let search = Backtracking { initial, shrink, c };
+                search.run(&y, &g.neg()?, &f0, &slope, |cand| self.f(cand, x))
             }
         }
     }

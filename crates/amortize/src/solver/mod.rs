@@ -10,14 +10,20 @@
 mod anderson;
 mod cem;
 mod gradient;
+mod lbfgs;
+mod named;
 mod newton;
 mod proximal;
+pub mod qp;
 
 pub use anderson::{Anderson, AndersonState, FixedPointMap};
 pub use cem::{CemState, CrossEntropyMethod};
 pub use gradient::{AdamSolver, GradientDescent, StepRule};
+pub use lbfgs::{Lbfgs, LbfgsState};
+pub use named::{iterates_in_domain, solve_named, SolverOptions, SOLVER_NAMES};
 pub use newton::Newton;
 pub use proximal::{ProxOperator, ProxState, ProximalGradient};
+pub use qp::{Admm, AdmmSettings, QpProblem, QpSolution, QpStatus};
 
 use std::time::Instant;
 

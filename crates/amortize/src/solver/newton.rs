@@ -3,6 +3,7 @@
 use candle_core::{DType, Tensor, Var};
 
 use super::Solver;
+use crate::linalg::Cholesky;
 use crate::problem::Problem;
 use crate::{Error, Result};
 
@@ -65,36 +66,6 @@ impl<'a> Newton<'a> {
     }
 }
 
-/// Solves A z = b for symmetric A (d×d) by Cholesky; `None` if A is not positive definite.
-fn cholesky_solve(a: &[f64], b: &[f64], d: usize) -> Option<Vec<f64>> {
-    let mut l = vec![0.0; d * d];
-    for i in 0..d {
-        for j in 0..=i {
-            let s: f64 = (0..j).map(|m| l[i * d + m] * l[j * d + m]).sum();
-            if i == j {
-                let v = a[i * d + i] - s;
-                if v <= 0.0 || !v.is_finite() {
-                    return None;
-                }
-                l[i * d + i] = v.sqrt();
-            } else {
-                l[i * d + j] = (0.5 * (a[i * d + j] + a[j * d + i]) - s) / l[j * d + j];
-            }
-        }
-    }
-    let mut w = vec![0.0; d];
-    for i in 0..d {
-        let s: f64 = (0..i).map(|m| l[i * d + m] * w[m]).sum();
-        w[i] = (b[i] - s) / l[i * d + i];
-    }
-    let mut z = vec![0.0; d];
-    for i in (0..d).rev() {
-        let s: f64 = (i + 1..d).map(|m| l[m * d + i] * z[m]).sum();
-        z[i] = (w[i] - s) / l[i * d + i];
-    }
-    Some(z)
-}
-
 impl Solver for Newton<'_> {
     type State = Tensor;
 
@@ -115,10 +86,19 @@ impl Solver for Newton<'_> {
             for k in 0..d {
                 hi[k * d + k] += self.damping;
             }
+            // Autodiff Hessians are symmetric up to rounding: factor their symmetric part.
+            for r in 0..d {
+                for c in 0..r {
+                    hi[r * d + c] = 0.5 * (hi[r * d + c] + hi[c * d + r]);
+                }
+            }
             let gi = &g[i * d..(i + 1) * d];
-            let si = cholesky_solve(hi, gi, d)
-                .unwrap_or_else(|| gi.iter().map(|v| v * self.fallback_lr).collect());
-            step[i * d..(i + 1) * d].copy_from_slice(&si);
+            let si = &mut step[i * d..(i + 1) * d];
+            si.copy_from_slice(gi);
+            match Cholesky::factor(hi, d) {
+                Some(c) => c.solve_in_place(si),
+                None => si.iter_mut().for_each(|v| *v *= self.fallback_lr),
+            }
         }
         let step = Tensor::from_vec(step, (n, d), y.device())?.to_dtype(y.dtype())?;
         Ok(y.sub(&step)?)

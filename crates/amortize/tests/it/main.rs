@@ -8,6 +8,8 @@ mod gradients;
 mod problems;
 /// Differentiable projections: membership, idempotence, non-expansiveness, VJPs.
 mod projections;
+/// Convex QPs: ADMM against Clarabel, infeasibility, warm starts, bad data.
+mod qp;
 /// Classical solvers: known solutions, optimality conditions, statuses.
 mod solvers;
 /// Training lowers the objective; checkpoints round-trip and refuse mismatches.

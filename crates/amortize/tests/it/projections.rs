@@ -175,3 +175,57 @@ fn psd_and_capped_simplex_match_hand_computed_values() -> Result<()> {
         .is_err());
     Ok(())
 }
+
+/// The exponential cone against hand-checked cases and an independent projection: the nearest
+/// of 400k points of the cone's boundary surface s·(ρ, 1, e^ρ) and of its piece {s = 0}.
+#[test]
+fn exp_cone_matches_cases_and_a_brute_force_projection() -> Result<()> {
+    use amortize::projection::ExpCone;
+    let t = |v: &[f64]| Tensor::from_slice(v, (1, 3), &Device::Cpu);
+    let p =
+        |v: &[f64]| -> Result<Vec<f64>> { Ok(ExpCone.project(&t(v)?)?.flatten_all()?.to_vec1()?) };
+    // Inside: unchanged. Polar (r > 0, r·e^{s/r} ≤ −e·t): zero. r, s < 0: (r, 0, max(t, 0)).
+    assert_eq!(p(&[0.0, 1.0, 2.0])?, vec![0.0, 1.0, 2.0]);
+    assert_eq!(p(&[1.0, -1.0, -2.0])?, vec![0.0, 0.0, 0.0]);
+    assert_eq!(p(&[-1.0, -2.0, 3.0])?, vec![-1.0, 0.0, 3.0]);
+    assert!(ExpCone
+        .project(&Tensor::zeros((2, 4), DType::F64, &Device::Cpu)?)
+        .is_err());
+    let mut rng = StdRng::seed_from_u64(8);
+    for _ in 0..20 {
+        let v: Vec<f64> = (0..3)
+            .map(|_| 2.0 * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, &mut rng))
+            .collect();
+        let ours = p(&v)?;
+        let d_ours: f64 = (0..3).map(|i| (ours[i] - v[i]).powi(2)).sum();
+        // Brute force over the boundary and the origin (the projection of a point outside the
+        // cone lies on its boundary).
+        let piece = [v[0].min(0.0), 0.0, v[2].max(0.0)];
+        let mut best: f64 = (0..3).map(|i| (piece[i] - v[i]).powi(2)).sum();
+        best = best.min(v.iter().map(|x| x * x).sum());
+        if ExpCone.violation(&t(&v)?)?.to_vec1::<f64>()?[0] == 0.0 {
+            best = 0.0;
+        }
+        for a in 0..2000 {
+            let rho = -10.0 + 14.0 * a as f64 / 1999.0;
+            let w = [rho, 1.0, rho.exp()];
+            let ww: f64 = w.iter().map(|x| x * x).sum();
+            let vw: f64 = w.iter().zip(&v).map(|(a, b)| a * b).sum();
+            for k in 0..200 {
+                // Around the best scale along the ray, and the ray's projection itself.
+                let s = (vw / ww).max(0.0) * (0.9 + 0.2 * k as f64 / 199.0);
+                let d: f64 = (0..3).map(|i| (s * w[i] - v[i]).powi(2)).sum();
+                best = best.min(d);
+            }
+        }
+        assert!(
+            d_ours <= best + 1e-9,
+            "{v:?}: ours {ours:?} at {d_ours}, brute force {best}"
+        );
+        assert!(
+            d_ours >= best - 1e-3,
+            "{v:?}: ours {d_ours} well below brute force {best}"
+        );
+    }
+    Ok(())
+}

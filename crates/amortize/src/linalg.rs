@@ -1,0 +1,296 @@
+//! Small dense and sparse linear algebra in f64 that the solvers share: a Cholesky factor for
+//! the symmetric positive-definite systems of Newton and ADMM, and a compressed-sparse-row
+//! matrix for constraint matrices.
+
+use crate::{Error, Result};
+
+/// The lower-triangular Cholesky factor L of a symmetric positive-definite d×d matrix M = LLᵀ
+/// (row-major, lower triangle read).
+#[derive(Debug, Clone)]
+pub struct Cholesky {
+    l: Vec<f64>,
+    d: usize,
+}
+
+impl Cholesky {
+    /// Factors M (row-major d×d, only its lower triangle is read); `None` if M is not
+    /// positive definite (a non-positive or non-finite pivot).
+    pub fn factor(m: &[f64], d: usize) -> Option<Self> {
+        debug_assert_eq!(m.len(), d * d);
+        let mut l = vec![0.0; d * d];
+        for i in 0..d {
+            for j in 0..=i {
+                let (li, lj) = (&l[i * d..i * d + j], &l[j * d..j * d + j]);
+                let s: f64 = li.iter().zip(lj).map(|(a, b)| a * b).sum();
+                if i == j {
+                    let v = m[i * d + i] - s;
+                    if v <= 0.0 || !v.is_finite() {
+                        return None;
+                    }
+                    l[i * d + i] = v.sqrt();
+                } else {
+                    l[i * d + j] = (m[i * d + j] - s) / l[j * d + j];
+                }
+            }
+        }
+        Some(Cholesky { l, d })
+    }
+
+    /// The dimension d.
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+
+    /// Overwrites b with M⁻¹b (a forward and a backward triangular solve).
+    pub fn solve_in_place(&self, b: &mut [f64]) {
+        let (l, d) = (&self.l, self.d);
+        for i in 0..d {
+            let row = &l[i * d..i * d + i];
+            let s: f64 = row.iter().zip(&b[..i]).map(|(a, v)| a * v).sum();
+            b[i] = (b[i] - s) / l[i * d + i];
+        }
+        for i in (0..d).rev() {
+            let mut s = 0.0;
+            for k in i + 1..d {
+                s += l[k * d + i] * b[k];
+            }
+            b[i] = (b[i] - s) / l[i * d + i];
+        }
+    }
+}
+
+/// A sparse matrix in compressed sparse row form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsrMatrix {
+    rows: usize,
+    cols: usize,
+    indptr: Vec<usize>,
+    indices: Vec<usize>,
+    values: Vec<f64>,
+}
+
+impl CsrMatrix {
+    /// From a row-major dense `rows × cols` slice, keeping the non-zeros.
+    pub fn from_dense(dense: &[f64], rows: usize, cols: usize) -> Result<Self> {
+        if dense.len() != rows * cols {
+            return Err(Error::invalid(format!(
+                "matrix has {} entries, expected {rows}×{cols} = {}",
+                dense.len(),
+                rows * cols
+            )));
+        }
+        let mut m = CsrMatrix {
+            rows,
+            cols,
+            indptr: Vec::with_capacity(rows + 1),
+            indices: Vec::new(),
+            values: Vec::new(),
+        };
+        m.indptr.push(0);
+        for r in 0..rows {
+            for (c, &v) in dense[r * cols..(r + 1) * cols].iter().enumerate() {
+                if v != 0.0 {
+                    m.indices.push(c);
+                    m.values.push(v);
+                }
+            }
+            m.indptr.push(m.indices.len());
+        }
+        Ok(m)
+    }
+
+    /// From (row, column, value) triplets; duplicates are summed.
+    pub fn from_triplets(
+        rows: usize,
+        cols: usize,
+        triplets: &[(usize, usize, f64)],
+    ) -> Result<Self> {
+        let mut sorted = triplets.to_vec();
+        if let Some(&(r, c, _)) = sorted.iter().find(|(r, c, _)| *r >= rows || *c >= cols) {
+            return Err(Error::invalid(format!(
+                "entry ({r}, {c}) is outside a {rows}×{cols} matrix"
+            )));
+        }
+        sorted.sort_by_key(|&(r, c, _)| (r, c));
+        let mut m = CsrMatrix {
+            rows,
+            cols,
+            indptr: vec![0; rows + 1],
+            indices: Vec::with_capacity(sorted.len()),
+            values: Vec::with_capacity(sorted.len()),
+        };
+        let mut last = None;
+        for (r, c, v) in sorted {
+            if last == Some((r, c)) {
+                *m.values.last_mut().expect("a previous entry") += v;
+                continue;
+            }
+            last = Some((r, c));
+            m.indices.push(c);
+            m.values.push(v);
+            m.indptr[r + 1] += 1;
+        }
+        for r in 0..rows {
+            m.indptr[r + 1] += m.indptr[r];
+        }
+        Ok(m)
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Number of stored entries.
+    pub fn nnz(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The stored entries.
+    pub fn values(&self) -> &[f64] {
+        &self.values
+    }
+
+    /// Row r's (column, value) entries.
+    pub fn row(&self, r: usize) -> impl Iterator<Item = (usize, f64)> + '_ {
+        let range = self.indptr[r]..self.indptr[r + 1];
+        self.indices[range.clone()]
+            .iter()
+            .copied()
+            .zip(self.values[range].iter().copied())
+    }
+
+    /// The dense row-major copy.
+    pub fn to_dense(&self) -> Vec<f64> {
+        let mut d = vec![0.0; self.rows * self.cols];
+        for r in 0..self.rows {
+            for (c, v) in self.row(r) {
+                d[r * self.cols + c] += v;
+            }
+        }
+        d
+    }
+
+    /// out = M v.
+    pub fn mul_vec(&self, v: &[f64], out: &mut [f64]) {
+        for (r, o) in out.iter_mut().enumerate() {
+            let range = self.indptr[r]..self.indptr[r + 1];
+            *o = self.indices[range.clone()]
+                .iter()
+                .zip(&self.values[range])
+                .map(|(&c, &a)| a * v[c])
+                .sum();
+        }
+    }
+
+    /// out = Mᵀ v.
+    pub fn mul_transpose_vec(&self, v: &[f64], out: &mut [f64]) {
+        out.fill(0.0);
+        for (r, &vr) in v.iter().enumerate() {
+            if vr == 0.0 {
+                continue;
+            }
+            let range = self.indptr[r]..self.indptr[r + 1];
+            for (&c, &a) in self.indices[range.clone()].iter().zip(&self.values[range]) {
+                out[c] += a * vr;
+            }
+        }
+    }
+
+    /// Scales entry (r, c) by left[r] · right[c].
+    pub fn scale(&mut self, left: &[f64], right: &[f64]) {
+        for r in 0..self.rows {
+            for k in self.indptr[r]..self.indptr[r + 1] {
+                self.values[k] *= left[r] * right[self.indices[k]];
+            }
+        }
+    }
+
+    /// The ∞-norm of every column, into `out` (length cols).
+    pub fn column_inf_norms(&self, out: &mut [f64]) {
+        out.fill(0.0);
+        for (&c, &v) in self.indices.iter().zip(&self.values) {
+            out[c] = out[c].max(v.abs());
+        }
+    }
+
+    /// The ∞-norm of every row, into `out` (length rows).
+    pub fn row_inf_norms(&self, out: &mut [f64]) {
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = self.values[self.indptr[r]..self.indptr[r + 1]]
+                .iter()
+                .fold(0.0, |m, v| m.max(v.abs()));
+        }
+    }
+
+    /// Adds Mᵀ diag(w) M to the dense row-major cols×cols matrix `out` (lower and upper).
+    pub fn add_gram(&self, w: &[f64], out: &mut [f64]) {
+        let n = self.cols;
+        for r in 0..self.rows {
+            let range = self.indptr[r]..self.indptr[r + 1];
+            let (idx, val) = (&self.indices[range.clone()], &self.values[range]);
+            for (&i, &a) in idx.iter().zip(val) {
+                let wa = w[r] * a;
+                for (&j, &b) in idx.iter().zip(val) {
+                    out[i * n + j] += wa * b;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cholesky_solves_and_rejects_indefinite_matrices() {
+        let m = [4.0, 2.0, 0.6, 2.0, 5.0, 1.0, 0.6, 1.0, 3.0];
+        let c = Cholesky::factor(&m, 3).expect("positive definite");
+        let mut b = [1.0, -2.0, 0.5];
+        let rhs = b;
+        c.solve_in_place(&mut b);
+        for i in 0..3 {
+            let row: f64 = (0..3).map(|j| m[i * 3 + j] * b[j]).sum();
+            assert!((row - rhs[i]).abs() < 1e-12, "row {i}: {row} vs {}", rhs[i]);
+        }
+        assert!(Cholesky::factor(&[1.0, 2.0, 2.0, 1.0], 2).is_none());
+    }
+
+    #[test]
+    fn csr_products_match_dense_ones() {
+        let dense = [1.0, 0.0, 2.0, 0.0, 0.0, 0.0, -3.0, 4.0, 0.0];
+        let m = CsrMatrix::from_dense(&dense, 3, 3).unwrap();
+        let t = CsrMatrix::from_triplets(
+            3,
+            3,
+            &[
+                (2, 1, 4.0),
+                (0, 0, 1.0),
+                (0, 2, 2.0),
+                (2, 0, -1.0),
+                (2, 0, -2.0),
+            ],
+        )
+        .unwrap();
+        assert_eq!(m, t);
+        assert_eq!(m.nnz(), 4);
+        let v = [1.0, 2.0, 3.0];
+        let mut out = [0.0; 3];
+        m.mul_vec(&v, &mut out);
+        assert_eq!(out, [7.0, 0.0, 5.0]);
+        m.mul_transpose_vec(&v, &mut out);
+        assert_eq!(out, [-8.0, 12.0, 2.0]);
+        let mut gram = [0.0; 9];
+        m.add_gram(&[1.0, 1.0, 2.0], &mut gram);
+        // Mᵀ diag(1,1,2) M computed by hand.
+        assert_eq!(gram, [19.0, -24.0, 2.0, -24.0, 32.0, 0.0, 2.0, 0.0, 4.0]);
+        assert!(CsrMatrix::from_triplets(2, 2, &[(2, 0, 1.0)]).is_err());
+        assert!(CsrMatrix::from_dense(&[1.0], 2, 2).is_err());
+    }
+}

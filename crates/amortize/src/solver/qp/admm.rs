@@ -1,0 +1,623 @@
+//! The OSQP algorithm (Stellato et al. 2020; tutorial eq. 58–59): ADMM on
+//! min ½yᵀPy + qᵀy s.t. Ay = z, z ∈ [l, u], with a factor-once KKT solve, over-relaxation,
+//! per-constraint step sizes ρ with adaptive updates, primal/dual infeasibility detection,
+//! warm starts and residual-based termination.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::scaling::{equilibrate, Scaled};
+use super::QpProblem;
+use crate::linalg::Cholesky;
+use crate::{Error, Result};
+
+const RHO_MIN: f64 = 1e-6;
+const RHO_MAX: f64 = 1e6;
+/// ρ for equality rows is this factor times the base ρ (they are always active).
+const RHO_EQUALITY_FACTOR: f64 = 1e3;
+/// Rows with u − l below this are equalities.
+const EQUALITY_TOL: f64 = 1e-4;
+const DIVISION_TOL: f64 = 1e-30;
+
+/// The settings of [`Admm`], defaulting to OSQP's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmmSettings {
+    /// Initial base step size ρ (default 0.1).
+    pub rho: f64,
+    /// Proximal regularisation σ of the y-update (default 1e-6).
+    pub sigma: f64,
+    /// Over-relaxation α ∈ (0, 2) (default 1.6).
+    pub alpha: f64,
+    /// Absolute tolerance (default 1e-3).
+    pub eps_abs: f64,
+    /// Relative tolerance (default 1e-3).
+    pub eps_rel: f64,
+    /// Primal infeasibility tolerance (default 1e-4).
+    pub eps_primal_infeasible: f64,
+    /// Dual infeasibility tolerance (default 1e-4).
+    pub eps_dual_infeasible: f64,
+    /// Iteration budget (default 4000).
+    pub max_iters: usize,
+    /// Time budget in seconds (default none).
+    pub time_limit: Option<f64>,
+    /// Ruiz equilibration rounds (default 10, 0 = off).
+    pub scaling: usize,
+    /// Adapt ρ from the ratio of the residuals (default true).
+    pub adaptive_rho: bool,
+    /// Iterations between ρ estimates (default 25).
+    pub adaptive_rho_interval: usize,
+    /// Refactor only when the estimate differs by more than this factor (default 5).
+    pub adaptive_rho_tolerance: f64,
+    /// Iterations between termination checks (default 1: every iteration).
+    pub check_every: usize,
+}
+
+impl Default for AdmmSettings {
+    fn default() -> Self {
+        AdmmSettings {
+            rho: 0.1,
+            sigma: 1e-6,
+            alpha: 1.6,
+            eps_abs: 1e-3,
+            eps_rel: 1e-3,
+            eps_primal_infeasible: 1e-4,
+            eps_dual_infeasible: 1e-4,
+            max_iters: 4000,
+            time_limit: None,
+            scaling: 10,
+            adaptive_rho: true,
+            adaptive_rho_interval: 25,
+            adaptive_rho_tolerance: 5.0,
+            check_every: 1,
+        }
+    }
+}
+
+impl AdmmSettings {
+    /// Checks every field's range.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        let nonneg = |v: f64| v.is_finite() && v >= 0.0;
+        let problems = [
+            (positive(self.rho), "rho must be > 0"),
+            (positive(self.sigma), "sigma must be > 0"),
+            (
+                self.alpha > 0.0 && self.alpha < 2.0,
+                "alpha must be in (0, 2)",
+            ),
+            (
+                nonneg(self.eps_abs) && nonneg(self.eps_rel),
+                "eps_abs and eps_rel must be >= 0",
+            ),
+            (
+                nonneg(self.eps_primal_infeasible) && nonneg(self.eps_dual_infeasible),
+                "infeasibility tolerances must be >= 0",
+            ),
+            (self.max_iters >= 1, "max_iters must be >= 1"),
+            (
+                self.time_limit.is_none_or(positive),
+                "time_limit must be > 0",
+            ),
+            (self.scaling <= 100, "scaling must be <= 100 rounds"),
+            (
+                self.adaptive_rho_interval >= 1 && self.adaptive_rho_tolerance >= 1.0,
+                "adaptive_rho_interval must be >= 1 and adaptive_rho_tolerance >= 1",
+            ),
+            (self.check_every >= 1, "check_every must be >= 1"),
+        ];
+        match problems.iter().find(|(ok, _)| !ok) {
+            Some((_, msg)) => Err(Error::invalid(format!("ADMM settings: {msg}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How an ADMM solve ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QpStatus {
+    /// Primal and dual residuals are within tolerance.
+    Solved,
+    /// A certificate shows that no y satisfies l ≤ Ay ≤ u.
+    PrimalInfeasible,
+    /// A certificate shows that the objective is unbounded below on the feasible set.
+    DualInfeasible,
+    /// The iteration budget ran out first.
+    MaxIterations,
+    /// The time budget ran out first.
+    MaxTime,
+    /// An iterate became NaN or infinite.
+    NumericalError,
+}
+
+/// The result of an ADMM solve, in the units of the original (unscaled) problem.
+#[derive(Debug, Clone, Serialize)]
+pub struct QpSolution {
+    /// How the solve ended.
+    pub status: QpStatus,
+    /// The primal iterate y (for `DualInfeasible`, the last one; see `certificate`).
+    pub y: Vec<f64>,
+    /// The constraint multipliers λ (Py + q + Aᵀλ = 0 at a solution).
+    pub lambda: Vec<f64>,
+    /// ½yᵀPy + qᵀy.
+    pub objective: f64,
+    /// ‖Ay − z‖∞.
+    pub primal_residual: f64,
+    /// ‖Py + q + Aᵀλ‖∞.
+    pub dual_residual: f64,
+    /// Iterations taken.
+    pub iters: usize,
+    /// How often ρ changed (each change refactors the KKT matrix).
+    pub rho_updates: usize,
+    /// Wall-clock seconds, set-up (scaling, factorisation) included.
+    pub elapsed: f64,
+    /// The infeasibility certificate: δλ (primal) or δy (dual), normalised to ‖·‖∞ = 1.
+    pub certificate: Option<Vec<f64>>,
+}
+
+/// # ADMM for QPs (the OSQP algorithm)
+/// With σ > 0, step sizes ρ ∈ Rᵐ₊ and over-relaxation α, one iteration on the scaled data is
+///
+/// ỹ = (P + σI + Aᵀdiag(ρ)A)⁻¹(σyᵗ − q + Aᵀ(ρ∘zᵗ − λᵗ)),  z̃ = Aỹ,
+/// yᵗ⁺¹ = αỹ + (1−α)yᵗ,  zᵗ⁺¹ = Π_[l,u](αz̃ + (1−α)zᵗ + λᵗ/ρ),
+/// λᵗ⁺¹ = λᵗ + ρ∘(αz̃ + (1−α)zᵗ − zᵗ⁺¹),
+///
+/// the reduced form of the KKT system of eq. 58, whose n×n matrix is factored once per ρ.
+/// Equality rows get 10³ρ and free rows 10⁻⁶; every `adaptive_rho_interval` iterations ρ is
+/// re-estimated as ρ·√((‖Ay − z‖/max(‖Ay‖, ‖z‖)) / (‖Py + q + Aᵀλ‖/max(‖Py‖, ‖Aᵀλ‖, ‖q‖)))
+/// and the matrix refactored when that moves ρ by more than `adaptive_rho_tolerance`.
+///
+/// ## Optimality residual
+/// Terminates when ‖Ay − z‖∞ ≤ ε_abs + ε_rel max(‖Ay‖∞, ‖z‖∞) and
+/// ‖Py + q + Aᵀλ‖∞ ≤ ε_abs + ε_rel max(‖Py‖∞, ‖Aᵀλ‖∞, ‖q‖∞), in unscaled units; reports
+/// primal infeasibility when δλ = λᵗ⁺¹ − λᵗ has ‖Aᵀδλ‖∞ ≤ ε‖δλ‖∞ and
+/// uᵀδλ₊ + lᵀδλ₋ < −ε‖δλ‖∞, and dual infeasibility when δy has ‖Pδy‖∞ ≤ ε‖δy‖∞,
+/// qᵀδy < −ε‖δy‖∞ and Aδy in the recession cone of [l, u] up to ε‖δy‖∞.
+///
+/// ## Not batched as tensors
+/// Each instance has its own P and A, so there is no shared matrix to batch over; a batch is
+/// solved instance by instance in f64 with sparse products ([`Admm::solve_batch`] can split it
+/// over threads). [`AdmmWorkspace`] exposes single iterations and ρ for learned policies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Admm {
+    settings: AdmmSettings,
+}
+
+impl Admm {
+    /// ADMM with checked `settings`.
+    pub fn new(settings: AdmmSettings) -> Result<Self> {
+        settings.validate()?;
+        Ok(Admm { settings })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &AdmmSettings {
+        &self.settings
+    }
+
+    /// Solves `qp`, from zero or from a warm start (y, λ).
+    pub fn solve(&self, qp: &QpProblem, warm: Option<(&[f64], &[f64])>) -> Result<QpSolution> {
+        let start = Instant::now();
+        let mut w = AdmmWorkspace::new(qp, self.settings)?;
+        if let Some((y, lambda)) = warm {
+            w.warm_start(y, lambda)?;
+        }
+        let status = loop {
+            w.step();
+            if let Some(status) = w.check(start.elapsed().as_secs_f64()) {
+                break status;
+            }
+        };
+        let mut solution = w.solution(status);
+        solution.elapsed = start.elapsed().as_secs_f64();
+        Ok(solution)
+    }
+
+    /// Solves every QP of a batch, split over `threads` ≥ 1 threads, in order.
+    pub fn solve_batch(&self, qps: &[QpProblem], threads: usize) -> Result<Vec<QpSolution>> {
+        let threads = threads.clamp(1, qps.len().max(1));
+        if threads == 1 {
+            return qps.iter().map(|qp| self.solve(qp, None)).collect();
+        }
+        let chunk = qps.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = qps
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|qp| self.solve(qp, None))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            let mut all = Vec::with_capacity(qps.len());
+            for h in handles {
+                all.extend(
+                    h.join()
+                        .map_err(|_| Error::invalid("an ADMM thread panicked"))??,
+                );
+            }
+            Ok(all)
+        })
+    }
+}
+
+/// The state of one ADMM solve on scaled data; step it, change ρ, read residuals.
+pub struct AdmmWorkspace<'a> {
+    qp: &'a QpProblem,
+    settings: AdmmSettings,
+    data: Scaled,
+    rho: f64,
+    rho_vec: Vec<f64>,
+    kkt: Cholesky,
+    y: Vec<f64>,
+    z: Vec<f64>,
+    lambda: Vec<f64>,
+    delta_y: Vec<f64>,
+    delta_lambda: Vec<f64>,
+    rhs: Vec<f64>,
+    z_tilde: Vec<f64>,
+    ay: Vec<f64>,
+    py: Vec<f64>,
+    at_lambda: Vec<f64>,
+    work_n: Vec<f64>,
+    work_m: Vec<f64>,
+    iters: usize,
+    rho_updates: usize,
+}
+
+/// Unscaled residuals and the tolerances they are compared with.
+#[derive(Debug, Clone, Copy)]
+struct Residuals {
+    primal: f64,
+    dual: f64,
+    eps_primal: f64,
+    eps_dual: f64,
+}
+
+fn inf_norm(v: &[f64]) -> f64 {
+    v.iter().fold(0.0, |m, x| m.max(x.abs()))
+}
+
+impl<'a> AdmmWorkspace<'a> {
+    /// Scales `qp`, sets ρ per constraint and factors the KKT matrix; starts from zero.
+    pub fn new(qp: &'a QpProblem, settings: AdmmSettings) -> Result<Self> {
+        settings.validate()?;
+        let data = equilibrate(qp, settings.scaling);
+        let (n, m) = (qp.n(), qp.m());
+        let mut w = AdmmWorkspace {
+            qp,
+            settings,
+            data,
+            rho: settings.rho.clamp(RHO_MIN, RHO_MAX),
+            rho_vec: vec![0.0; m],
+            kkt: Cholesky::factor(&[1.0], 1).expect("1 > 0"),
+            y: vec![0.0; n],
+            z: vec![0.0; m],
+            lambda: vec![0.0; m],
+            delta_y: vec![0.0; n],
+            delta_lambda: vec![0.0; m],
+            rhs: vec![0.0; n],
+            z_tilde: vec![0.0; m],
+            ay: vec![0.0; m],
+            py: vec![0.0; n],
+            at_lambda: vec![0.0; n],
+            work_n: vec![0.0; n],
+            work_m: vec![0.0; m],
+            iters: 0,
+            rho_updates: 0,
+        };
+        w.set_base_rho(w.rho)?;
+        Ok(w)
+    }
+
+    /// Starts from (y, λ) in the original units instead of zero; z = Π_[l,u](Ay).
+    pub fn warm_start(&mut self, y: &[f64], lambda: &[f64]) -> Result<()> {
+        let (n, m) = (self.qp.n(), self.qp.m());
+        if y.len() != n || lambda.len() != m {
+            return Err(Error::invalid(format!(
+                "ADMM warm start has {} variables and {} multipliers, the QP has {n} and {m}",
+                y.len(),
+                lambda.len()
+            )));
+        }
+        if !y.iter().chain(lambda).all(|v| v.is_finite()) {
+            return Err(Error::invalid(
+                "ADMM warm start contains NaN or infinite values",
+            ));
+        }
+        let d = &self.data;
+        for j in 0..n {
+            self.y[j] = y[j] / d.d[j];
+        }
+        for i in 0..m {
+            self.lambda[i] = d.c * lambda[i] / d.e[i];
+        }
+        d.a.mul_vec(&self.y, &mut self.ay);
+        for i in 0..m {
+            self.z[i] = self.ay[i].clamp(d.l[i], d.u[i]);
+        }
+        Ok(())
+    }
+
+    /// The per-constraint step sizes ρ (scaled units).
+    pub fn rho_vector(&self) -> &[f64] {
+        &self.rho_vec
+    }
+
+    /// Sets ρ per constraint (clamped to [1e-6, 1e6]) and refactors the KKT matrix: the hook
+    /// for learned step-size policies (RLQP, tutorial §6.4.5).
+    pub fn set_rho_vector(&mut self, rho: &[f64]) -> Result<()> {
+        if rho.len() != self.rho_vec.len() {
+            return Err(Error::invalid(format!(
+                "ρ has {} entries, the QP has {} constraints",
+                rho.len(),
+                self.rho_vec.len()
+            )));
+        }
+        if !rho.iter().all(|r| r.is_finite() && *r > 0.0) {
+            return Err(Error::invalid("every ρ must be finite and > 0"));
+        }
+        for (dst, r) in self.rho_vec.iter_mut().zip(rho) {
+            *dst = r.clamp(RHO_MIN, RHO_MAX);
+        }
+        self.factor()
+    }
+
+    /// Sets the base ρ: free rows get 1e-6, equality rows 1e3·ρ, the others ρ.
+    fn set_base_rho(&mut self, rho: f64) -> Result<()> {
+        self.rho = rho.clamp(RHO_MIN, RHO_MAX);
+        let d = &self.data;
+        for i in 0..self.rho_vec.len() {
+            self.rho_vec[i] = if d.l[i] == f64::NEG_INFINITY && d.u[i] == f64::INFINITY {
+                RHO_MIN
+            } else if d.u[i] - d.l[i] < EQUALITY_TOL {
+                (RHO_EQUALITY_FACTOR * self.rho).min(RHO_MAX)
+            } else {
+                self.rho
+            };
+        }
+        self.factor()
+    }
+
+    fn factor(&mut self) -> Result<()> {
+        let n = self.qp.n();
+        let mut k = self.data.p.to_dense();
+        for j in 0..n {
+            k[j * n + j] += self.settings.sigma;
+        }
+        self.data.a.add_gram(&self.rho_vec, &mut k);
+        self.kkt = Cholesky::factor(&k, n).ok_or_else(|| {
+            Error::invalid("ADMM: the KKT matrix could not be factored (non-finite data?)")
+        })?;
+        Ok(())
+    }
+
+    /// One ADMM iteration (eq. 58–59 with over-relaxation).
+    pub fn step(&mut self) {
+        let (n, m) = (self.qp.n(), self.qp.m());
+        let (alpha, sigma) = (self.settings.alpha, self.settings.sigma);
+        let d = &self.data;
+        for i in 0..m {
+            self.work_m[i] = self.rho_vec[i] * self.z[i] - self.lambda[i];
+        }
+        d.a.mul_transpose_vec(&self.work_m, &mut self.rhs);
+        for j in 0..n {
+            self.rhs[j] += sigma * self.y[j] - d.q[j];
+        }
+        self.kkt.solve_in_place(&mut self.rhs);
+        d.a.mul_vec(&self.rhs, &mut self.z_tilde);
+        for j in 0..n {
+            let next = alpha * self.rhs[j] + (1.0 - alpha) * self.y[j];
+            self.delta_y[j] = next - self.y[j];
+            self.y[j] = next;
+        }
+        for i in 0..m {
+            let relaxed = alpha * self.z_tilde[i] + (1.0 - alpha) * self.z[i];
+            let z = (relaxed + self.lambda[i] / self.rho_vec[i]).clamp(d.l[i], d.u[i]);
+            let dl = self.rho_vec[i] * (relaxed - z);
+            self.delta_lambda[i] = dl;
+            self.lambda[i] += dl;
+            self.z[i] = z;
+        }
+        self.iters += 1;
+    }
+
+    /// Ay, Py and Aᵀλ at the current iterate, then the unscaled residuals and tolerances.
+    fn residuals(&mut self) -> Residuals {
+        let (n, m) = (self.qp.n(), self.qp.m());
+        let d = &self.data;
+        d.a.mul_vec(&self.y, &mut self.ay);
+        d.p.mul_vec(&self.y, &mut self.py);
+        d.a.mul_transpose_vec(&self.lambda, &mut self.at_lambda);
+        let (mut primal, mut ay_norm, mut z_norm) = (0.0f64, 0.0f64, 0.0f64);
+        for i in 0..m {
+            let e = d.e[i];
+            primal = primal.max(((self.ay[i] - self.z[i]) / e).abs());
+            ay_norm = ay_norm.max((self.ay[i] / e).abs());
+            z_norm = z_norm.max((self.z[i] / e).abs());
+        }
+        let (mut dual, mut py_norm, mut atl_norm, mut q_norm) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        for j in 0..n {
+            let s = 1.0 / (d.c * d.d[j]);
+            dual = dual.max(((self.py[j] + d.q[j] + self.at_lambda[j]) * s).abs());
+            py_norm = py_norm.max((self.py[j] * s).abs());
+            atl_norm = atl_norm.max((self.at_lambda[j] * s).abs());
+            q_norm = q_norm.max((d.q[j] * s).abs());
+        }
+        let (ea, er) = (self.settings.eps_abs, self.settings.eps_rel);
+        Residuals {
+            primal,
+            dual,
+            eps_primal: ea + er * ay_norm.max(z_norm),
+            eps_dual: ea + er * py_norm.max(atl_norm).max(q_norm),
+        }
+    }
+
+    /// The current (primal, dual) residuals in original units.
+    pub fn current_residuals(&mut self) -> (f64, f64) {
+        let r = self.residuals();
+        (r.primal, r.dual)
+    }
+
+    /// The new base ρ from the balance of the scaled residuals (Stellato et al. 2020, §5.2).
+    fn rho_estimate(&self) -> f64 {
+        let (n, m) = (self.qp.n(), self.qp.m());
+        let d = &self.data;
+        let (mut primal, mut primal_norm) = (0.0f64, 0.0f64);
+        for i in 0..m {
+            primal = primal.max((self.ay[i] - self.z[i]).abs());
+            primal_norm = primal_norm.max(self.ay[i].abs()).max(self.z[i].abs());
+        }
+        let (mut dual, mut dual_norm) = (0.0f64, 0.0f64);
+        for j in 0..n {
+            dual = dual.max((self.py[j] + d.q[j] + self.at_lambda[j]).abs());
+            dual_norm = dual_norm
+                .max(self.py[j].abs())
+                .max(self.at_lambda[j].abs())
+                .max(d.q[j].abs());
+        }
+        let primal = primal / (primal_norm + DIVISION_TOL);
+        let dual = dual / (dual_norm + DIVISION_TOL);
+        (self.rho * (primal / (dual + DIVISION_TOL)).sqrt()).clamp(RHO_MIN, RHO_MAX)
+    }
+
+    fn primal_infeasible(&mut self) -> bool {
+        let d = &self.data;
+        let m = self.qp.m();
+        // Project δλ onto the polar of the recession cone of [l, u].
+        for i in 0..m {
+            let mut v = self.delta_lambda[i];
+            if d.u[i] == f64::INFINITY {
+                v = v.min(0.0);
+            }
+            if d.l[i] == f64::NEG_INFINITY {
+                v = v.max(0.0);
+            }
+            self.work_m[i] = v;
+        }
+        let norm = (0..m).fold(0.0f64, |a, i| a.max((d.e[i] * self.work_m[i]).abs()));
+        if norm <= DIVISION_TOL {
+            return false;
+        }
+        let eps = self.settings.eps_primal_infeasible * norm;
+        let support: f64 = (0..m)
+            .map(|i| {
+                let v = self.work_m[i];
+                if v > 0.0 {
+                    d.u[i] * v
+                } else if v < 0.0 {
+                    d.l[i] * v
+                } else {
+                    0.0
+                }
+            })
+            .sum();
+        if support >= -eps {
+            return false;
+        }
+        d.a.mul_transpose_vec(&self.work_m, &mut self.work_n);
+        (0..self.qp.n()).all(|j| (self.work_n[j] / d.d[j]).abs() <= eps)
+    }
+
+    fn dual_infeasible(&mut self) -> bool {
+        let d = &self.data;
+        let (n, m) = (self.qp.n(), self.qp.m());
+        let norm = (0..n).fold(0.0f64, |a, j| a.max((d.d[j] * self.delta_y[j]).abs()));
+        if norm <= DIVISION_TOL {
+            return false;
+        }
+        let eps = self.settings.eps_dual_infeasible * norm;
+        let q_dot: f64 = (0..n).map(|j| d.q[j] * self.delta_y[j]).sum();
+        if q_dot >= -d.c * eps {
+            return false;
+        }
+        d.p.mul_vec(&self.delta_y, &mut self.work_n);
+        if (0..n).any(|j| (self.work_n[j] / d.d[j]).abs() > d.c * eps) {
+            return false;
+        }
+        d.a.mul_vec(&self.delta_y, &mut self.work_m);
+        (0..m).all(|i| {
+            let v = self.work_m[i] / d.e[i];
+            (d.u[i] == f64::INFINITY || v <= eps) && (d.l[i] == f64::NEG_INFINITY || v >= -eps)
+        })
+    }
+
+    /// After a step: the status if the solve should stop now (converged, infeasible, out of
+    /// budget, non-finite), adapting ρ on schedule otherwise.
+    pub fn check(&mut self, elapsed: f64) -> Option<QpStatus> {
+        let at_check = self.iters % self.settings.check_every == 0;
+        let at_rho =
+            self.settings.adaptive_rho && self.iters % self.settings.adaptive_rho_interval == 0;
+        let last = self.iters >= self.settings.max_iters;
+        if at_check || at_rho || last {
+            let r = self.residuals();
+            if !(r.primal.is_finite() && r.dual.is_finite()) {
+                return Some(QpStatus::NumericalError);
+            }
+            if r.primal <= r.eps_primal && r.dual <= r.eps_dual {
+                return Some(QpStatus::Solved);
+            }
+            if self.primal_infeasible() {
+                return Some(QpStatus::PrimalInfeasible);
+            }
+            if self.dual_infeasible() {
+                return Some(QpStatus::DualInfeasible);
+            }
+            if at_rho {
+                let estimate = self.rho_estimate();
+                let tol = self.settings.adaptive_rho_tolerance;
+                if (estimate > self.rho * tol || estimate < self.rho / tol)
+                    && self.set_base_rho(estimate).is_ok()
+                {
+                    self.rho_updates += 1;
+                }
+            }
+        }
+        if last {
+            return Some(QpStatus::MaxIterations);
+        }
+        if self.settings.time_limit.is_some_and(|t| elapsed >= t) {
+            return Some(QpStatus::MaxTime);
+        }
+        None
+    }
+
+    /// The iterate in original units, with residuals, ended by `status`.
+    pub fn solution(&mut self, status: QpStatus) -> QpSolution {
+        let r = self.residuals();
+        let d = &self.data;
+        let y: Vec<f64> = (0..self.qp.n()).map(|j| d.d[j] * self.y[j]).collect();
+        let lambda = (0..self.qp.m())
+            .map(|i| d.e[i] * self.lambda[i] / d.c)
+            .collect();
+        let normalised = |v: Vec<f64>| {
+            let norm = inf_norm(&v).max(DIVISION_TOL);
+            v.into_iter().map(|x| x / norm).collect()
+        };
+        let certificate = match status {
+            QpStatus::PrimalInfeasible => Some(normalised(
+                (0..self.qp.m()).map(|i| d.e[i] * self.work_m[i]).collect(),
+            )),
+            QpStatus::DualInfeasible => Some(normalised(
+                (0..self.qp.n()).map(|j| d.d[j] * self.delta_y[j]).collect(),
+            )),
+            _ => None,
+        };
+        QpSolution {
+            status,
+            objective: self.qp.objective(&y),
+            y,
+            lambda,
+            primal_residual: r.primal,
+            dual_residual: r.dual,
+            iters: self.iters,
+            rho_updates: self.rho_updates,
+            elapsed: 0.0,
+            certificate,
+        }
+    }
+}
