@@ -23,6 +23,8 @@ use rand::SeedableRng;
 pub enum Which {
     /// Time per training step of the sphere MLP.
     TrainStep,
+    /// Classical solvers: per-solver table, Lasso vs JAX, random QPs vs OSQP.
+    Solvers,
 }
 
 /// One row of the table.
@@ -40,16 +42,20 @@ pub fn run(
     batches: &[usize],
     repeats: usize,
     rounds: usize,
+    qp_instances: usize,
     baselines: bool,
     quiet: bool,
 ) -> Result<()> {
     match which {
         Which::TrainStep => train_step(batches, repeats, rounds, baselines, quiet),
+        Which::Solvers => {
+            crate::bench_solvers::run(repeats, rounds, qp_instances, baselines, quiet)
+        }
     }
 }
 
 /// The median of a non-empty list.
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -135,7 +141,7 @@ fn train_step(
     Ok(())
 }
 
-fn fmt_time(s: Option<f64>) -> String {
+pub(crate) fn fmt_time(s: Option<f64>) -> String {
     match s {
         None => "—".into(),
         Some(s) if s < 1e-3 => format!("{:.1} µs", s * 1e6),
@@ -143,7 +149,7 @@ fn fmt_time(s: Option<f64>) -> String {
     }
 }
 
-fn ratio(a: f64, b: Option<f64>) -> String {
+pub(crate) fn ratio(a: f64, b: Option<f64>) -> String {
     b.map_or("—".into(), |b| format!("{:.2}×", a / b))
 }
 
@@ -171,10 +177,41 @@ fn print_table(rows: &[Row]) {
 /// Runs the Python baselines; returns (framework, batch, median seconds). A missing script,
 /// interpreter or package is reported and skipped.
 fn python_results(batches: &[usize], repeats: usize) -> Vec<(String, usize, f64)> {
-    let script = Path::new("bench/baselines/train_step.py");
+    let list: Vec<String> = batches.iter().map(|b| b.to_string()).collect();
+    let mut out = Vec::new();
+    for fw in ["torch", "jax"] {
+        let args = [
+            "--framework",
+            fw,
+            "--batches",
+            &list.join(","),
+            "--repeats",
+            &repeats.to_string(),
+        ];
+        for v in python_json_lines("train_step.py", &args, fw) {
+            if let (Some(b), Some(s)) = (
+                v.get("batch").and_then(|b| b.as_u64()),
+                v.get("median_seconds").and_then(|s| s.as_f64()),
+            ) {
+                out.push((fw.to_string(), b as usize, s));
+            }
+        }
+    }
+    out
+}
+
+/// Runs `bench/baselines/<script>` with the baselines' venv (or `python3`) and returns its JSON
+/// lines; a missing script, interpreter or package is reported on stderr (as `label`) and
+/// gives no lines.
+pub(crate) fn python_json_lines(
+    script: &str,
+    args: &[&str],
+    label: &str,
+) -> Vec<serde_json::Value> {
+    let script = Path::new("bench/baselines").join(script);
     if !script.exists() {
         eprintln!(
-            "baselines skipped: {} not found (run from the repository root)",
+            "{label} baseline skipped: {} not found (run from the repository root)",
             script.display()
         );
         return Vec::new();
@@ -185,53 +222,37 @@ fn python_results(batches: &[usize], repeats: usize) -> Vec<(String, usize, f64)
     } else {
         "python3".into()
     };
-    let list: Vec<String> = batches.iter().map(|b| b.to_string()).collect();
-    let mut out = Vec::new();
-    for fw in ["torch", "jax"] {
-        let result = Command::new(&python)
-            .arg(script)
-            .args([
-                "--framework",
-                fw,
-                "--batches",
-                &list.join(","),
-                "--repeats",
-                &repeats.to_string(),
-            ])
-            .output()
-            .with_context(|| format!("cannot start {}", python.display()));
-        let output = match result {
-            Ok(o) if o.status.success() => o,
-            Ok(o) => {
-                eprintln!(
-                    "{fw} baseline failed: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                );
-                continue;
-            }
-            Err(e) => {
-                eprintln!("{fw} baseline skipped: {e:#}");
-                continue;
-            }
-        };
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            if let Some(reason) = v.get("skipped").and_then(|s| s.as_str()) {
-                eprintln!("{fw} baseline skipped: {reason}");
-                continue;
-            }
-            if let (Some(b), Some(s)) = (
-                v.get("batch").and_then(|b| b.as_u64()),
-                v.get("median_seconds").and_then(|s| s.as_f64()),
-            ) {
-                out.push((fw.to_string(), b as usize, s));
-            }
+    let result = Command::new(&python)
+        .arg(&script)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot start {}", python.display()));
+    let output = match result {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            eprintln!(
+                "{label} baseline failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
+            return Vec::new();
         }
-    }
-    out
+        Err(e) => {
+            eprintln!("{label} baseline skipped: {e:#}");
+            return Vec::new();
+        }
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| match v.get("skipped").and_then(|s| s.as_str()) {
+            Some(reason) => {
+                eprintln!("{label} baseline skipped: {reason}");
+                false
+            }
+            None => true,
+        })
+        .collect()
 }

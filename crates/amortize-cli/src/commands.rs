@@ -130,7 +130,16 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             repeats,
             rounds,
             no_baselines,
-        } => crate::bench::run(which, &batches, repeats, rounds, !no_baselines, quiet)?,
+            qp_instances,
+        } => crate::bench::run(
+            which,
+            &batches,
+            repeats,
+            rounds,
+            qp_instances,
+            !no_baselines,
+            quiet,
+        )?,
     }
     Ok(())
 }
@@ -296,7 +305,7 @@ fn list() {
     let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
     println!("solvers:     {}, admm (QPs)", SOLVER_NAMES.join(", "));
     println!("experiments: {}", names.join(", "));
-    println!("benchmarks:  train-step");
+    println!("benchmarks:  train-step, solvers");
 }
 
 /// Collects records in memory (for the learning-curve figure).

@@ -4,6 +4,7 @@
 //! validates experiment files, draws progress bars and figures, and writes run folders.
 
 mod bench;
+mod bench_solvers;
 mod commands;
 mod contexts;
 mod experiment;
@@ -146,9 +147,12 @@ pub enum Command {
         /// Rounds alternating between the baselines and ours (the median counts).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Skip the Python (PyTorch, JAX) baselines.
+        /// Skip the Python (PyTorch, JAX, OSQP) baselines.
         #[arg(long)]
         no_baselines: bool,
+        /// solvers: random QPs per size.
+        #[arg(long, default_value_t = 1000)]
+        qp_instances: usize,
     },
 }
 

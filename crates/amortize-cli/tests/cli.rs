@@ -301,6 +301,10 @@ fn list_names_everything() {
         "mlp",
         "train-step",
         "second-order-cone",
+        "exp-cone",
+        "lbfgs",
+        "admm",
+        "solvers",
     ] {
         assert!(s.contains(name), "{s}");
     }
@@ -385,4 +389,50 @@ fn solve_runs_classical_solvers_from_the_cli() {
     assert_fails_with(&o, "the sphere's domain");
     let o = run(bin().args(["solve", "--problem", "quadratic", "--tol", "NaN"]));
     assert_fails_with(&o, "tolerance must be finite");
+}
+
+#[test]
+fn solve_runs_admm_on_qp_files_and_refuses_bad_ones() {
+    let dir = tmpdir("admm");
+    // min ½y₁² + ½y₂² − y₁ − y₂ s.t. y₁ + y₂ ≤ 1 (solution (½, ½)), and an unbounded QP.
+    let qp = dir.join("qp.json");
+    std::fs::write(
+        &qp,
+        r#"[{"P": [[1, 0], [0, 1]], "q": [-1, -1], "A": [[1, 1]], "l": [null], "u": [1]},
+            {"P": [[1, 0], [0, 0]], "q": [0, -1], "A": [[1, 0]], "l": [0], "u": [null]}]"#,
+    )
+    .unwrap();
+    let o = run(bin()
+        .args(["solve", "--solver", "admm", "--tol", "1e-9", "--qp"])
+        .arg(&qp));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let first = &v["instances"][0];
+    assert_eq!(first["status"], "solved");
+    for yi in first["y"].as_array().unwrap() {
+        assert!((yi.as_f64().unwrap() - 0.5).abs() < 1e-6, "{first}");
+    }
+    assert_eq!(v["instances"][1]["status"], "dual-infeasible");
+    let o = run(bin().args(["solve", "--solver", "admm", "--n", "2", "--qp-size", "5"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["instances"][1]["status"], "solved");
+    std::fs::write(
+        &qp,
+        r#"{"P": [[1, 0], [0, -1]], "q": [0, 0], "A": [[1, 0]], "l": [0], "u": [1]}"#,
+    )
+    .unwrap();
+    let o = run(bin().args(["solve", "--solver", "admm", "--qp"]).arg(&qp));
+    assert_fails_with(&o, "not positive semidefinite");
+    std::fs::write(
+        &qp,
+        r#"{"P": [[1]], "q": [0], "A": [[1]], "l": [2], "u": [1]}"#,
+    )
+    .unwrap();
+    let o = run(bin().args(["solve", "--solver", "admm", "--qp"]).arg(&qp));
+    assert_fails_with(&o, "exceeds upper bound");
+    let o = run(bin()
+        .args(["solve", "--solver", "admm", "--qp"])
+        .arg(dir.join("missing.json")));
+    assert_fails_with(&o, "missing.json");
 }

@@ -5,10 +5,12 @@
 //! `(n, context_dim)` tensors and solutions `(n, solution_dim)` tensors, and the objective
 //! returns one value per row.
 
+mod least_squares;
 mod quadratic;
 mod sphere;
 mod toy1d;
 
+pub use least_squares::LeastSquares;
 pub use quadratic::{Quadratic, QuadraticConfig};
 pub use sphere::{
     fibonacci_sphere, soft_min, AlphaDistribution, Sphere, SphereConfig, MAX_COMPONENTS,

@@ -119,6 +119,12 @@ impl<'a> ProximalGradient<'a> {
         Self::new(problem, prox, step, true, true)
     }
 
+    /// FISTA with or without the adaptive restart (plain Beck–Teboulle momentum without it).
+    pub fn with_restart(mut self, restart: bool) -> Self {
+        self.restart = restart && self.accelerated;
+        self
+    }
+
     fn new(
         problem: &'a dyn Problem,
         prox: ProxOperator,

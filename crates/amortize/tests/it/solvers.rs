@@ -698,7 +698,8 @@ fn argmin_lbfgs(problem: &dyn Problem, x: &[f64], y0: &[f64]) -> Vec<f64> {
 #[test]
 fn lbfgs_agrees_with_argmin() -> Result<()> {
     let quadratic = Quadratic::new(QuadraticConfig::default())?;
-    let problems: [(&dyn Problem, Option<fn(&[f64]) -> Vec<f64>>); 2] = [
+    type KnownMinimiser = Option<fn(&[f64]) -> Vec<f64>>;
+    let problems: [(&dyn Problem, KnownMinimiser); 2] = [
         (&quadratic, None),
         (&Rosenbrock, Some(|x: &[f64]| vec![x[0], x[0] * x[0]])),
     ];
@@ -742,5 +743,59 @@ fn lbfgs_agrees_with_argmin() -> Result<()> {
             ours.iters
         );
     }
+    Ok(())
+}
+
+/// The Lasso's smooth part: gradient against finite differences, L against ‖W‖₂² bounds, and
+/// FISTA on it with the ℓ1 prox beats ISTA; a zero dictionary column is refused.
+#[test]
+fn least_squares_gradient_lipschitz_and_lasso_solves() -> Result<()> {
+    use amortize::problem::LeastSquares;
+    let p = LeastSquares::lasso_benchmark(8, 16, 1)?;
+    let (x, codes) = p.sample_with_codes(4, &mut StdRng::seed_from_u64(2), &Device::Cpu)?;
+    let x = x.to_dtype(DType::F64)?;
+    let y = codes.to_dtype(DType::F64)?.affine(0.5, 0.1)?;
+    let g = p.gradient(&y, &x)?;
+    let fd = amortize::testing::finite_difference_grad(&y, 1e-6, |y| {
+        Ok(p.objective(y, &x)?.sum_all()?.to_scalar::<f64>()?)
+    })?;
+    assert!(max_abs_diff(&g, &fd)? < 1e-6);
+    // ‖W‖_F² / rank ≤ σ_max² ≤ ‖W‖_F² = n (unit-norm columns).
+    let l = p.lipschitz()?;
+    assert!((16.0 / 8.0..=16.0).contains(&l), "L = {l}");
+    let settings = Settings {
+        tol: 1e-8,
+        max_iters: 20_000,
+        max_time: None,
+    };
+    let prox = ProxOperator::L1 { alpha: 0.1 };
+    let y0 = Tensor::zeros((4, 16), DType::F64, &Device::Cpu)?;
+    let ista = solve(
+        &ProximalGradient::ista(&p, prox, 1.0 / l)?,
+        &y0,
+        &x,
+        &settings,
+        |_, _| {},
+    )?;
+    let fista = solve(
+        &ProximalGradient::fista(&p, prox, 1.0 / l)?,
+        &y0,
+        &x,
+        &settings,
+        |_, _| {},
+    )?;
+    assert_eq!(
+        (ista.status, fista.status),
+        (Status::Converged, Status::Converged)
+    );
+    assert!(fista.iters < ista.iters);
+    assert!(max_abs_diff(&ista.y, &fista.y)? < 1e-6);
+    let mut w: Vec<f64> = p.dictionary().flatten_all()?.to_vec1()?;
+    for i in 0..8 {
+        w[i * 16 + 3] = 0.0;
+    }
+    let w = Tensor::from_vec(w, (8, 16), &Device::Cpu)?;
+    let err = LeastSquares::new(&w, 0.1, 0.01).unwrap_err().to_string();
+    assert!(err.contains("column 3 is zero"), "{err}");
     Ok(())
 }

@@ -549,9 +549,11 @@ impl<'a> AdmmWorkspace<'a> {
     /// After a step: the status if the solve should stop now (converged, infeasible, out of
     /// budget, non-finite), adapting ρ on schedule otherwise.
     pub fn check(&mut self, elapsed: f64) -> Option<QpStatus> {
-        let at_check = self.iters % self.settings.check_every == 0;
-        let at_rho =
-            self.settings.adaptive_rho && self.iters % self.settings.adaptive_rho_interval == 0;
+        let at_check = self.iters.is_multiple_of(self.settings.check_every);
+        let at_rho = self.settings.adaptive_rho
+            && self
+                .iters
+                .is_multiple_of(self.settings.adaptive_rho_interval);
         let last = self.iters >= self.settings.max_iters;
         if at_check || at_rho || last {
             let r = self.residuals();

@@ -1,0 +1,321 @@
+//! `amortize bench solvers`: the classical solvers side by side.
+//!
+//! 1. Per solver, on a batch of 1,024 instances: iterations to tolerance and time per iteration
+//!    (the driver's residual check included).
+//! 2. Lasso (W 64×256 with unit-norm columns, α = 0.1, 10%-sparse codes, noise 0.01, batch
+//!    1,024, f32): iterations of ISTA and FISTA to a mean relative objective gap of 1e-3 and
+//!    1e-4 (E* from restarted FISTA in f64 to a gradient-mapping norm of 1e-10) and the time of
+//!    that many iterations, against `bench/baselines/lasso.py` (JAX, jit).
+//! 3. OSQP's random QPs (P = MMᵀ + 10⁻²I, m = 10n, density 0.15): ADMM's iterations, total
+//!    wall-clock of the sequential batch (set-up included) and accuracy, against
+//!    `bench/baselines/osqp_qp.py` (the OSQP C solver, 1,000 sequential solves).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use amortize::eval::time_median;
+use amortize::problem::{LeastSquares, Problem, ProblemConfig};
+use amortize::solver::qp::{Admm, AdmmSettings, QpProblem, QpStatus};
+use amortize::solver::{
+    solve, solve_named, ProxOperator, ProximalGradient, Settings, Solver, SolverOptions,
+};
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::bench::{fmt_time, median, python_json_lines, ratio};
+
+const BATCH: usize = 1024;
+const LASSO_ALPHA: f64 = 0.1;
+const QP_SIZES: [usize; 3] = [10, 50, 100];
+
+/// Runs the three parts and prints their tables.
+pub fn run(
+    repeats: usize,
+    rounds: usize,
+    qp_instances: usize,
+    baselines: bool,
+    quiet: bool,
+) -> Result<()> {
+    per_solver_table(quiet)?;
+    lasso_table(repeats, rounds, baselines, quiet)?;
+    qp_table(qp_instances, baselines, quiet)?;
+    Ok(())
+}
+
+fn per_solver_table(quiet: bool) -> Result<()> {
+    // (solver, problem, lr, tol, max_iters)
+    let cases: [(&str, &str, f64, f64, usize); 10] = [
+        ("gd", "sphere", 0.1, 1e-5, 5000),
+        ("gd-armijo", "sphere", 1.0, 1e-5, 5000),
+        ("adam", "sphere", 0.01, 1e-3, 5000),
+        ("lbfgs", "sphere", 1.0, 1e-5, 5000),
+        ("cem", "sphere", 0.1, 1e-2, 50),
+        ("dcem", "sphere", 0.1, 1e-2, 50),
+        ("gd", "quadratic", 0.2, 1e-8, 5000),
+        ("lbfgs", "quadratic", 1.0, 1e-6, 5000),
+        ("newton", "quadratic", 0.1, 1e-8, 100),
+        ("fista", "quadratic", 0.2, 1e-8, 5000),
+    ];
+    let bar = crate::progress::bar(cases.len() as u64, "solvers", quiet);
+    println!("solvers: batch of {BATCH} instances, f64, random starts (seed 0); time per iteration includes the residual check");
+    println!("| solver | problem | tolerance | status | iterations | time / iteration | total |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, problem, lr, tol, max_iters) in cases {
+        let p = ProblemConfig::default_for(problem)?.build()?;
+        let mut rng = StdRng::seed_from_u64(0);
+        let x = p
+            .sample_contexts(BATCH, &mut rng, &Device::Cpu)?
+            .to_dtype(DType::F64)?;
+        let y0: Vec<f64> = (0..BATCH * p.solution_dim())
+            .map(|_| rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng))
+            .collect();
+        let y0 = Tensor::from_vec(y0, (BATCH, p.solution_dim()), &Device::Cpu)?;
+        let settings = Settings {
+            tol,
+            max_iters,
+            max_time: None,
+        };
+        let opts = SolverOptions {
+            lr,
+            l1: 0.0,
+            ..SolverOptions::default()
+        };
+        let s = solve_named(name, p.as_ref(), &y0, &x, &settings, &opts)?;
+        bar.inc(1);
+        println!(
+            "| {name} | {problem} | {tol:e} | {:?} | {} | {} | {} |",
+            s.status,
+            s.iters,
+            fmt_time(Some(s.elapsed / s.iters.max(1) as f64)),
+            fmt_time(Some(s.elapsed)),
+        );
+    }
+    bar.finish_and_clear();
+    println!();
+    Ok(())
+}
+
+/// Iterations to reach mean relative gaps 1e-3 and 1e-4, the gap at 16 iterations.
+struct GapCurve {
+    to_1e3: Option<usize>,
+    to_1e4: Option<usize>,
+    at_16: f64,
+}
+
+fn gap_curve<S: Solver>(
+    solver: &S,
+    x32: &Tensor,
+    x64: &Tensor,
+    e_star: &Tensor,
+    problem: &LeastSquares,
+    max_iters: usize,
+) -> Result<GapCurve> {
+    let prox = ProxOperator::L1 { alpha: LASSO_ALPHA };
+    let y0 = Tensor::zeros(
+        (x32.dim(0)?, problem.solution_dim()),
+        DType::F32,
+        x32.device(),
+    )?;
+    let mut state = solver.init(&y0, x32)?;
+    let mut curve = GapCurve {
+        to_1e3: None,
+        to_1e4: None,
+        at_16: f64::NAN,
+    };
+    for k in 1..=max_iters {
+        state = solver.detach(solver.step(state, x32)?);
+        let y = solver.iterate(&state).to_dtype(DType::F64)?;
+        let e = problem.objective(&y, x64)?.add(&prox.value(&y)?)?;
+        let gap: f64 = e.sub(e_star)?.div(e_star)?.mean_all()?.to_scalar()?;
+        if k == 16 {
+            curve.at_16 = gap;
+        }
+        if gap <= 1e-3 && curve.to_1e3.is_none() {
+            curve.to_1e3 = Some(k);
+        }
+        if gap <= 1e-4 {
+            curve.to_1e4 = Some(k);
+            break;
+        }
+    }
+    Ok(curve)
+}
+
+fn lasso_table(repeats: usize, rounds: usize, baselines: bool, quiet: bool) -> Result<()> {
+    let problem = LeastSquares::lasso_benchmark(64, 256, 0)?;
+    let (x32, _) = problem.sample_with_codes(BATCH, &mut StdRng::seed_from_u64(1), &Device::Cpu)?;
+    let x64 = x32.to_dtype(DType::F64)?;
+    let step = 1.0 / problem.lipschitz()?;
+    let prox = ProxOperator::L1 { alpha: LASSO_ALPHA };
+    let zeros64 = Tensor::zeros((BATCH, 256), DType::F64, &Device::Cpu)?;
+    let reference = solve(
+        &ProximalGradient::fista(&problem, prox, step)?,
+        &zeros64,
+        &x64,
+        &Settings {
+            tol: 1e-10,
+            max_iters: 20_000,
+            max_time: None,
+        },
+        |_, _| {},
+    )?;
+    let e_star = reference.value;
+    let methods: [(&str, ProximalGradient); 3] = [
+        (
+            "fista",
+            ProximalGradient::fista(&problem, prox, step)?.with_restart(false),
+        ),
+        (
+            "fista+restart",
+            ProximalGradient::fista(&problem, prox, step)?,
+        ),
+        ("ista", ProximalGradient::ista(&problem, prox, step)?),
+    ];
+    let zeros32 = Tensor::zeros((BATCH, 256), DType::F32, &Device::Cpu)?;
+    let bar = crate::progress::bar((rounds.max(1) * methods.len()) as u64, "lasso", quiet);
+    let mut curves = Vec::new();
+    for (_, solver) in &methods {
+        curves.push(gap_curve(solver, &x32, &x64, &e_star, &problem, 5000)?);
+    }
+    // Rounds alternate between JAX and ours; each time is the median over rounds.
+    let mut ours: Vec<Vec<f64>> = vec![Vec::new(); methods.len()];
+    let mut jax: BTreeMap<String, (Vec<f64>, serde_json::Value)> = BTreeMap::new();
+    for _ in 0..rounds.max(1) {
+        if baselines {
+            let args = ["--repeats", &repeats.to_string()];
+            for v in python_json_lines("lasso.py", &args, "jax lasso") {
+                let (Some(m), Some(s)) = (
+                    v.get("method").and_then(|m| m.as_str()).map(str::to_string),
+                    v.get("seconds").and_then(|s| s.as_f64()),
+                ) else {
+                    continue;
+                };
+                let entry = jax.entry(m).or_insert_with(|| (Vec::new(), v.clone()));
+                entry.0.push(s);
+            }
+        }
+        for (i, (_, solver)) in methods.iter().enumerate() {
+            let iters = curves[i].to_1e4.unwrap_or(5000);
+            ours[i].push(time_median(repeats, || {
+                let mut s = solver.init(&zeros32, &x32)?;
+                for _ in 0..iters {
+                    s = solver.detach(solver.step(s, &x32)?);
+                }
+                Ok(())
+            })?);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    println!("lasso: W 64×256 (unit-norm columns), α = {LASSO_ALPHA}, batch {BATCH}, f32 iterations from 0, mean relative gap (E − E*)/E*; time of the iterations to 1e-4 (median of {repeats}, then over {} rounds)", rounds.max(1));
+    println!("| method | gap at 16 | iters to 1e-3 | iters to 1e-4 | time to 1e-4 | JAX iters to 1e-3 | JAX iters to 1e-4 | JAX time | ours / JAX |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let opt = |v: Option<usize>| v.map_or("—".into(), |k| k.to_string());
+    for (i, (name, _)) in methods.iter().enumerate() {
+        let c = &curves[i];
+        let t = median(ours[i].clone());
+        let base = jax.get(name.trim_end_matches("+restart"));
+        let jax_t = base.map(|(ts, _)| median(ts.clone()));
+        let field = |k: &str| {
+            base.and_then(|(_, v)| v.get(k).and_then(|x| x.as_u64()))
+                .map(|x| x as usize)
+        };
+        println!(
+            "| {name} | {:.4} | {} | {} | {} | {} | {} | {} | {} |",
+            c.at_16,
+            opt(c.to_1e3),
+            opt(c.to_1e4),
+            fmt_time(Some(t)),
+            opt(field("iters_to_1e-3")),
+            opt(field("iters")),
+            fmt_time(jax_t),
+            ratio(t, jax_t),
+        );
+    }
+    println!("(JAX runs plain FISTA; fista+restart is compared with it too)");
+    println!();
+    Ok(())
+}
+
+fn qp_table(instances: usize, baselines: bool, quiet: bool) -> Result<()> {
+    let osqp: Vec<serde_json::Value> = if baselines {
+        let sizes: Vec<String> = QP_SIZES.iter().map(|n| n.to_string()).collect();
+        let args = [
+            "--sizes",
+            &sizes.join(","),
+            "--instances",
+            &instances.to_string(),
+        ];
+        python_json_lines("osqp_qp.py", &args, "osqp")
+    } else {
+        Vec::new()
+    };
+    let admm = Admm::default();
+    let reference = Admm::new(AdmmSettings {
+        eps_abs: 1e-8,
+        eps_rel: 1e-8,
+        max_iters: 200_000,
+        ..AdmmSettings::default()
+    })?;
+    println!("random QPs (OSQP's class, m = 10n, density 0.15), {instances} instances per size, eps_abs = eps_rel = 1e-3, one thread, solved one after another");
+    println!("| n | solver | solved | iters mean | median | max | total time (set-up + solve) | mean rel. objective error | ours / OSQP time | ours / OSQP iters |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let bar = crate::progress::bar(QP_SIZES.len() as u64, "qp", quiet);
+    for n in QP_SIZES {
+        let mut rng = StdRng::seed_from_u64(n as u64);
+        let qps: Vec<QpProblem> = (0..instances)
+            .map(|_| QpProblem::random(n, 10 * n, 0.15, &mut rng))
+            .collect::<amortize::Result<_>>()?;
+        let start = Instant::now();
+        let sols = admm.solve_batch(&qps, 1)?;
+        let total = start.elapsed().as_secs_f64();
+        let mut errors = Vec::with_capacity(qps.len());
+        for (qp, s) in qps.iter().zip(&sols) {
+            let r = reference.solve(qp, Some((&s.y, &s.lambda)))?;
+            if r.status == QpStatus::Solved {
+                errors.push((s.objective - r.objective).abs() / r.objective.abs().max(1.0));
+            }
+        }
+        bar.inc(1);
+        let mut iters: Vec<f64> = sols.iter().map(|s| s.iters as f64).collect();
+        let mean = iters.iter().sum::<f64>() / iters.len().max(1) as f64;
+        iters.sort_by(|a, b| a.total_cmp(b));
+        let solved = sols.iter().filter(|s| s.status == QpStatus::Solved).count();
+        let err = errors.iter().sum::<f64>() / errors.len().max(1) as f64;
+        let theirs = osqp
+            .iter()
+            .find(|v| v.get("n").and_then(|x| x.as_u64()) == Some(n as u64));
+        let o = |k: &str| theirs.and_then(|v| v.get(k)).and_then(|x| x.as_f64());
+        println!(
+            "| {n} | admm (ours) | {solved}/{} | {mean:.1} | {} | {} | {} | {err:.1e} | {} | {} |",
+            sols.len(),
+            iters.get(iters.len() / 2).copied().unwrap_or(0.0),
+            iters.last().copied().unwrap_or(0.0),
+            fmt_time(Some(total)),
+            ratio(total, o("setup_solve_seconds_total")),
+            ratio(mean, o("iters_mean")),
+        );
+        if let Some(v) = theirs {
+            let solved = v
+                .get("status_counts")
+                .and_then(|c| c.get("solved"))
+                .and_then(|x| x.as_u64())
+                .unwrap_or(0);
+            println!(
+                "| {n} | OSQP {} | {solved}/{} | {:.1} | {} | {} | {} | {:.1e} | | |",
+                v.get("version").and_then(|x| x.as_str()).unwrap_or("?"),
+                instances,
+                o("iters_mean").unwrap_or(f64::NAN),
+                o("iters_median").unwrap_or(f64::NAN),
+                o("iters_max").unwrap_or(f64::NAN),
+                fmt_time(o("setup_solve_seconds_total")),
+                o("rel_obj_err_mean").unwrap_or(f64::NAN),
+            );
+        }
+    }
+    bar.finish_and_clear();
+    println!("(OSQP checks termination every 25 iterations, ours every iteration; errors are against each solver's own run at eps 1e-8/1e-9)");
+    Ok(())
+}
