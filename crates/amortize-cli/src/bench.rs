@@ -43,13 +43,14 @@ pub fn run(
     repeats: usize,
     rounds: usize,
     qp_instances: usize,
+    part: Option<&str>,
     baselines: bool,
     quiet: bool,
 ) -> Result<()> {
     match which {
         Which::TrainStep => train_step(batches, repeats, rounds, baselines, quiet),
         Which::Solvers => {
-            crate::bench_solvers::run(repeats, rounds, qp_instances, baselines, quiet)
+            crate::bench_solvers::run(repeats, rounds, qp_instances, part, baselines, quiet)
         }
     }
 }

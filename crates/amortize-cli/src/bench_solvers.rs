@@ -17,9 +17,9 @@ use amortize::eval::time_median;
 use amortize::problem::{LeastSquares, Problem, ProblemConfig};
 use amortize::solver::qp::{Admm, AdmmSettings, QpProblem, QpStatus};
 use amortize::solver::{
-    solve, solve_named, ProxOperator, ProximalGradient, Settings, Solver, SolverOptions,
+    solve, solve_named, FusedLasso, ProxOperator, ProximalGradient, Settings, Solver, SolverOptions,
 };
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -35,12 +35,25 @@ pub fn run(
     repeats: usize,
     rounds: usize,
     qp_instances: usize,
+    part: Option<&str>,
     baselines: bool,
     quiet: bool,
 ) -> Result<()> {
-    per_solver_table(quiet)?;
-    lasso_table(repeats, rounds, baselines, quiet)?;
-    qp_table(qp_instances, baselines, quiet)?;
+    if let Some(p) = part {
+        if !["table", "lasso", "qp"].contains(&p) {
+            bail!("unknown --part '{p}' (known: table, lasso, qp)");
+        }
+    }
+    let wanted = |name: &str| part.is_none_or(|p| p == name);
+    if wanted("table") {
+        per_solver_table(quiet)?;
+    }
+    if wanted("lasso") {
+        lasso_table(repeats, rounds, baselines, quiet)?;
+    }
+    if wanted("qp") {
+        qp_table(qp_instances, baselines, quiet)?;
+    }
     Ok(())
 }
 
@@ -162,79 +175,132 @@ fn lasso_table(repeats: usize, rounds: usize, baselines: bool, quiet: bool) -> R
         |_, _| {},
     )?;
     let e_star = reference.value;
-    let methods: [(&str, ProximalGradient); 3] = [
+    let methods: [(&str, ProximalGradient, bool, bool); 3] = [
         (
             "fista",
             ProximalGradient::fista(&problem, prox, step)?.with_restart(false),
+            true,
+            false,
         ),
         (
             "fista+restart",
             ProximalGradient::fista(&problem, prox, step)?,
+            true,
+            true,
         ),
-        ("ista", ProximalGradient::ista(&problem, prox, step)?),
+        (
+            "ista",
+            ProximalGradient::ista(&problem, prox, step)?,
+            false,
+            false,
+        ),
     ];
     let zeros32 = Tensor::zeros((BATCH, 256), DType::F32, &Device::Cpu)?;
+    let xs: Vec<f32> = x32.flatten_all()?.to_vec1()?;
     let bar = crate::progress::bar((rounds.max(1) * methods.len()) as u64, "lasso", quiet);
     let mut curves = Vec::new();
-    for (_, solver) in &methods {
+    let mut fused = Vec::new();
+    for (_, solver, accelerated, restart) in &methods {
         curves.push(gap_curve(solver, &x32, &x64, &e_star, &problem, 5000)?);
+        fused.push(FusedLasso::new(
+            &problem,
+            LASSO_ALPHA,
+            step,
+            *accelerated,
+            *restart,
+        )?);
     }
-    // Rounds alternate between JAX and ours; each time is the median over rounds.
-    let mut ours: Vec<Vec<f64>> = vec![Vec::new(); methods.len()];
-    let mut jax: BTreeMap<String, (Vec<f64>, serde_json::Value)> = BTreeMap::new();
+    // Rounds alternate between JAX and ours; each time is the median over rounds. JAX runs
+    // pinned to one core and with its defaults (it spreads work over both cores here).
+    let mut candle_times: Vec<Vec<f64>> = vec![Vec::new(); methods.len()];
+    let mut fused_times: Vec<Vec<f64>> = vec![Vec::new(); methods.len()];
+    let mut fused2_times: Vec<Vec<f64>> = vec![Vec::new(); methods.len()];
+    let mut jax: BTreeMap<(String, String), (Vec<f64>, serde_json::Value)> = BTreeMap::new();
     for _ in 0..rounds.max(1) {
         if baselines {
-            let args = ["--repeats", &repeats.to_string()];
-            for v in python_json_lines("lasso.py", &args, "jax lasso") {
-                let (Some(m), Some(s)) = (
-                    v.get("method").and_then(|m| m.as_str()).map(str::to_string),
-                    v.get("seconds").and_then(|s| s.as_f64()),
-                ) else {
-                    continue;
-                };
-                let entry = jax.entry(m).or_insert_with(|| (Vec::new(), v.clone()));
-                entry.0.push(s);
+            for threads in ["1", "all"] {
+                let args = ["--repeats", &repeats.to_string(), "--threads", threads];
+                for v in python_json_lines("lasso.py", &args, "jax lasso") {
+                    let (Some(m), Some(s)) = (
+                        v.get("method").and_then(|m| m.as_str()).map(str::to_string),
+                        v.get("seconds").and_then(|s| s.as_f64()),
+                    ) else {
+                        continue;
+                    };
+                    let key = (m, threads.to_string());
+                    jax.entry(key)
+                        .or_insert_with(|| (Vec::new(), v.clone()))
+                        .0
+                        .push(s);
+                }
             }
         }
-        for (i, (_, solver)) in methods.iter().enumerate() {
+        for (i, (_, solver, _, _)) in methods.iter().enumerate() {
             let iters = curves[i].to_1e4.unwrap_or(5000);
-            ours[i].push(time_median(repeats, || {
+            candle_times[i].push(time_median(repeats, || {
                 let mut s = solver.init(&zeros32, &x32)?;
                 for _ in 0..iters {
                     s = solver.detach(solver.step(s, &x32)?);
                 }
                 Ok(())
             })?);
+            let mut ys = vec![0.0f32; BATCH * 256];
+            for (threads, times) in [(1, &mut fused_times[i]), (2, &mut fused2_times[i])] {
+                times.push(time_median(repeats, || {
+                    ys.fill(0.0);
+                    fused[i].run(&xs, &mut ys, iters, 0.0, threads).map(|_| ())
+                })?);
+            }
             bar.inc(1);
         }
     }
     bar.finish_and_clear();
     println!("lasso: W 64×256 (unit-norm columns), α = {LASSO_ALPHA}, batch {BATCH}, f32 iterations from 0, mean relative gap (E − E*)/E*; time of the iterations to 1e-4 (median of {repeats}, then over {} rounds)", rounds.max(1));
-    println!("| method | gap at 16 | iters to 1e-3 | iters to 1e-4 | time to 1e-4 | JAX iters to 1e-3 | JAX iters to 1e-4 | JAX time | ours / JAX |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| method | gap at 16 | iters to 1e-3 | iters to 1e-4 | JAX iters to 1e-3 / 1e-4 | candle ops, 1 thread | fused, 1 thread | JAX jit, 1 core | fused / JAX (1 core) | fused, 2 threads | JAX jit, default | fused / JAX (2 cores) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let opt = |v: Option<usize>| v.map_or("—".into(), |k| k.to_string());
-    for (i, (name, _)) in methods.iter().enumerate() {
+    for (i, (name, _, _, _)) in methods.iter().enumerate() {
         let c = &curves[i];
-        let t = median(ours[i].clone());
-        let base = jax.get(name.trim_end_matches("+restart"));
-        let jax_t = base.map(|(ts, _)| median(ts.clone()));
+        let iters = c.to_1e4.unwrap_or(5000);
+        // The fused path's own answer after the same number of iterations.
+        let (y, _) = fused[i].solve(&x32, &zeros32, iters, 0.0)?;
+        let e = fused[i].objective(&problem, &y, &x64)?;
+        let fused_gap: f64 = e.sub(&e_star)?.div(&e_star)?.mean_all()?.to_scalar()?;
+        if fused_gap > 1.5e-4 {
+            eprintln!("warning: {name} fused path reached a gap of {fused_gap:.2e} only");
+        }
+        let t_candle = median(candle_times[i].clone());
+        let t_fused = median(fused_times[i].clone());
+        let t_fused2 = median(fused2_times[i].clone());
+        let jax_for = |threads: &str| {
+            jax.get(&(
+                name.trim_end_matches("+restart").to_string(),
+                threads.to_string(),
+            ))
+        };
+        let jax_t = |threads: &str| jax_for(threads).map(|(ts, _)| median(ts.clone()));
         let field = |k: &str| {
-            base.and_then(|(_, v)| v.get(k).and_then(|x| x.as_u64()))
+            jax_for("1")
+                .and_then(|(_, v)| v.get(k).and_then(|x| x.as_u64()))
                 .map(|x| x as usize)
         };
         println!(
-            "| {name} | {:.4} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {:.4} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} |",
             c.at_16,
             opt(c.to_1e3),
             opt(c.to_1e4),
-            fmt_time(Some(t)),
             opt(field("iters_to_1e-3")),
             opt(field("iters")),
-            fmt_time(jax_t),
-            ratio(t, jax_t),
+            fmt_time(Some(t_candle)),
+            fmt_time(Some(t_fused)),
+            fmt_time(jax_t("1")),
+            ratio(t_fused, jax_t("1")),
+            fmt_time(Some(t_fused2)),
+            fmt_time(jax_t("all")),
+            ratio(t_fused2, jax_t("all")),
         );
     }
-    println!("(JAX runs plain FISTA; fista+restart is compared with it too)");
+    println!("(JAX runs plain FISTA; fista+restart is compared with it too. \"fused\" is solver::FusedLasso, \"candle ops\" the ProximalGradient tensor solver; ratios below 1 mean ours is faster)");
     println!();
     Ok(())
 }
@@ -316,6 +382,6 @@ fn qp_table(instances: usize, baselines: bool, quiet: bool) -> Result<()> {
         }
     }
     bar.finish_and_clear();
-    println!("(OSQP checks termination every 25 iterations, ours every iteration; errors are against each solver's own run at eps 1e-8/1e-9)");
+    println!("(both check termination every 25 iterations; objective errors are against each solver's own run at eps 1e-8 (ours, warm-started) or 1e-9 (OSQP, polished))");
     Ok(())
 }

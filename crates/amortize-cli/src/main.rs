@@ -150,6 +150,9 @@ pub enum Command {
         /// Skip the Python (PyTorch, JAX, OSQP) baselines.
         #[arg(long)]
         no_baselines: bool,
+        /// solvers: run only this part (table, lasso or qp).
+        #[arg(long)]
+        part: Option<String>,
         /// solvers: random QPs per size.
         #[arg(long, default_value_t = 1000)]
         qp_instances: usize,

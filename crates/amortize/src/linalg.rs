@@ -1,6 +1,8 @@
 //! Small dense and sparse linear algebra in f64 that the solvers share: a Cholesky factor for
 //! the symmetric positive-definite systems of Newton and ADMM, and a compressed-sparse-row
-//! matrix for constraint matrices.
+//! matrix for constraint matrices, and the single-threaded f32 `gemm` call the fused paths use.
+
+use gemm::Parallelism;
 
 use crate::{Error, Result};
 
@@ -241,6 +243,75 @@ impl CsrMatrix {
                 }
             }
         }
+    }
+}
+
+/// A row-major f32 matrix, possibly read transposed, for [`matmul`].
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+}
+
+impl<'a> View<'a> {
+    pub(crate) fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(data.len(), rows * cols, "matrix buffer size");
+        View {
+            data,
+            rows,
+            cols,
+            transposed: false,
+        }
+    }
+
+    pub(crate) fn t(self) -> Self {
+        View {
+            transposed: !self.transposed,
+            ..self
+        }
+    }
+
+    /// (logical rows, logical cols, column stride, row stride).
+    fn layout(&self) -> (usize, usize, isize, isize) {
+        if self.transposed {
+            (self.cols, self.rows, self.cols as isize, 1)
+        } else {
+            (self.rows, self.cols, 1, self.cols as isize)
+        }
+    }
+}
+
+/// dst (m × n, row-major) = lhs · rhs, or dst + lhs · rhs when `accumulate`; one thread.
+pub(crate) fn matmul(dst: &mut [f32], lhs: View, rhs: View, accumulate: bool) {
+    let (m, k, lhs_cs, lhs_rs) = lhs.layout();
+    let (k2, n, rhs_cs, rhs_rs) = rhs.layout();
+    assert!(k == k2 && dst.len() == m * n, "matmul shapes");
+    // SAFETY: the asserts above make every index the strides reach lie inside its buffer, and
+    // `dst` is a distinct mutable buffer.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.data.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
     }
 }
 

@@ -16,8 +16,8 @@
 //! the elementwise passes (bias, activation, masks) cost no memory traffic. With whole
 //! batches of 4096 rows each such pass streamed 2 MB through memory.
 
+use crate::linalg::{matmul, View};
 use candle_core::{Tensor, Var};
-use gemm::Parallelism;
 
 use super::mlp::{Activation, Mlp};
 use crate::optim::Adam;
@@ -467,74 +467,6 @@ impl FusedMlp {
 }
 
 /// A row-major `rows × cols` matrix, read as itself or (after [`View::t`]) as its transpose.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    transposed: bool,
-}
-
-impl<'a> View<'a> {
-    fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(data.len(), rows * cols, "matrix buffer size");
-        View {
-            data,
-            rows,
-            cols,
-            transposed: false,
-        }
-    }
-
-    fn t(self) -> Self {
-        View {
-            transposed: !self.transposed,
-            ..self
-        }
-    }
-
-    /// (logical rows, logical cols, column stride, row stride).
-    fn layout(&self) -> (usize, usize, isize, isize) {
-        if self.transposed {
-            (self.cols, self.rows, self.cols as isize, 1)
-        } else {
-            (self.rows, self.cols, 1, self.cols as isize)
-        }
-    }
-}
-
-/// dst (m × n, row-major) = lhs · rhs, or dst + lhs · rhs when `accumulate`; one thread.
-fn matmul(dst: &mut [f32], lhs: View, rhs: View, accumulate: bool) {
-    let (m, k, lhs_cs, lhs_rs) = lhs.layout();
-    let (k2, n, rhs_cs, rhs_rs) = rhs.layout();
-    assert!(k == k2 && dst.len() == m * n, "matmul shapes");
-    // SAFETY: the asserts above make every index the strides reach lie inside its buffer, and
-    // `dst` is a distinct mutable buffer.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.data.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
-}
-
 fn set(var: &Var, data: &[f32]) -> Result<()> {
     let t = Tensor::from_slice(data, var.shape(), var.device())?.to_dtype(var.dtype())?;
     Ok(var.set(&t)?)

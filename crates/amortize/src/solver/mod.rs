@@ -9,6 +9,7 @@
 
 mod anderson;
 mod cem;
+mod fused_lasso;
 mod gradient;
 mod lbfgs;
 mod named;
@@ -18,6 +19,7 @@ pub mod qp;
 
 pub use anderson::{Anderson, AndersonState, FixedPointMap};
 pub use cem::{CemState, CrossEntropyMethod};
+pub use fused_lasso::{FusedLasso, FusedLassoReport};
 pub use gradient::{AdamSolver, GradientDescent, StepRule};
 pub use lbfgs::{Lbfgs, LbfgsState};
 pub use named::{iterates_in_domain, solve_named, SolverOptions, SOLVER_NAMES};

@@ -799,3 +799,61 @@ fn least_squares_gradient_lipschitz_and_lasso_solves() -> Result<()> {
     assert!(err.contains("column 3 is zero"), "{err}");
     Ok(())
 }
+
+/// The fused Lasso path takes the same iterations as the tensor ISTA/FISTA (with and without
+/// restart) up to f32 rounding, on several blocks and threads, stops rows early at a tolerance,
+/// and refuses bad input.
+#[test]
+fn fused_lasso_matches_the_tensor_solvers() -> Result<()> {
+    use amortize::problem::LeastSquares;
+    use amortize::solver::{FusedLasso, Solver};
+    let p = LeastSquares::lasso_benchmark(16, 48, 3)?;
+    let batch = 300; // more than one block of rows
+    let (x, _) = p.sample_with_codes(batch, &mut StdRng::seed_from_u64(4), &Device::Cpu)?;
+    let step = 1.0 / p.lipschitz()?;
+    let prox = ProxOperator::L1 { alpha: 0.1 };
+    let y0 = Tensor::zeros((batch, 48), DType::F32, &Device::Cpu)?;
+    let x64 = x.to_dtype(DType::F64)?;
+    let cases = [
+        (ProximalGradient::ista(&p, prox, step)?, false, false),
+        (
+            ProximalGradient::fista(&p, prox, step)?.with_restart(false),
+            true,
+            false,
+        ),
+        (ProximalGradient::fista(&p, prox, step)?, true, true),
+    ];
+    for (tensor, accelerated, restart) in cases {
+        let fused = FusedLasso::new(&p, 0.1, step, accelerated, restart)?;
+        let mut state = tensor.init(&y0.to_dtype(DType::F64)?, &x64)?;
+        for _ in 0..30 {
+            state = tensor.step(state, &x64)?;
+        }
+        let (y, report) = fused.solve(&x, &y0, 30, 0.0)?;
+        let e = max_abs_diff(&y, tensor.iterate(&state))?;
+        assert!(
+            e < 1e-4,
+            "{} (restart {restart}): off by {e}",
+            tensor.name()
+        );
+        assert!(report.iters.iter().all(|&k| k == 30));
+        // Two threads give the same answer.
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let mut y2 = vec![0.0f32; batch * 48];
+        fused.run(&xs, &mut y2, 30, 0.0, 2)?;
+        assert_eq!(y2, y.flatten_all()?.to_vec1::<f32>()?);
+    }
+    // A tolerance stops rows on their own, each below it.
+    let fista = FusedLasso::new(&p, 0.1, step, true, true)?;
+    let (_, report) = fista.solve(&x, &y0, 5000, 1e-3)?;
+    assert!(report.residual.iter().all(|&r| r <= 1e-3));
+    let (lo, hi) = (
+        report.iters.iter().min().unwrap(),
+        report.iters.iter().max().unwrap(),
+    );
+    assert!(lo < hi && *hi < 5000, "iterations {lo}..{hi}");
+    let mut y = vec![0.0f32; 48];
+    assert!(fista.run(&[f32::NAN; 16], &mut y, 10, 0.0, 1).is_err());
+    assert!(fista.run(&[0.0; 15], &mut y, 10, 0.0, 1).is_err());
+    Ok(())
+}

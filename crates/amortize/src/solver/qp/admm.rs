@@ -50,7 +50,8 @@ pub struct AdmmSettings {
     pub adaptive_rho_interval: usize,
     /// Refactor only when the estimate differs by more than this factor (default 5).
     pub adaptive_rho_tolerance: f64,
-    /// Iterations between termination checks (default 1: every iteration).
+    /// Iterations between termination checks (default 25, OSQP's; the first iteration is
+    /// always checked, so that a warm start at a solution stops at once).
     pub check_every: usize,
 }
 
@@ -70,7 +71,7 @@ impl Default for AdmmSettings {
             adaptive_rho: true,
             adaptive_rho_interval: 25,
             adaptive_rho_tolerance: 5.0,
-            check_every: 1,
+            check_every: 25,
         }
     }
 }
@@ -167,7 +168,10 @@ pub struct QpSolution {
 /// the reduced form of the KKT system of eq. 58, whose n×n matrix is factored once per ρ.
 /// Equality rows get 10³ρ and free rows 10⁻⁶; every `adaptive_rho_interval` iterations ρ is
 /// re-estimated as ρ·√((‖Ay − z‖/max(‖Ay‖, ‖z‖)) / (‖Py + q + Aᵀλ‖/max(‖Py‖, ‖Aᵀλ‖, ‖q‖)))
-/// and the matrix refactored when that moves ρ by more than `adaptive_rho_tolerance`.
+/// and the matrix refactored when that moves ρ by more than `adaptive_rho_tolerance`; when an
+/// update reverses the previous one the interval doubles (without this, ρ can oscillate for
+/// thousands of iterations on some of OSQP's random QPs, as OSQP itself does at tight
+/// tolerances).
 ///
 /// ## Optimality residual
 /// Terminates when ‖Ay − z‖∞ ≤ ε_abs + ε_rel max(‖Ay‖∞, ‖z‖∞) and
@@ -267,6 +271,11 @@ pub struct AdmmWorkspace<'a> {
     work_m: Vec<f64>,
     iters: usize,
     rho_updates: usize,
+    /// Iteration of the next ρ estimate; the interval doubles whenever an update reverses the
+    /// direction of the previous one (ρ oscillating between two values).
+    next_rho_check: usize,
+    rho_interval: usize,
+    last_rho_direction: f64,
 }
 
 /// Unscaled residuals and the tolerances they are compared with.
@@ -309,6 +318,9 @@ impl<'a> AdmmWorkspace<'a> {
             work_m: vec![0.0; m],
             iters: 0,
             rho_updates: 0,
+            next_rho_check: settings.adaptive_rho_interval,
+            rho_interval: settings.adaptive_rho_interval,
+            last_rho_direction: 0.0,
         };
         w.set_base_rho(w.rho)?;
         Ok(w)
@@ -549,11 +561,8 @@ impl<'a> AdmmWorkspace<'a> {
     /// After a step: the status if the solve should stop now (converged, infeasible, out of
     /// budget, non-finite), adapting ρ on schedule otherwise.
     pub fn check(&mut self, elapsed: f64) -> Option<QpStatus> {
-        let at_check = self.iters.is_multiple_of(self.settings.check_every);
-        let at_rho = self.settings.adaptive_rho
-            && self
-                .iters
-                .is_multiple_of(self.settings.adaptive_rho_interval);
+        let at_check = self.iters == 1 || self.iters.is_multiple_of(self.settings.check_every);
+        let at_rho = self.settings.adaptive_rho && self.iters >= self.next_rho_check;
         let last = self.iters >= self.settings.max_iters;
         if at_check || at_rho || last {
             let r = self.residuals();
@@ -572,11 +581,17 @@ impl<'a> AdmmWorkspace<'a> {
             if at_rho {
                 let estimate = self.rho_estimate();
                 let tol = self.settings.adaptive_rho_tolerance;
+                let direction = (estimate / self.rho).ln().signum();
                 if (estimate > self.rho * tol || estimate < self.rho / tol)
                     && self.set_base_rho(estimate).is_ok()
                 {
                     self.rho_updates += 1;
+                    if direction * self.last_rho_direction < 0.0 {
+                        self.rho_interval *= 2;
+                    }
+                    self.last_rho_direction = direction;
                 }
+                self.next_rho_check = self.iters + self.rho_interval;
             }
         }
         if last {
