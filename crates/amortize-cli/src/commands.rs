@@ -249,11 +249,20 @@ fn solve_command(req: &SolveRequest) -> Result<serde_json::Value> {
             req.solver
         );
     }
-    let opts = SolverOptions {
+    let mut opts = SolverOptions {
         lr: req.lr,
         l1: req.l1,
         seed: req.seed,
         ..SolverOptions::default()
+    };
+    // Proximal methods on the lasso family: its smooth part, its α in the prox and step 1/L.
+    let p = match p.as_lasso() {
+        Some(lasso) if iterates_in_domain(&req.solver) => {
+            opts.l1 = lasso.alpha();
+            opts.lr = 1.0 / lasso.lipschitz();
+            lasso.least_squares() as &dyn Problem
+        }
+        _ => p,
     };
     let solution = solve_named(&req.solver, p, &y0, &x, &req.settings, &opts)?;
     // Report points of the domain (most solvers iterate over free y).
@@ -484,7 +493,7 @@ pub fn run_experiment(
                     model.as_ref(),
                 )?);
             }
-            ProblemConfig::Quadratic(_) => {}
+            ProblemConfig::Quadratic(_) | ProblemConfig::Lasso(_) => {}
         }
     }
     report::write(&dir, exp, &summary, train_seconds, &outcome, &figures)?;

@@ -117,7 +117,8 @@ pub enum Command {
         /// gradient step where the Hessian is not positive definite.
         #[arg(long, default_value_t = 0.1)]
         lr: f64,
-        /// Weight α of the α‖y‖₁ term for ista/fista.
+        /// Weight α of the α‖y‖₁ term for ista/fista (the lasso family uses its own α and
+        /// step 1/L).
         #[arg(long, default_value_t = 0.1)]
         l1: f64,
         /// admm: a QP as JSON ({"P": rows, "q", "A": rows, "l", "u"}, null bounds infinite) or a

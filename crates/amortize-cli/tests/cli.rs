@@ -302,6 +302,8 @@ fn list_names_everything() {
         "train-step",
         "second-order-cone",
         "exp-cone",
+        "lasso",
+        "lista",
         "lbfgs",
         "admm",
         "solvers",
@@ -382,6 +384,27 @@ fn solve_runs_classical_solvers_from_the_cli() {
     assert_eq!(
         (v["status"].as_str(), v["iters"].as_u64()),
         (Some("max-iterations"), Some(40))
+    );
+    // The lasso family: FISTA with its own α and step 1/L reaches a certified minimiser.
+    let o = run(bin().args([
+        "solve",
+        "--problem",
+        "lasso",
+        "--solver",
+        "fista",
+        "--n",
+        "2",
+        "--tol",
+        "1e-8",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "converged");
+    let y = v["instances"][0]["y"].as_array().unwrap();
+    assert_eq!(y.len(), 256);
+    assert!(
+        y.iter().filter(|v| v.as_f64().unwrap() == 0.0).count() > 100,
+        "a sparse code"
     );
     let o = run(bin().args(["solve", "--solver", "nope"]));
     assert_fails_with(&o, "unknown solver 'nope'");

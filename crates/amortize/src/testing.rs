@@ -4,7 +4,9 @@ use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::problem::{Problem, ProblemConfig, QuadraticConfig, SphereConfig, Toy1dConfig};
+use crate::problem::{
+    LassoConfig, Problem, ProblemConfig, QuadraticConfig, SphereConfig, Toy1dConfig,
+};
 use crate::Result;
 
 /// Every built-in problem family with small settings, for table-driven tests.
@@ -17,6 +19,11 @@ pub fn problem_zoo() -> Vec<ProblemConfig> {
         }),
         ProblemConfig::Toy1d(Toy1dConfig::default()),
         ProblemConfig::Quadratic(QuadraticConfig::default()),
+        ProblemConfig::Lasso(LassoConfig {
+            signal_dim: 6,
+            code_dim: 10,
+            ..LassoConfig::default()
+        }),
     ]
 }
 

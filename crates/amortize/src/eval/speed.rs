@@ -16,7 +16,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use crate::problem::Problem;
-use crate::solver::{AdamSolver, GradientDescent, Solver, StepRule};
+use crate::solver::{AdamSolver, GradientDescent, ProximalGradient, Solver, StepRule};
 use crate::{Error, Result};
 
 /// The update rule of a baseline.
@@ -33,6 +33,10 @@ pub enum BaselineMethod {
         /// Step size.
         lr: f64,
     },
+    /// FISTA (no restart) from y = 0 with step 1/L, for the lasso family.
+    Fista,
+    /// ISTA from y = 0 with step 1/L, for the lasso family.
+    Ista,
 }
 
 /// One from-scratch baseline.
@@ -51,6 +55,8 @@ impl Baseline {
         let m = match self.method {
             BaselineMethod::Adam { lr } => format!("adam(lr={lr})"),
             BaselineMethod::Gd { lr } => format!("gd(lr={lr})"),
+            BaselineMethod::Fista => "fista".into(),
+            BaselineMethod::Ista => "ista".into(),
         };
         if self.starts == 1 {
             m
@@ -261,6 +267,25 @@ pub fn speed_at_equal_quality(
             BaselineMethod::Adam { lr } => setup.run(&AdamSolver::new(problem, lr), y)?,
             BaselineMethod::Gd { lr } => {
                 setup.run(&GradientDescent::new(problem, StepRule::Fixed { lr }), y)?
+            }
+            BaselineMethod::Fista | BaselineMethod::Ista => {
+                let lasso = problem.as_lasso().ok_or_else(|| {
+                    Error::invalid(format!(
+                        "speed: the {} baseline needs the lasso family, not '{}'",
+                        b.label(),
+                        problem.name()
+                    ))
+                })?;
+                let (smooth, prox, step) =
+                    (lasso.least_squares(), lasso.prox(), 1.0 / lasso.lipschitz());
+                // Proximal methods start from the sparse code 0, as is standard.
+                let zero = y.zeros_like()?;
+                if b.method == BaselineMethod::Fista {
+                    let fista = ProximalGradient::fista(smooth, prox, step)?.with_restart(false);
+                    setup.run(&fista, zero)?
+                } else {
+                    setup.run(&ProximalGradient::ista(smooth, prox, step)?, zero)?
+                }
             }
         };
         let BaselineRun {

@@ -2,10 +2,12 @@
 //! trait and fill [`Prediction::iterates`]).
 
 mod fused;
+mod lista;
 mod mlp;
 mod params;
 
 pub use fused::{FusedMlp, StepStats};
+pub use lista::{shrink, Lista, ListaConfig};
 pub use mlp::{Activation, Mlp, MlpConfig};
 pub use params::Params;
 
@@ -51,6 +53,8 @@ pub trait Model: Send + Sync {
 pub enum ModelConfig {
     /// [`Mlp`]: a fully-connected net from context to solution.
     Mlp(MlpConfig),
+    /// [`Lista`]: learned ISTA for the `lasso` family (semi-amortized).
+    Lista(ListaConfig),
 }
 
 impl Default for ModelConfig {
@@ -61,7 +65,7 @@ impl Default for ModelConfig {
 
 impl ModelConfig {
     /// The names of the built-in models, for `amortize list`.
-    pub const NAMES: [&'static str; 1] = ["mlp"];
+    pub const NAMES: [&'static str; 2] = ["mlp", "lista"];
 
     /// Builds the model for `problem` with parameters initialised from `rng`.
     pub fn build(
@@ -78,6 +82,20 @@ impl ModelConfig {
                 rng,
                 device,
             )?)),
+            ModelConfig::Lista(c) => {
+                let lasso = problem.as_lasso().ok_or_else(|| {
+                    crate::Error::invalid(format!(
+                        "the lista model needs the lasso problem family, not '{}'",
+                        problem.name()
+                    ))
+                })?;
+                Ok(Box::new(Lista::new(
+                    c.clone(),
+                    lasso,
+                    candle_core::DType::F32,
+                    device,
+                )?))
+            }
         }
     }
 }

@@ -71,6 +71,11 @@ impl LeastSquares {
         Self::new(&Tensor::from_vec(w, (m, n), &Device::Cpu)?, 0.1, 0.01)
     }
 
+    /// The same dictionary with another code density and noise level for the sampler.
+    pub fn with_sampler(self, density: f64, noise: f64) -> Result<Self> {
+        Self::new(&self.w64, density, noise)
+    }
+
     /// The dictionary W (m×n, f64).
     pub fn dictionary(&self) -> &Tensor {
         &self.w64

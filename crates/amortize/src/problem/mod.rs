@@ -5,11 +5,13 @@
 //! `(n, context_dim)` tensors and solutions `(n, solution_dim)` tensors, and the objective
 //! returns one value per row.
 
+mod lasso;
 mod least_squares;
 mod quadratic;
 mod sphere;
 mod toy1d;
 
+pub use lasso::{Lasso, LassoConfig};
 pub use least_squares::LeastSquares;
 pub use quadratic::{Quadratic, QuadraticConfig};
 pub use sphere::{
@@ -79,6 +81,12 @@ pub trait Problem: Send + Sync {
         Ok(g.sqr()?.sum(1)?.sqrt()?)
     }
 
+    /// The family as a [`Lasso`] (dictionary, α, L), for sparse-coding models such as LISTA
+    /// that start from ISTA's weights; `None` for other families.
+    fn as_lasso(&self) -> Option<&Lasso> {
+        None
+    }
+
     /// A hand-written CPU f32 evaluation of f(π_Y(raw); x) and its gradient, used by the fused
     /// training path ([`crate::model::FusedMlp`]); `None` when the family has none.
     fn cpu_objective(&self) -> Option<&dyn CpuObjective> {
@@ -135,11 +143,13 @@ pub enum ProblemConfig {
     Toy1d(Toy1dConfig),
     /// [`Quadratic`]: strongly convex quadratics with a closed-form solution.
     Quadratic(QuadraticConfig),
+    /// [`Lasso`]: sparse coding, ½‖x − Wy‖² + α‖y‖₁ (tutorial §6.2).
+    Lasso(LassoConfig),
 }
 
 impl ProblemConfig {
     /// The names of the built-in families, for `amortize list`.
-    pub const NAMES: [&'static str; 3] = ["sphere", "toy1d", "quadratic"];
+    pub const NAMES: [&'static str; 4] = ["sphere", "toy1d", "quadratic", "lasso"];
 
     /// The family's name.
     pub fn name(&self) -> &'static str {
@@ -147,6 +157,7 @@ impl ProblemConfig {
             ProblemConfig::Sphere(_) => "sphere",
             ProblemConfig::Toy1d(_) => "toy1d",
             ProblemConfig::Quadratic(_) => "quadratic",
+            ProblemConfig::Lasso(_) => "lasso",
         }
     }
 
@@ -156,6 +167,7 @@ impl ProblemConfig {
             "sphere" => ProblemConfig::Sphere(SphereConfig::default()),
             "toy1d" => ProblemConfig::Toy1d(Toy1dConfig::default()),
             "quadratic" => ProblemConfig::Quadratic(QuadraticConfig::default()),
+            "lasso" => ProblemConfig::Lasso(LassoConfig::default()),
             other => {
                 return Err(Error::invalid(format!(
                     "unknown problem '{other}' (known: {})",
@@ -171,6 +183,7 @@ impl ProblemConfig {
             ProblemConfig::Sphere(c) => Box::new(Sphere::new(c.clone())?),
             ProblemConfig::Toy1d(c) => Box::new(Toy1d::new(c.clone())?),
             ProblemConfig::Quadratic(c) => Box::new(Quadratic::new(c.clone())?),
+            ProblemConfig::Lasso(c) => Box::new(Lasso::new(c.clone())?),
         })
     }
 }

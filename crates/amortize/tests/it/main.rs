@@ -12,5 +12,7 @@ mod projections;
 mod qp;
 /// Classical solvers: known solutions, optimality conditions, statuses.
 mod solvers;
+/// Sparse coding: the lasso family and LISTA.
+mod sparse_coding;
 /// Training lowers the objective; checkpoints round-trip and refuse mismatches.
 mod training;

@@ -563,6 +563,27 @@ fn every_solver_reaches_the_known_solutions_of_the_zoo() -> Result<()> {
         // components tie: no gradient residual certifies it, so only CEM runs there.
         let nonsmooth = matches!(&config, ProblemConfig::Sphere(c) if c.gamma == 0.0);
         let (step, curvature) = zoo_step_and_curvature(&config);
+        // The lasso is nonsmooth too: proximal methods on its smooth part with its ℓ1 prox.
+        if let Some(lasso) = p.as_lasso() {
+            for name in ["ista", "fista"] {
+                let opts = SolverOptions {
+                    lr: 1.0 / lasso.lipschitz(),
+                    l1: lasso.alpha(),
+                    ..SolverOptions::default()
+                };
+                let settings = Settings {
+                    tol: 1e-9,
+                    max_iters: 50_000,
+                    max_time: None,
+                };
+                let s = solve_named(name, lasso.least_squares(), &y0, &x, &settings, &opts)?;
+                assert_eq!(s.status, Status::Converged, "{name} on lasso");
+                let err = max_abs_diff(&s.y, &y_star)?;
+                assert!(err < 1e-7, "{name} on lasso: off y* by {err}");
+                checked += 1;
+            }
+            continue;
+        }
         for name in SOLVER_NAMES {
             if nonsmooth && !name.contains("cem") {
                 continue;
