@@ -4,12 +4,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use amortize::eval::{
-    amortization_gap, speed_at_equal_quality, GapReport, SpeedConfig, SpeedReport,
+    amortization_gap, relative_gaps, solver_iterates, speed_at_equal_quality, GapReport,
+    SpeedConfig, SpeedReport,
 };
 use amortize::model::{FusedMlp, Model};
 use amortize::problem::{Problem, ProblemConfig, Sphere};
 use amortize::solver::qp::{Admm, AdmmSettings, QpData, QpProblem};
-use amortize::solver::{iterates_in_domain, solve_named, Settings, SolverOptions, SOLVER_NAMES};
+use amortize::solver::{
+    iterates_in_domain, solve_named, ProximalGradient, Settings, SolverOptions, SOLVER_NAMES,
+};
 use amortize::train::{
     held_out_contexts, write_atomic, Checkpoint, JsonlWriter, Loaded, Observer, Record, Trainer,
 };
@@ -493,11 +496,103 @@ pub fn run_experiment(
                     model.as_ref(),
                 )?);
             }
-            ProblemConfig::Quadratic(_) | ProblemConfig::Lasso(_) => {}
+            ProblemConfig::Lasso(_) => {
+                figures.extend(layers_figure(
+                    &dir,
+                    &fig_dir.join("layers"),
+                    problem.as_ref(),
+                    model.as_ref(),
+                    &exp.eval,
+                    exp.seed,
+                )?);
+            }
+            ProblemConfig::Quadratic(_) => {}
         }
     }
     report::write(&dir, exp, &summary, train_seconds, &outcome, &figures)?;
     Ok(dir)
+}
+
+/// The sparse-coding view (tutorial §6.2): mean relative gap against iteration/layer k for
+/// ISTA and FISTA from 0, the model's layers, and FISTA warm-started from the model's answer;
+/// written to `layers.csv` and plotted.
+fn layers_figure(
+    dir: &Path,
+    stem: &Path,
+    problem: &dyn Problem,
+    model: &dyn Model,
+    cfg: &EvalConfig,
+    seed: u64,
+) -> Result<Vec<PathBuf>> {
+    let lasso = problem
+        .as_lasso()
+        .context("the per-layer figure needs the lasso family")?;
+    let x = held_out_contexts(problem, cfg.size, seed, &Device::Cpu)?.to_dtype(DType::F64)?;
+    let y_star = problem
+        .solve_exact(&x)?
+        .context("the lasso family has an exact solver")?;
+    let f_star = problem.objective(&y_star, &x)?;
+    let pred = model.forward(&x, problem)?;
+    let layers = pred.iterates.len().saturating_sub(1).max(16);
+    let (smooth, prox, step) = (lasso.least_squares(), lasso.prox(), 1.0 / lasso.lipschitz());
+    let zero = y_star.zeros_like()?;
+    let ista = solver_iterates(
+        &ProximalGradient::ista(smooth, prox, step)?,
+        &zero,
+        &x,
+        2 * layers,
+    )?;
+    let fista_solver = ProximalGradient::fista(smooth, prox, step)?.with_restart(false);
+    let fista = solver_iterates(&fista_solver, &zero, &x, 2 * layers)?;
+    let warm = solver_iterates(&fista_solver, &pred.y.to_dtype(DType::F64)?, &x, layers)?;
+    let model_iterates = if pred.iterates.is_empty() {
+        vec![pred.y.clone()]
+    } else {
+        pred.iterates.clone()
+    };
+    let gaps = |its: &[Tensor]| relative_gaps(problem, its, &x, &f_star);
+    let (g_ista, g_fista, g_model, g_warm) = (
+        gaps(&ista)?,
+        gaps(&fista)?,
+        gaps(&model_iterates)?,
+        gaps(&warm)?,
+    );
+    let k_model = g_model.len() - 1;
+    let mut csv = String::from("k,ista,fista,model,model_then_fista\n");
+    for k in 0..=2 * layers {
+        let model_k = g_model.get(k).map_or(String::new(), |v| v.to_string());
+        let warm_k = k
+            .checked_sub(k_model)
+            .and_then(|j| g_warm.get(j))
+            .map_or(String::new(), |v| v.to_string());
+        csv.push_str(&format!(
+            "{k},{},{},{model_k},{warm_k}\n",
+            g_ista[k], g_fista[k]
+        ));
+    }
+    write_atomic(&dir.join("layers.csv"), csv.as_bytes())?;
+    let points = |g: &[f64], offset: usize| -> Vec<(f64, f64)> {
+        g.iter()
+            .enumerate()
+            .map(|(k, v)| ((k + offset) as f64, *v))
+            .collect()
+    };
+    let series = vec![
+        ("ISTA".to_string(), points(&g_ista, 0)),
+        ("FISTA".to_string(), points(&g_fista, 0)),
+        (format!("model ({k_model} layers)"), points(&g_model, 0)),
+        (
+            "FISTA warm-started from the model".to_string(),
+            points(&g_warm, k_model),
+        ),
+    ];
+    plots::log_curves(
+        stem,
+        "Mean relative objective gap per iteration / layer",
+        "iteration / layer k",
+        "(E(y_k) - E*) / E*",
+        &series,
+    )
 }
 
 fn to_rows(t: &Tensor) -> LibResult<Vec<Vec<f64>>> {

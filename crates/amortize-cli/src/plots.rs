@@ -170,6 +170,66 @@ pub fn learning_curve(
     })
 }
 
+/// Named curves against an iteration axis with a logarithmic y axis (values are floored at
+/// 1e-12): the per-layer gap figure of the sparse-coding runs.
+pub fn log_curves(
+    stem: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<Vec<PathBuf>> {
+    let floor = |v: f64| v.max(1e-12);
+    let ys = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| floor(q.1)));
+    let (lo, hi) = ys.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    let (lo, hi) = if lo.is_finite() && hi > 0.0 {
+        (lo / 2.0, hi * 2.0)
+    } else {
+        (1e-12, 1.0)
+    };
+    let max_x = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.0))
+        .fold(1.0f64, f64::max);
+    figure!(stem, (900, 560), |root| {
+        root.fill(&WHITE).map_err(e)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FONT, 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..max_x, (lo..hi).log_scale())
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .label_style((FONT, 14))
+            .draw()
+            .map_err(e)?;
+        for (i, (name, points)) in series.iter().enumerate() {
+            let color = SERIES_COLORS[i % SERIES_COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().map(|&(x, y)| (x, floor(y))),
+                    color.stroke_width(2),
+                ))
+                .map_err(e)?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        legend!(chart, 14, SeriesLabelPosition::UpperRight);
+        root.present().map_err(e)?;
+        Ok(())
+    })
+}
+
 const SERIES_COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),

@@ -2,9 +2,11 @@
 //! how fast they come compared with solving from scratch (speed at equal quality).
 
 mod gap;
+mod iterates;
 mod speed;
 
 pub use gap::{amortization_gap, GapReport, Quantiles};
+pub use iterates::{relative_gaps, solver_iterates};
 pub use speed::{
     speed_at_equal_quality, time_median, Baseline, BaselineMethod, BaselineResult, Curve,
     SpeedConfig, SpeedReport,

@@ -176,3 +176,47 @@ fn trained_lista_beats_fista_at_equal_depth() -> Result<()> {
     );
     Ok(())
 }
+
+/// Per-iterate gaps: FISTA's fall below ISTA's, both fall towards 0, and the exact solution
+/// has gap 0.
+#[test]
+fn per_iteration_gaps_rank_fista_above_ista() -> Result<()> {
+    use amortize::eval::{relative_gaps, solver_iterates};
+    let p = small()?;
+    let x = p
+        .sample_contexts(32, &mut StdRng::seed_from_u64(5), &Device::Cpu)?
+        .to_dtype(DType::F64)?;
+    let y_star = p.solve_exact(&x)?.unwrap();
+    let f_star = p.objective(&y_star, &x)?;
+    let y0 = Tensor::zeros((32, 32), DType::F64, &Device::Cpu)?;
+    let step = 1.0 / p.lipschitz();
+    let ista = solver_iterates(
+        &ProximalGradient::ista(p.least_squares(), p.prox(), step)?,
+        &y0,
+        &x,
+        40,
+    )?;
+    let fista = solver_iterates(
+        &ProximalGradient::fista(p.least_squares(), p.prox(), step)?.with_restart(false),
+        &y0,
+        &x,
+        40,
+    )?;
+    let gi = relative_gaps(&p, &ista, &x, &f_star)?;
+    let gf = relative_gaps(&p, &fista, &x, &f_star)?;
+    assert_eq!((gi.len(), gf.len()), (41, 41));
+    assert!(
+        gf[40] < gi[40] && gi[40] < gi[1] && gi[40] >= 0.0,
+        "{gi:?} {gf:?}"
+    );
+    let exact = relative_gaps(&p, &[y_star], &x, &f_star)?;
+    assert!(exact[0].abs() < 1e-12);
+    assert!(solver_iterates(
+        &ProximalGradient::ista(p.least_squares(), p.prox(), step)?,
+        &y0.narrow(0, 0, 3)?,
+        &x,
+        2
+    )
+    .is_err());
+    Ok(())
+}

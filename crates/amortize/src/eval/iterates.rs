@@ -1,0 +1,55 @@
+//! Quality along iterations: the mean relative gap (f(yₖ) − f*)/|f*| of every iterate of a
+//! semi-amortized model (its layers) and of classical solvers, the tutorial's per-layer view
+//! of LISTA against ISTA and FISTA (§6.2).
+
+use candle_core::{DType, Tensor};
+
+use crate::problem::Problem;
+use crate::solver::Solver;
+use crate::{Error, Result};
+
+/// Mean over instances of (f(yₖ; x) − f*)/|f*| for each iterate yₖ, given f* per instance
+/// `(n,)`; instances with f* = 0 use an absolute gap.
+pub fn relative_gaps(
+    problem: &dyn Problem,
+    iterates: &[Tensor],
+    x: &Tensor,
+    f_star: &Tensor,
+) -> Result<Vec<f64>> {
+    let x = x.to_dtype(DType::F64)?;
+    let f_star = f_star.to_dtype(DType::F64)?;
+    let scale = f_star.abs()?.maximum(1e-12)?;
+    iterates
+        .iter()
+        .map(|y| {
+            let f = problem.objective(&problem.to_domain(&y.to_dtype(DType::F64)?)?, &x)?;
+            Ok(f.sub(&f_star)?
+                .div(&scale)?
+                .mean_all()?
+                .to_scalar::<f64>()?)
+        })
+        .collect()
+}
+
+/// `steps` iterations of `solver` from `y0`, returned as y₀, y₁, …, y_steps (detached).
+pub fn solver_iterates<S: Solver>(
+    solver: &S,
+    y0: &Tensor,
+    x: &Tensor,
+    steps: usize,
+) -> Result<Vec<Tensor>> {
+    if y0.dim(0)? != x.dim(0)? {
+        return Err(Error::invalid(format!(
+            "{} start points for {} contexts",
+            y0.dim(0)?,
+            x.dim(0)?
+        )));
+    }
+    let mut state = solver.init(y0, x)?;
+    let mut out = vec![solver.iterate(&state).clone()];
+    for _ in 0..steps {
+        state = solver.detach(solver.step(state, x)?);
+        out.push(solver.iterate(&state).clone());
+    }
+    Ok(out)
+}
