@@ -53,3 +53,22 @@ pub fn solver_iterates<S: Solver>(
     }
     Ok(out)
 }
+
+/// NMSE in decibels, 10 log₁₀(Σ‖ŷ − y‖² / Σ‖y‖²) over the batch (the sparse-recovery metric
+/// of LISTA papers); −∞ for an exact match, an error when every y is zero.
+pub fn nmse_db(y_hat: &Tensor, y: &Tensor) -> Result<f64> {
+    let (y_hat, y) = (y_hat.to_dtype(DType::F64)?, y.to_dtype(DType::F64)?);
+    if y_hat.dims() != y.dims() {
+        return Err(Error::invalid(format!(
+            "nmse: shapes {:?} and {:?} differ",
+            y_hat.dims(),
+            y.dims()
+        )));
+    }
+    let err: f64 = y_hat.sub(&y)?.sqr()?.sum_all()?.to_scalar()?;
+    let norm: f64 = y.sqr()?.sum_all()?.to_scalar()?;
+    if norm == 0.0 {
+        return Err(Error::invalid("nmse: the reference codes are all zero"));
+    }
+    Ok(10.0 * (err / norm).log10())
+}

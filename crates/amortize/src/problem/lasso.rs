@@ -26,6 +26,8 @@ pub struct LassoConfig {
     pub noise: f64,
     /// Seed of the dictionary W: N(0, 1) entries, columns scaled to unit norm (default 0).
     pub dictionary_seed: u64,
+    /// When set, signal noise at this signal-to-noise ratio in dB replaces `noise`.
+    pub snr_db: Option<f64>,
 }
 
 impl Default for LassoConfig {
@@ -37,6 +39,21 @@ impl Default for LassoConfig {
             density: 0.1,
             noise: 0.01,
             dictionary_seed: 0,
+            snr_db: None,
+        }
+    }
+}
+
+impl LassoConfig {
+    /// The standard LISTA sparse-recovery benchmark (Chen et al. 2018): W 256×512 with unit-norm
+    /// Gaussian columns, Bernoulli(0.1)·N(0, 1) codes, noiseless signals (set `snr_db` to
+    /// `Some(20.0)` for the noisy variant); α = 0.1 for the Lasso view.
+    pub fn sparse_recovery() -> Self {
+        LassoConfig {
+            signal_dim: 256,
+            code_dim: 512,
+            noise: 0.0,
+            ..LassoConfig::default()
         }
     }
 }
@@ -72,8 +89,12 @@ impl Lasso {
                 c.alpha
             )));
         }
-        let smooth = LeastSquares::lasso_benchmark(c.signal_dim, c.code_dim, c.dictionary_seed)?
-            .with_sampler(c.density, c.noise)?;
+        let mut smooth =
+            LeastSquares::lasso_benchmark(c.signal_dim, c.code_dim, c.dictionary_seed)?
+                .with_sampler(c.density, c.noise)?;
+        if let Some(db) = c.snr_db {
+            smooth = smooth.with_snr_db(db)?;
+        }
         let lipschitz = smooth.lipschitz()?;
         Ok(Lasso {
             config,

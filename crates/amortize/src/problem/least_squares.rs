@@ -20,6 +20,8 @@ pub struct LeastSquares {
     w32: Tensor,
     density: f64,
     noise: f64,
+    /// When set, each signal's noise is scaled to this signal-to-noise ratio (dB) instead.
+    snr_db: Option<f64>,
 }
 
 impl LeastSquares {
@@ -52,6 +54,7 @@ impl LeastSquares {
             w64,
             density,
             noise,
+            snr_db: None,
         })
     }
 
@@ -74,6 +77,18 @@ impl LeastSquares {
     /// The same dictionary with another code density and noise level for the sampler.
     pub fn with_sampler(self, density: f64, noise: f64) -> Result<Self> {
         Self::new(&self.w64, density, noise)
+    }
+
+    /// Noise scaled per signal to a signal-to-noise ratio of `db` decibels:
+    /// σ = ‖W y_true‖/√m · 10^(−db/20) (the sparse-recovery benchmark's noisy setting).
+    pub fn with_snr_db(mut self, db: f64) -> Result<Self> {
+        if !db.is_finite() {
+            return Err(Error::invalid(format!(
+                "least squares: SNR must be finite, got {db}"
+            )));
+        }
+        self.snr_db = Some(db);
+        Ok(self)
     }
 
     /// The dictionary W (m×n, f64).
@@ -138,16 +153,23 @@ impl LeastSquares {
             })
             .collect();
         let codes = Tensor::from_vec(codes, (count, n), &Device::Cpu)?;
+        let clean = codes.matmul(&self.w64.t()?)?;
+        let sigma: Vec<f64> = match self.snr_db {
+            Some(db) => {
+                let power: Vec<f64> = clean.sqr()?.mean(1)?.to_vec1()?;
+                power
+                    .iter()
+                    .map(|p| p.sqrt() * 10f64.powf(-db / 20.0))
+                    .collect()
+            }
+            None => vec![self.noise; count],
+        };
         let noise: Vec<f64> = (0..count * m)
-            .map(|_| {
-                self.noise * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, rng)
+            .map(|k| {
+                sigma[k / m] * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, rng)
             })
             .collect();
-        let x = codes.matmul(&self.w64.t()?)?.add(&Tensor::from_vec(
-            noise,
-            (count, m),
-            &Device::Cpu,
-        )?)?;
+        let x = clean.add(&Tensor::from_vec(noise, (count, m), &Device::Cpu)?)?;
         Ok((
             x.to_dtype(DType::F32)?.to_device(device)?,
             codes.to_dtype(DType::F32)?.to_device(device)?,

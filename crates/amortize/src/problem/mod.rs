@@ -168,6 +168,7 @@ impl ProblemConfig {
             "toy1d" => ProblemConfig::Toy1d(Toy1dConfig::default()),
             "quadratic" => ProblemConfig::Quadratic(QuadraticConfig::default()),
             "lasso" => ProblemConfig::Lasso(LassoConfig::default()),
+            "sparse-recovery" => ProblemConfig::Lasso(LassoConfig::sparse_recovery()),
             other => {
                 return Err(Error::invalid(format!(
                     "unknown problem '{other}' (known: {})",

@@ -220,3 +220,40 @@ fn per_iteration_gaps_rank_fista_above_ista() -> Result<()> {
     .is_err());
     Ok(())
 }
+
+/// The sparse-recovery generator: its signals have the requested SNR, its codes the requested
+/// density, and NMSE matches hand-computed values.
+#[test]
+fn sparse_recovery_signals_have_the_requested_snr_and_nmse_is_right() -> Result<()> {
+    use amortize::eval::nmse_db;
+    let mut cfg = LassoConfig::sparse_recovery();
+    assert_eq!((cfg.signal_dim, cfg.code_dim, cfg.noise), (256, 512, 0.0));
+    cfg.snr_db = Some(20.0);
+    let p = Lasso::new(cfg)?;
+    let (x, codes) = p.sample_with_codes(400, &mut StdRng::seed_from_u64(6), &Device::Cpu)?;
+    let (x, codes) = (x.to_dtype(DType::F64)?, codes.to_dtype(DType::F64)?);
+    let clean = codes.matmul(&p.dictionary().t()?)?;
+    let noise: f64 = x.sub(&clean)?.sqr()?.sum_all()?.to_scalar()?;
+    let signal: f64 = clean.sqr()?.sum_all()?.to_scalar()?;
+    let snr = 10.0 * (signal / noise).log10();
+    assert!((snr - 20.0).abs() < 0.3, "SNR {snr} dB");
+    let density: f64 = codes
+        .ne(0.0)?
+        .to_dtype(DType::F64)?
+        .mean_all()?
+        .to_scalar()?;
+    assert!((density - 0.1).abs() < 0.01, "density {density}");
+    // Noiseless by default.
+    let p0 = Lasso::new(LassoConfig::sparse_recovery())?;
+    let (x0, c0) = p0.sample_with_codes(4, &mut StdRng::seed_from_u64(7), &Device::Cpu)?;
+    let resid = max_abs_diff(
+        &x0,
+        &c0.matmul(&p0.dictionary().to_dtype(DType::F32)?.t()?)?,
+    )?;
+    assert!(resid < 1e-5);
+    assert!((nmse_db(&codes.zeros_like()?, &codes)? - 0.0).abs() < 1e-12);
+    assert!((nmse_db(&codes.affine(0.9, 0.0)?, &codes)? + 20.0).abs() < 1e-9);
+    assert!(nmse_db(&codes, &codes)?.is_infinite());
+    assert!(nmse_db(&codes, &codes.zeros_like()?).is_err());
+    Ok(())
+}
