@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use amortize::eval::{
-    amortization_gap, relative_gaps, solver_iterates, speed_at_equal_quality, GapReport,
+    amortization_gap, nmse_db, relative_gaps, solver_iterates, speed_at_equal_quality, GapReport,
     SpeedConfig, SpeedReport,
 };
 use amortize::model::{FusedMlp, Model};
@@ -513,9 +513,9 @@ pub fn run_experiment(
     Ok(dir)
 }
 
-/// The sparse-coding view (tutorial §6.2): mean relative gap against iteration/layer k for
-/// ISTA and FISTA from 0, the model's layers, and FISTA warm-started from the model's answer;
-/// written to `layers.csv` and plotted.
+/// The sparse-coding view (tutorial §6.2): per iteration/layer k, the mean relative gap and the
+/// NMSE to the planted codes (dB) of ISTA and FISTA from 0, the model's layers, and FISTA
+/// warm-started from the model's answer; written to `layers.csv` and plotted.
 fn layers_figure(
     dir: &Path,
     stem: &Path,
@@ -527,7 +527,9 @@ fn layers_figure(
     let lasso = problem
         .as_lasso()
         .context("the per-layer figure needs the lasso family")?;
-    let x = held_out_contexts(problem, cfg.size, seed, &Device::Cpu)?.to_dtype(DType::F64)?;
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5EED_1A7E_u64);
+    let (x, codes) = lasso.sample_with_codes(cfg.size, &mut rng, &Device::Cpu)?;
+    let x = x.to_dtype(DType::F64)?;
     let y_star = problem
         .solve_exact(&x)?
         .context("the lasso family has an exact solver")?;
@@ -550,49 +552,77 @@ fn layers_figure(
     } else {
         pred.iterates.clone()
     };
-    let gaps = |its: &[Tensor]| relative_gaps(problem, its, &x, &f_star);
-    let (g_ista, g_fista, g_model, g_warm) = (
-        gaps(&ista)?,
-        gaps(&fista)?,
-        gaps(&model_iterates)?,
-        gaps(&warm)?,
+    let k_model = model_iterates.len() - 1;
+    let runs = [
+        (&ista, 0),
+        (&fista, 0),
+        (&model_iterates, 0),
+        (&warm, k_model),
+    ];
+    let mut gaps = Vec::new();
+    let mut nmse = Vec::new();
+    for (its, _) in &runs {
+        gaps.push(relative_gaps(problem, its, &x, &f_star)?);
+        nmse.push(
+            its.iter()
+                .map(|y| nmse_db(y, &codes))
+                .collect::<LibResult<Vec<f64>>>()?,
+        );
+    }
+    let at = |v: &[f64], offset: usize, k: usize| {
+        k.checked_sub(offset)
+            .and_then(|j| v.get(j))
+            .map_or(String::new(), |v| v.to_string())
+    };
+    let mut csv = String::from(
+        "k,ista_gap,fista_gap,model_gap,model_then_fista_gap,ista_nmse_db,fista_nmse_db,model_nmse_db,model_then_fista_nmse_db\n",
     );
-    let k_model = g_model.len() - 1;
-    let mut csv = String::from("k,ista,fista,model,model_then_fista\n");
     for k in 0..=2 * layers {
-        let model_k = g_model.get(k).map_or(String::new(), |v| v.to_string());
-        let warm_k = k
-            .checked_sub(k_model)
-            .and_then(|j| g_warm.get(j))
-            .map_or(String::new(), |v| v.to_string());
-        csv.push_str(&format!(
-            "{k},{},{},{model_k},{warm_k}\n",
-            g_ista[k], g_fista[k]
-        ));
+        let cells: Vec<String> = gaps
+            .iter()
+            .chain(&nmse)
+            .zip(runs.iter().chain(&runs))
+            .map(|(v, (_, offset))| at(v, *offset, k))
+            .collect();
+        csv.push_str(&format!("{k},{}\n", cells.join(",")));
     }
     write_atomic(&dir.join("layers.csv"), csv.as_bytes())?;
-    let points = |g: &[f64], offset: usize| -> Vec<(f64, f64)> {
-        g.iter()
-            .enumerate()
-            .map(|(k, v)| ((k + offset) as f64, *v))
+    let names = [
+        "ISTA".to_string(),
+        "FISTA".to_string(),
+        format!("model ({k_model} layers)"),
+        "FISTA warm-started from the model".to_string(),
+    ];
+    let series = |values: &[Vec<f64>]| -> Vec<(String, Vec<(f64, f64)>)> {
+        names
+            .iter()
+            .zip(values)
+            .zip(&runs)
+            .map(|((name, v), (_, offset))| {
+                let pts = v
+                    .iter()
+                    .enumerate()
+                    .map(|(k, y)| ((k + offset) as f64, *y))
+                    .collect();
+                (name.clone(), pts)
+            })
             .collect()
     };
-    let series = vec![
-        ("ISTA".to_string(), points(&g_ista, 0)),
-        ("FISTA".to_string(), points(&g_fista, 0)),
-        (format!("model ({k_model} layers)"), points(&g_model, 0)),
-        (
-            "FISTA warm-started from the model".to_string(),
-            points(&g_warm, k_model),
-        ),
-    ];
-    plots::log_curves(
+    let mut out = plots::curves(
         stem,
         "Mean relative objective gap per iteration / layer",
-        "iteration / layer k",
-        "(E(y_k) - E*) / E*",
-        &series,
-    )
+        ("iteration / layer k", "(E(y_k) - E*) / E*"),
+        &series(&gaps),
+        true,
+    )?;
+    out.extend(plots::curves(
+        &stem.with_file_name("layers-nmse"),
+        "NMSE to the planted codes per iteration / layer",
+        ("iteration / layer k", "NMSE (dB)"),
+        &series(&nmse),
+        false,
+    )?);
+    Ok(out)
 }
 
 fn to_rows(t: &Tensor) -> LibResult<Vec<Vec<f64>>> {

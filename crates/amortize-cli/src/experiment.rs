@@ -11,11 +11,12 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The built-in experiments: (name, TOML text).
-pub const BUILTIN: [(&str, &str); 4] = [
+pub const BUILTIN: [(&str, &str); 5] = [
     ("sphere", include_str!("../../../configs/sphere.toml")),
     ("toy1d", include_str!("../../../configs/toy1d.toml")),
     ("lista", include_str!("../../../configs/lista.toml")),
     ("psd", include_str!("../../../configs/psd.toml")),
+    ("alista", include_str!("../../../configs/alista.toml")),
 ];
 
 /// Evaluation settings.

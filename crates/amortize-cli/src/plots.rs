@@ -170,61 +170,81 @@ pub fn learning_curve(
     })
 }
 
-/// Named curves against an iteration axis with a logarithmic y axis (values are floored at
-/// 1e-12): the per-layer gap figure of the sparse-coding runs.
-pub fn log_curves(
+/// Named curves against an iteration axis, the y axis logarithmic (values floored at 1e-12)
+/// or linear: the per-layer figures of the sparse-coding runs.
+pub fn curves(
     stem: &Path,
     title: &str,
-    x_desc: &str,
-    y_desc: &str,
+    axes: (&str, &str),
     series: &[(String, Vec<(f64, f64)>)],
+    log_y: bool,
 ) -> Result<Vec<PathBuf>> {
-    let floor = |v: f64| v.max(1e-12);
-    let ys = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|q| floor(q.1)));
-    let (lo, hi) = ys.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
-    let (lo, hi) = if lo.is_finite() && hi > 0.0 {
-        (lo / 2.0, hi * 2.0)
+    let floor = |v: f64| if log_y { v.max(1e-12) } else { v };
+    let ys = || {
+        series
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|q| floor(q.1)))
+    };
+    let (lo, hi) = if log_y {
+        let (lo, hi) = ys().fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+        if lo.is_finite() && hi > 0.0 {
+            (lo / 2.0, hi * 2.0)
+        } else {
+            (1e-12, 1.0)
+        }
     } else {
-        (1e-12, 1.0)
+        bounds(ys())
     };
     let max_x = series
         .iter()
         .flat_map(|(_, p)| p.iter().map(|q| q.0))
         .fold(1.0f64, f64::max);
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(axes.0)
+                .y_desc(axes.1)
+                .label_style((FONT, 14))
+                .draw()
+                .map_err(e)?;
+            for (i, (name, points)) in series.iter().enumerate() {
+                let color = SERIES_COLORS[i % SERIES_COLORS.len()];
+                chart
+                    .draw_series(LineSeries::new(
+                        points
+                            .iter()
+                            .filter(|p| p.1.is_finite())
+                            .map(|&(x, y)| (x, floor(y))),
+                        color.stroke_width(2),
+                    ))
+                    .map_err(e)?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+            }
+            legend!(chart, 14, SeriesLabelPosition::UpperRight);
+        }};
+    }
     figure!(stem, (900, 560), |root| {
         root.fill(&WHITE).map_err(e)?;
-        let mut chart = ChartBuilder::on(&root)
+        let mut builder = ChartBuilder::on(&root);
+        builder
             .caption(title, (FONT, 22))
             .margin(12)
             .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..max_x, (lo..hi).log_scale())
-            .map_err(e)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_desc)
-            .y_desc(y_desc)
-            .label_style((FONT, 14))
-            .draw()
-            .map_err(e)?;
-        for (i, (name, points)) in series.iter().enumerate() {
-            let color = SERIES_COLORS[i % SERIES_COLORS.len()];
-            chart
-                .draw_series(LineSeries::new(
-                    points.iter().map(|&(x, y)| (x, floor(y))),
-                    color.stroke_width(2),
-                ))
-                .map_err(e)?
-                .label(name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+            .y_label_area_size(70);
+        if log_y {
+            draw!(builder
+                .build_cartesian_2d(0f64..max_x, (lo..hi).log_scale())
+                .map_err(e)?);
+        } else {
+            draw!(builder.build_cartesian_2d(0f64..max_x, lo..hi).map_err(e)?);
         }
-        legend!(chart, 14, SeriesLabelPosition::UpperRight);
         root.present().map_err(e)?;
         Ok(())
     })

@@ -304,6 +304,7 @@ fn list_names_everything() {
         "exp-cone",
         "lasso",
         "lista",
+        "alista",
         "lbfgs",
         "admm",
         "solvers",

@@ -1,11 +1,13 @@
 //! Models ŷθ(x): fully-amortized nets (an MLP here; semi-amortized models build on the same
 //! trait and fill [`Prediction::iterates`]).
 
+mod alista;
 mod fused;
 mod lista;
 mod mlp;
 mod params;
 
+pub use alista::{analytic_weight, Alista, AlistaConfig};
 pub use fused::{FusedMlp, StepStats};
 pub use lista::{shrink, Lista, ListaConfig};
 pub use mlp::{Activation, Mlp, MlpConfig};
@@ -55,6 +57,8 @@ pub enum ModelConfig {
     Mlp(MlpConfig),
     /// [`Lista`]: learned ISTA for the `lasso` family (semi-amortized).
     Lista(ListaConfig),
+    /// [`Alista`]: analytic LISTA (learned step sizes and thresholds only) for `lasso`.
+    Alista(AlistaConfig),
 }
 
 impl Default for ModelConfig {
@@ -65,7 +69,7 @@ impl Default for ModelConfig {
 
 impl ModelConfig {
     /// The names of the built-in models, for `amortize list`.
-    pub const NAMES: [&'static str; 2] = ["mlp", "lista"];
+    pub const NAMES: [&'static str; 3] = ["mlp", "lista", "alista"];
 
     /// Builds the model for `problem` with parameters initialised from `rng`.
     pub fn build(
@@ -82,20 +86,28 @@ impl ModelConfig {
                 rng,
                 device,
             )?)),
-            ModelConfig::Lista(c) => {
-                let lasso = problem.as_lasso().ok_or_else(|| {
-                    crate::Error::invalid(format!(
-                        "the lista model needs the lasso problem family, not '{}'",
-                        problem.name()
-                    ))
-                })?;
-                Ok(Box::new(Lista::new(
-                    c.clone(),
-                    lasso,
-                    candle_core::DType::F32,
-                    device,
-                )?))
-            }
+            ModelConfig::Lista(c) => Ok(Box::new(Lista::new(
+                c.clone(),
+                needs_lasso(problem, "lista")?,
+                candle_core::DType::F32,
+                device,
+            )?)),
+            ModelConfig::Alista(c) => Ok(Box::new(Alista::new(
+                c.clone(),
+                needs_lasso(problem, "alista")?,
+                candle_core::DType::F32,
+                device,
+            )?)),
         }
     }
+}
+
+/// The problem as a lasso, or an error naming the model that needs one.
+fn needs_lasso<'p>(problem: &'p dyn Problem, model: &str) -> Result<&'p crate::problem::Lasso> {
+    problem.as_lasso().ok_or_else(|| {
+        crate::Error::invalid(format!(
+            "the {model} model needs the lasso problem family, not '{}'",
+            problem.name()
+        ))
+    })
 }

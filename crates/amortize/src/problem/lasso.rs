@@ -198,6 +198,15 @@ impl Problem for Lasso {
         Some(self)
     }
 
+    fn sample_with_solutions(
+        &self,
+        n: usize,
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        Ok(Some(self.sample_with_codes(n, rng, device)?))
+    }
+
     fn residual(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
         let step = 1.0 / self.lipschitz;
         let g = self.smooth.gradient(y, x)?;

@@ -81,6 +81,18 @@ pub trait Problem: Send + Sync {
         Ok(g.sqr()?.sum(1)?.sqrt()?)
     }
 
+    /// `n` contexts with the solutions that generated them (`(n, context_dim)`,
+    /// `(n, solution_dim)`), for families whose sampler plants a solution (sparse recovery);
+    /// `None` otherwise. Training with `data = generated` regresses onto these.
+    fn sample_with_solutions(
+        &self,
+        _n: usize,
+        _rng: &mut StdRng,
+        _device: &Device,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        Ok(None)
+    }
+
     /// The family as a [`Lasso`] (dictionary, α, L), for sparse-coding models such as LISTA
     /// that start from ISTA's weights; `None` for other families.
     fn as_lasso(&self) -> Option<&Lasso> {

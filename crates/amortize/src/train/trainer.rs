@@ -36,6 +36,10 @@ pub enum DataConfig {
         /// Number of training contexts.
         size: usize,
     },
+    /// A fresh batch every step together with the solutions that generated it
+    /// ([`Problem::sample_with_solutions`], e.g. the sparse codes of sparse recovery): the
+    /// regression loss then fits those instead of the exact minimisers, and needs no solver.
+    Generated,
 }
 
 /// Settings of a training run; every field has a documented default.
@@ -170,7 +174,7 @@ impl Batches {
                 };
                 Some((x, labels))
             }
-            DataConfig::Fresh => None,
+            DataConfig::Fresh | DataConfig::Generated => None,
         };
         Ok(Batches {
             fixed,
@@ -186,6 +190,18 @@ impl Batches {
         rng: &mut StdRng,
         device: &Device,
     ) -> Result<(Tensor, Option<Tensor>)> {
+        if cfg.data == DataConfig::Generated {
+            let (x, y) = problem
+                .sample_with_solutions(cfg.batch_size, rng, device)?
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "train.data = generated needs a sampler that knows its solutions; \
+                         problem '{}' has none",
+                        problem.name()
+                    ))
+                })?;
+            return Ok((x, Some(y)));
+        }
         let Some((fx, fl)) = &self.fixed else {
             let x = problem.sample_contexts(cfg.batch_size, rng, device)?;
             let labels = if cfg.loss.needs_labels() {
