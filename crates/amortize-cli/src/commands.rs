@@ -528,7 +528,13 @@ fn layers_figure(
         .as_lasso()
         .context("the per-layer figure needs the lasso family")?;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5EED_1A7E_u64);
-    let (x, codes) = lasso.sample_with_codes(cfg.size, &mut rng, &Device::Cpu)?;
+    let (x, codes) = match problem.sample_with_solutions(cfg.size, &mut rng, &Device::Cpu)? {
+        Some((x, codes)) => (x, Some(codes)),
+        None => (
+            held_out_contexts(problem, cfg.size, seed, &Device::Cpu)?,
+            None,
+        ),
+    };
     let x = x.to_dtype(DType::F64)?;
     let y_star = problem
         .solve_exact(&x)?
@@ -563,11 +569,13 @@ fn layers_figure(
     let mut nmse = Vec::new();
     for (its, _) in &runs {
         gaps.push(relative_gaps(problem, its, &x, &f_star)?);
-        nmse.push(
-            its.iter()
-                .map(|y| nmse_db(y, &codes))
+        nmse.push(match &codes {
+            Some(c) => its
+                .iter()
+                .map(|y| nmse_db(y, c))
                 .collect::<LibResult<Vec<f64>>>()?,
-        );
+            None => Vec::new(),
+        });
     }
     let at = |v: &[f64], offset: usize, k: usize| {
         k.checked_sub(offset)
@@ -615,6 +623,9 @@ fn layers_figure(
         &series(&gaps),
         true,
     )?;
+    if codes.is_none() {
+        return Ok(out);
+    }
     out.extend(plots::curves(
         &stem.with_file_name("layers-nmse"),
         "NMSE to the planted codes per iteration / layer",

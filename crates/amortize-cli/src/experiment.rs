@@ -11,12 +11,13 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The built-in experiments: (name, TOML text).
-pub const BUILTIN: [(&str, &str); 5] = [
+pub const BUILTIN: [(&str, &str); 6] = [
     ("sphere", include_str!("../../../configs/sphere.toml")),
     ("toy1d", include_str!("../../../configs/toy1d.toml")),
     ("lista", include_str!("../../../configs/lista.toml")),
     ("psd", include_str!("../../../configs/psd.toml")),
     ("alista", include_str!("../../../configs/alista.toml")),
+    ("patches", include_str!("../../../configs/patches.toml")),
 ];
 
 /// Evaluation settings.

@@ -28,6 +28,134 @@ pub struct LassoConfig {
     pub dictionary_seed: u64,
     /// When set, signal noise at this signal-to-noise ratio in dB replaces `noise`.
     pub snr_db: Option<f64>,
+    /// Where signals come from (default planted codes).
+    pub signals: Signals,
+    /// Rounds of dictionary learning for `signals = "digits"` (default 10).
+    pub dictionary_iterations: usize,
+}
+
+/// The source of the Lasso's signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Signals {
+    /// x = W y_true + noise with planted Bernoulli–Gaussian codes (default).
+    #[default]
+    Planted,
+    /// The 1,797 8×8 images of the digits set (`data/digits.csv`), each centred and scaled to
+    /// unit norm, with a dictionary learned from them by alternating FISTA codes and least
+    /// squares (`signal_dim` must be 64; there are no planted codes).
+    Digits,
+}
+
+/// The digits images, compiled in (see `data/README.md`).
+const DIGITS_CSV: &str = include_str!("../../../../data/digits.csv");
+
+/// The digits images as unit-norm, zero-mean rows `(1797, 64)` f64.
+fn digits() -> Result<Tensor> {
+    let mut values = Vec::with_capacity(1797 * 64);
+    for (i, line) in DIGITS_CSV.lines().enumerate() {
+        let row: Vec<f64> = line
+            .split(',')
+            .map(|v| v.trim().parse::<f64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::invalid(format!("data/digits.csv line {}: {e}", i + 1)))?;
+        if row.len() != 64 {
+            return Err(Error::invalid(format!(
+                "data/digits.csv line {}: {} values, expected 64",
+                i + 1,
+                row.len()
+            )));
+        }
+        let mean = row.iter().sum::<f64>() / 64.0;
+        let norm = row
+            .iter()
+            .map(|v| (v - mean).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12);
+        values.extend(row.iter().map(|v| (v - mean) / norm));
+    }
+    let n = values.len() / 64;
+    Ok(Tensor::from_vec(values, (n, 64), &Device::Cpu)?)
+}
+
+/// A dictionary of `atoms` unit-norm columns for the rows of `x` `(N, m)`: started from random
+/// rows, then `iterations` rounds of codes C by FISTA (α, 200 iterations) and
+/// Wᵀ = (CᵀC + 10⁻⁶I)⁻¹CᵀX, columns renormalised (an unused atom restarts from a random row).
+fn learn_dictionary(
+    x: &Tensor,
+    atoms: usize,
+    alpha: f64,
+    iterations: usize,
+    seed: u64,
+) -> Result<Tensor> {
+    use rand::seq::index::sample;
+    use rand::{Rng, SeedableRng};
+    let (count, m) = x.dims2()?;
+    if atoms == 0 || atoms > count {
+        return Err(Error::invalid(format!(
+            "lasso: a dictionary of {atoms} atoms cannot start from {count} signals"
+        )));
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let start: Vec<u32> = sample(&mut rng, count, atoms)
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
+    let mut wt: Vec<f64> = x
+        .index_select(&Tensor::from_vec(start, atoms, &Device::Cpu)?, 0)?
+        .flatten_all()?
+        .to_vec1()?;
+    let rows: Vec<f64> = x.flatten_all()?.to_vec1()?;
+    for round in 0..=iterations {
+        // Unit-norm atoms (rows of Wᵀ); a dead atom restarts from a random signal.
+        for a in 0..atoms {
+            let atom = &mut wt[a * m..(a + 1) * m];
+            let mut norm = atom.iter().map(|v| v * v).sum::<f64>().sqrt();
+            if norm < 1e-8 {
+                let r = rng.random_range(0..count);
+                atom.copy_from_slice(&rows[r * m..(r + 1) * m]);
+                norm = atom.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+            }
+            atom.iter_mut().for_each(|v| *v /= norm);
+        }
+        if round == iterations {
+            break;
+        }
+        let w = Tensor::from_vec(wt.clone(), (atoms, m), &Device::Cpu)?
+            .t()?
+            .contiguous()?;
+        let ls = LeastSquares::new(&w, 0.1, 0.0)?;
+        let fista =
+            ProximalGradient::fista(&ls, ProxOperator::L1 { alpha }, 1.0 / ls.lipschitz()?)?;
+        let zeros = Tensor::zeros((count, atoms), DType::F64, &Device::Cpu)?;
+        let settings = Settings {
+            tol: 1e-6,
+            max_iters: 200,
+            max_time: None,
+        };
+        let codes = solve(&fista, &zeros, x, &settings, |_, _| {})?.y;
+        let mut ctc: Vec<f64> = codes.t()?.matmul(&codes)?.flatten_all()?.to_vec1()?;
+        for a in 0..atoms {
+            ctc[a * atoms + a] += 1e-6;
+        }
+        let ctx: Vec<f64> = codes.t()?.matmul(x)?.flatten_all()?.to_vec1()?;
+        let chol = crate::linalg::Cholesky::factor(&ctc, atoms)
+            .ok_or_else(|| Error::invalid("lasso: dictionary update is singular"))?;
+        let mut column = vec![0.0; atoms];
+        for j in 0..m {
+            for a in 0..atoms {
+                column[a] = ctx[a * m + j];
+            }
+            chol.solve_in_place(&mut column);
+            for a in 0..atoms {
+                wt[a * m + j] = column[a];
+            }
+        }
+    }
+    Ok(Tensor::from_vec(wt, (atoms, m), &Device::Cpu)?
+        .t()?
+        .contiguous()?)
 }
 
 impl Default for LassoConfig {
@@ -40,6 +168,8 @@ impl Default for LassoConfig {
             noise: 0.01,
             dictionary_seed: 0,
             snr_db: None,
+            signals: Signals::Planted,
+            dictionary_iterations: 10,
         }
     }
 }
@@ -72,6 +202,8 @@ pub struct Lasso {
     config: LassoConfig,
     smooth: LeastSquares,
     lipschitz: f64,
+    /// The signal pool of `signals = "digits"`.
+    pool: Option<Tensor>,
 }
 
 impl Lasso {
@@ -89,9 +221,30 @@ impl Lasso {
                 c.alpha
             )));
         }
-        let mut smooth =
-            LeastSquares::lasso_benchmark(c.signal_dim, c.code_dim, c.dictionary_seed)?
-                .with_sampler(c.density, c.noise)?;
+        let (mut smooth, pool) = match c.signals {
+            Signals::Planted => (
+                LeastSquares::lasso_benchmark(c.signal_dim, c.code_dim, c.dictionary_seed)?
+                    .with_sampler(c.density, c.noise)?,
+                None,
+            ),
+            Signals::Digits => {
+                if c.signal_dim != 64 {
+                    return Err(Error::invalid(format!(
+                        "lasso: digits signals are 8×8 images, so signal_dim must be 64, not {}",
+                        c.signal_dim
+                    )));
+                }
+                let x = digits()?;
+                let w = learn_dictionary(
+                    &x,
+                    c.code_dim,
+                    c.alpha,
+                    c.dictionary_iterations,
+                    c.dictionary_seed,
+                )?;
+                (LeastSquares::new(&w, c.density, c.noise)?, Some(x))
+            }
+        };
         if let Some(db) = c.snr_db {
             smooth = smooth.with_snr_db(db)?;
         }
@@ -100,6 +253,7 @@ impl Lasso {
             config,
             smooth,
             lipschitz,
+            pool,
         })
     }
 
@@ -135,13 +289,19 @@ impl Lasso {
         }
     }
 
-    /// `count` signals and their generating codes, `(count, m)` and `(count, n)` f32.
+    /// `count` signals and their generating codes, `(count, m)` and `(count, n)` f32; an error
+    /// for digits signals, which have no planted codes.
     pub fn sample_with_codes(
         &self,
         count: usize,
         rng: &mut StdRng,
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
+        if self.pool.is_some() {
+            return Err(Error::invalid(
+                "lasso: digits signals have no planted codes",
+            ));
+        }
         self.smooth.sample_with_codes(count, rng, device)
     }
 }
@@ -160,7 +320,19 @@ impl Problem for Lasso {
     }
 
     fn sample_contexts(&self, n: usize, rng: &mut StdRng, device: &Device) -> Result<Tensor> {
-        self.smooth.sample_contexts(n, rng, device)
+        match &self.pool {
+            Some(pool) => {
+                use rand::Rng;
+                let size = pool.dim(0)?;
+                let idx: Vec<u32> = (0..n).map(|_| rng.random_range(0..size) as u32).collect();
+                let idx = Tensor::from_vec(idx, n, &Device::Cpu)?;
+                Ok(pool
+                    .index_select(&idx, 0)?
+                    .to_dtype(DType::F32)?
+                    .to_device(device)?)
+            }
+            None => self.smooth.sample_contexts(n, rng, device),
+        }
     }
 
     fn objective(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
@@ -204,6 +376,9 @@ impl Problem for Lasso {
         rng: &mut StdRng,
         device: &Device,
     ) -> Result<Option<(Tensor, Tensor)>> {
+        if self.pool.is_some() {
+            return Ok(None);
+        }
         Ok(Some(self.sample_with_codes(n, rng, device)?))
     }
 

@@ -11,7 +11,7 @@ mod quadratic;
 mod sphere;
 mod toy1d;
 
-pub use lasso::{Lasso, LassoConfig};
+pub use lasso::{Lasso, LassoConfig, Signals};
 pub use least_squares::LeastSquares;
 pub use quadratic::{Quadratic, QuadraticConfig};
 pub use sphere::{
