@@ -42,9 +42,29 @@ pub enum Signals {
     #[default]
     Planted,
     /// The 1,797 8×8 images of the digits set (`data/digits.csv`), each centred and scaled to
-    /// unit norm, with a dictionary learned from them by alternating FISTA codes and least
-    /// squares (`signal_dim` must be 64; there are no planted codes).
+    /// unit norm, with a dictionary learned from the first 80% of them by alternating FISTA
+    /// codes and least squares; training draws from those, evaluation from the last 20%
+    /// (`signal_dim` must be 64; there are no planted codes).
     Digits,
+}
+
+/// `n` rows of `pool` drawn uniformly (with replacement) from `range`, as f32.
+fn draw_rows(
+    pool: &Tensor,
+    range: std::ops::Range<usize>,
+    n: usize,
+    rng: &mut StdRng,
+    device: &Device,
+) -> Result<Tensor> {
+    use rand::Rng;
+    let idx: Vec<u32> = (0..n)
+        .map(|_| rng.random_range(range.clone()) as u32)
+        .collect();
+    let idx = Tensor::from_vec(idx, n, &Device::Cpu)?;
+    Ok(pool
+        .index_select(&idx, 0)?
+        .to_dtype(DType::F32)?
+        .to_device(device)?)
 }
 
 /// The digits images, compiled in (see `data/README.md`).
@@ -232,8 +252,9 @@ impl Lasso {
                     )));
                 }
                 let x = digits()?;
+                let train = x.narrow(0, 0, x.dim(0)? * 4 / 5)?;
                 let w = learn_dictionary(
-                    &x,
+                    &train,
                     c.code_dim,
                     c.alpha,
                     c.dictionary_iterations,
@@ -316,19 +337,25 @@ impl Problem for Lasso {
         self.config.code_dim
     }
 
+    /// Digits: the first 80% of the images (the last 20% are held out).
     fn sample_contexts(&self, n: usize, rng: &mut StdRng, device: &Device) -> Result<Tensor> {
         match &self.pool {
             Some(pool) => {
-                use rand::Rng;
-                let size = pool.dim(0)?;
-                let idx: Vec<u32> = (0..n).map(|_| rng.random_range(0..size) as u32).collect();
-                let idx = Tensor::from_vec(idx, n, &Device::Cpu)?;
-                Ok(pool
-                    .index_select(&idx, 0)?
-                    .to_dtype(DType::F32)?
-                    .to_device(device)?)
+                let train = pool.dim(0)? * 4 / 5;
+                draw_rows(pool, 0..train, n, rng, device)
             }
             None => self.smooth.sample_contexts(n, rng, device),
+        }
+    }
+
+    /// Digits: the last 20% of the images, which training never draws.
+    fn sample_held_out(&self, n: usize, rng: &mut StdRng, device: &Device) -> Result<Tensor> {
+        match &self.pool {
+            Some(pool) => {
+                let size = pool.dim(0)?;
+                draw_rows(pool, size * 4 / 5..size, n, rng, device)
+            }
+            None => self.sample_contexts(n, rng, device),
         }
     }
 

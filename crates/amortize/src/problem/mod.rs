@@ -81,6 +81,13 @@ pub trait Problem: Send + Sync {
         Ok(g.sqr()?.sum(1)?.sqrt()?)
     }
 
+    /// `n` held-out contexts for evaluation. Default: [`Problem::sample_contexts`] (a family
+    /// with an infinite p(x) needs no split); a family drawing from a finite data set returns
+    /// contexts from a part that training never sees.
+    fn sample_held_out(&self, n: usize, rng: &mut StdRng, device: &Device) -> Result<Tensor> {
+        self.sample_contexts(n, rng, device)
+    }
+
     /// `n` contexts with the solutions that generated them (`(n, context_dim)`,
     /// `(n, solution_dim)`), for families whose sampler plants a solution (sparse recovery);
     /// `None` otherwise. Training with `data = generated` regresses onto these.

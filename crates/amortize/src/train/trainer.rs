@@ -535,7 +535,7 @@ pub fn held_out_contexts(
 ) -> Result<Tensor> {
     const HELD_OUT_STREAM: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut rng = StdRng::seed_from_u64(seed ^ HELD_OUT_STREAM);
-    problem.sample_contexts(n, &mut rng, device)
+    problem.sample_held_out(n, &mut rng, device)
 }
 
 /// Labels y*(x) from the problem's exact solver, or a clear error when it has none.

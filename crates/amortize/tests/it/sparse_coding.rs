@@ -376,3 +376,35 @@ fn digits_signals_get_a_learned_dictionary() -> Result<()> {
     assert!(err.to_string().contains("signal_dim must be 64"), "{err}");
     Ok(())
 }
+
+/// Digits: training and held-out draws come from disjoint images.
+#[test]
+fn digits_held_out_images_are_never_trained_on() -> Result<()> {
+    use amortize::problem::Signals;
+    let p = Lasso::new(LassoConfig {
+        signal_dim: 64,
+        code_dim: 32,
+        signals: Signals::Digits,
+        dictionary_iterations: 1,
+        ..LassoConfig::default()
+    })?;
+    let rows = |t: Tensor| -> Result<Vec<Vec<u32>>> {
+        let v: Vec<Vec<f32>> = t.to_vec2()?;
+        Ok(v.into_iter()
+            .map(|r| r.iter().map(|x| x.to_bits()).collect())
+            .collect())
+    };
+    let train = rows(p.sample_contexts(2000, &mut StdRng::seed_from_u64(1), &Device::Cpu)?)?;
+    let held = rows(p.sample_held_out(300, &mut StdRng::seed_from_u64(2), &Device::Cpu)?)?;
+    let train: std::collections::HashSet<_> = train.into_iter().collect();
+    assert!(
+        train.len() > 1000,
+        "{} distinct training images",
+        train.len()
+    );
+    assert!(
+        held.iter().all(|r| !train.contains(r)),
+        "a held-out image was drawn for training"
+    );
+    Ok(())
+}
