@@ -13,11 +13,12 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use amortize::eval::relative_gaps;
 use amortize::eval::time_median;
-use amortize::problem::{LeastSquares, Problem, ProblemConfig};
+use amortize::problem::{Lasso, LassoConfig, Problem, ProblemConfig};
 use amortize::solver::qp::{Admm, AdmmSettings, QpProblem, QpStatus};
 use amortize::solver::{
-    solve, solve_named, FusedLasso, ProxOperator, ProximalGradient, Settings, Solver, SolverOptions,
+    solve_named, FusedLasso, ProximalGradient, Settings, Solver, SolverOptions,
 };
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -27,7 +28,6 @@ use rand::SeedableRng;
 use crate::bench::{fmt_time, median, python_json_lines, ratio};
 
 const BATCH: usize = 1024;
-const LASSO_ALPHA: f64 = 0.1;
 const QP_SIZES: [usize; 3] = [10, 50, 100];
 
 /// Runs the three parts and prints their tables.
@@ -121,13 +121,12 @@ fn gap_curve<S: Solver>(
     solver: &S,
     x32: &Tensor,
     x64: &Tensor,
-    e_star: &Tensor,
-    problem: &LeastSquares,
+    f_star: &Tensor,
+    lasso: &Lasso,
     max_iters: usize,
 ) -> Result<GapCurve> {
-    let prox = ProxOperator::L1 { alpha: LASSO_ALPHA };
     let y0 = Tensor::zeros(
-        (x32.dim(0)?, problem.solution_dim()),
+        (x32.dim(0)?, lasso.solution_dim()),
         DType::F32,
         x32.device(),
     )?;
@@ -139,9 +138,12 @@ fn gap_curve<S: Solver>(
     };
     for k in 1..=max_iters {
         state = solver.detach(solver.step(state, x32)?);
-        let y = solver.iterate(&state).to_dtype(DType::F64)?;
-        let e = problem.objective(&y, x64)?.add(&prox.value(&y)?)?;
-        let gap: f64 = e.sub(e_star)?.div(e_star)?.mean_all()?.to_scalar()?;
+        let gap = relative_gaps(
+            lasso,
+            std::slice::from_ref(solver.iterate(&state)),
+            x64,
+            f_star,
+        )?[0];
         if k == 16 {
             curve.at_16 = gap;
         }
@@ -157,40 +159,31 @@ fn gap_curve<S: Solver>(
 }
 
 fn lasso_table(repeats: usize, rounds: usize, baselines: bool, quiet: bool) -> Result<()> {
-    let problem = LeastSquares::lasso_benchmark(64, 256, 0)?;
-    let (x32, _) = problem.sample_with_codes(BATCH, &mut StdRng::seed_from_u64(1), &Device::Cpu)?;
+    // The lasso family's defaults are this benchmark: W 64×256, α = 0.1, noise 0.01.
+    let lasso = Lasso::new(LassoConfig::default())?;
+    let x32 = lasso.sample_contexts(BATCH, &mut StdRng::seed_from_u64(1), &Device::Cpu)?;
     let x64 = x32.to_dtype(DType::F64)?;
-    let step = 1.0 / problem.lipschitz()?;
-    let prox = ProxOperator::L1 { alpha: LASSO_ALPHA };
-    let zeros64 = Tensor::zeros((BATCH, 256), DType::F64, &Device::Cpu)?;
-    let reference = solve(
-        &ProximalGradient::fista(&problem, prox, step)?,
-        &zeros64,
-        &x64,
-        &Settings {
-            tol: 1e-10,
-            max_iters: 20_000,
-            max_time: None,
-        },
-        |_, _| {},
-    )?;
-    let e_star = reference.value;
+    let (smooth, prox, step) = (lasso.least_squares(), lasso.prox(), 1.0 / lasso.lipschitz());
+    let y_star = lasso
+        .solve_exact(&x64)?
+        .ok_or_else(|| anyhow::anyhow!("the lasso family has an exact solver"))?;
+    let f_star = lasso.objective(&y_star, &x64)?;
     let methods: [(&str, ProximalGradient, bool, bool); 3] = [
         (
             "fista",
-            ProximalGradient::fista(&problem, prox, step)?.with_restart(false),
+            ProximalGradient::fista(smooth, prox, step)?.with_restart(false),
             true,
             false,
         ),
         (
             "fista+restart",
-            ProximalGradient::fista(&problem, prox, step)?,
+            ProximalGradient::fista(smooth, prox, step)?,
             true,
             true,
         ),
         (
             "ista",
-            ProximalGradient::ista(&problem, prox, step)?,
+            ProximalGradient::ista(smooth, prox, step)?,
             false,
             false,
         ),
@@ -201,10 +194,10 @@ fn lasso_table(repeats: usize, rounds: usize, baselines: bool, quiet: bool) -> R
     let mut curves = Vec::new();
     let mut fused = Vec::new();
     for (_, solver, accelerated, restart) in &methods {
-        curves.push(gap_curve(solver, &x32, &x64, &e_star, &problem, 5000)?);
+        curves.push(gap_curve(solver, &x32, &x64, &f_star, &lasso, 5000)?);
         fused.push(FusedLasso::new(
-            &problem,
-            LASSO_ALPHA,
+            smooth,
+            lasso.alpha(),
             step,
             *accelerated,
             *restart,
@@ -255,7 +248,7 @@ fn lasso_table(repeats: usize, rounds: usize, baselines: bool, quiet: bool) -> R
         }
     }
     bar.finish_and_clear();
-    println!("lasso: W 64×256 (unit-norm columns), α = {LASSO_ALPHA}, batch {BATCH}, f32 iterations from 0, mean relative gap (E − E*)/E*; time of the iterations to 1e-4 (median of {repeats}, then over {} rounds)", rounds.max(1));
+    println!("lasso: W 64×256 (unit-norm columns), α = {}, batch {BATCH}, f32 iterations from 0, mean relative gap (E − E*)/E*; time of the iterations to 1e-4 (median of {repeats}, then over {} rounds)", lasso.alpha(), rounds.max(1));
     println!("| method | gap at 16 | iters to 1e-3 | iters to 1e-4 | JAX iters to 1e-3 / 1e-4 | candle ops, 1 thread | fused, 1 thread | JAX jit, 1 core | fused / JAX (1 core) | fused, 2 threads | JAX jit, default | fused / JAX (2 cores) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let opt = |v: Option<usize>| v.map_or("—".into(), |k| k.to_string());
@@ -264,8 +257,7 @@ fn lasso_table(repeats: usize, rounds: usize, baselines: bool, quiet: bool) -> R
         let iters = c.to_1e4.unwrap_or(5000);
         // The fused path's own answer after the same number of iterations.
         let (y, _) = fused[i].solve(&x32, &zeros32, iters, 0.0)?;
-        let e = fused[i].objective(&problem, &y, &x64)?;
-        let fused_gap: f64 = e.sub(&e_star)?.div(&e_star)?.mean_all()?.to_scalar()?;
+        let fused_gap = relative_gaps(&lasso, &[y], &x64, &f_star)?[0];
         if fused_gap > 1.5e-4 {
             eprintln!("warning: {name} fused path reached a gap of {fused_gap:.2e} only");
         }

@@ -306,22 +306,6 @@ impl Lasso {
             alpha: self.config.alpha,
         }
     }
-
-    /// `count` signals and their generating codes, `(count, m)` and `(count, n)` f32; an error
-    /// for digits signals, which have no planted codes.
-    pub fn sample_with_codes(
-        &self,
-        count: usize,
-        rng: &mut StdRng,
-        device: &Device,
-    ) -> Result<(Tensor, Tensor)> {
-        if self.pool.is_some() {
-            return Err(Error::invalid(
-                "lasso: digits signals have no planted codes",
-            ));
-        }
-        self.smooth.sample_with_codes(count, rng, device)
-    }
 }
 
 impl Problem for Lasso {
@@ -403,7 +387,7 @@ impl Problem for Lasso {
         if self.pool.is_some() {
             return Ok(None);
         }
-        Ok(Some(self.sample_with_codes(n, rng, device)?))
+        Ok(Some(self.smooth.sample_with_codes(n, rng, device)?))
     }
 
     fn residual(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {

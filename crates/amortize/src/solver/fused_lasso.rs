@@ -16,7 +16,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::linalg::{matmul, View};
-use crate::problem::{LeastSquares, Problem};
+use crate::problem::LeastSquares;
 use crate::{Error, Result};
 
 /// # Fused ISTA / FISTA for the Lasso
@@ -300,13 +300,6 @@ impl FusedLasso {
         } else {
             (0.0, t)
         }
-    }
-
-    /// The Lasso objective ½‖x − Wy‖² + α‖y‖₁ of every row, in f64.
-    pub fn objective(&self, problem: &LeastSquares, y: &Tensor, x: &Tensor) -> Result<Tensor> {
-        let y = y.to_dtype(DType::F64)?;
-        let smooth = problem.objective(&y, &x.to_dtype(DType::F64)?)?;
-        Ok(smooth.add(&y.abs()?.sum(1)?.affine(f64::from(self.alpha), 0.0)?)?)
     }
 }
 
