@@ -60,7 +60,7 @@ pub use error::{Error, Result};
 /// The names most programs need.
 pub mod prelude {
     pub use crate::eval::{amortization_gap, speed_at_equal_quality, GapReport, SpeedConfig};
-    pub use crate::loss::Loss;
+    pub use crate::loss::{IterateWeights, Loss};
     pub use crate::model::{Mlp, MlpConfig, Model, ModelConfig, Prediction};
     pub use crate::optim::{Adam, Schedule};
     pub use crate::problem::{

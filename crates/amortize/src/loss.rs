@@ -2,7 +2,9 @@
 //!
 //! * regression (eq. 10): L_reg = E_x ‖ŷθ(x) − y*(x)‖², needs labels y*(x);
 //! * objective (eq. 11): L_obj = E_x f(ŷθ(x); x), needs only f;
-//! * a weighted mix of the two.
+//! * a weighted mix of the two;
+//! * each of them summed over a semi-amortized model's iterates with [`IterateWeights`]
+//!   (L_Σ, eq. 13).
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -39,7 +41,8 @@ impl Loss {
         }
     }
 
-    /// The scalar loss of `prediction` on contexts `x` (labels `(n, solution_dim)` when needed).
+    /// The scalar loss of the final prediction `prediction.y` on contexts `x` (labels
+    /// `(n, solution_dim)` when needed).
     pub fn value(
         &self,
         prediction: &Prediction,
@@ -47,13 +50,52 @@ impl Loss {
         labels: Option<&Tensor>,
         problem: &dyn Problem,
     ) -> Result<Tensor> {
-        let objective =
-            || -> Result<Tensor> { Ok(problem.objective(&prediction.y, x)?.mean_all()?) };
+        self.value_of(&prediction.y, x, labels, problem)
+    }
+
+    /// The iterate-summed loss L_Σ = Σₖ wₖ L(ŷᵏ) (tutorial eq. 13) over the iterates
+    /// ŷ¹ … ŷᴷ of `prediction` with `weights`; for a prediction without iterates (a
+    /// fully-amortized model), or with [`IterateWeights::Last`], this is [`Loss::value`].
+    pub fn value_summed(
+        &self,
+        prediction: &Prediction,
+        weights: &IterateWeights,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        problem: &dyn Problem,
+    ) -> Result<Tensor> {
+        if prediction.iterates.len() < 2 || *weights == IterateWeights::Last {
+            return self.value(prediction, x, labels, problem);
+        }
+        let w = weights.weights(prediction.iterates.len() - 1)?;
+        let mut total: Option<Tensor> = None;
+        for (y, &wk) in prediction.iterates[1..].iter().zip(&w) {
+            if wk == 0.0 {
+                continue;
+            }
+            let term = self.value_of(y, x, labels, problem)?.affine(wk, 0.0)?;
+            total = Some(match total {
+                Some(t) => t.add(&term)?,
+                None => term,
+            });
+        }
+        total.map_or_else(|| self.value(prediction, x, labels, problem), Ok)
+    }
+
+    /// The scalar loss of predictions `y` `(n, solution_dim)` on contexts `x`.
+    pub fn value_of(
+        &self,
+        y: &Tensor,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        problem: &dyn Problem,
+    ) -> Result<Tensor> {
+        let objective = || -> Result<Tensor> { Ok(problem.objective(y, x)?.mean_all()?) };
         let regression = || -> Result<Tensor> {
             let y_star = labels.ok_or_else(|| {
                 Error::invalid("the regression loss needs labels y*(x), and none were given")
             })?;
-            Ok(prediction.y.sub(y_star)?.sqr()?.sum(1)?.mean_all()?)
+            Ok(y.sub(y_star)?.sqr()?.sum(1)?.mean_all()?)
         };
         match *self {
             Loss::Objective => objective(),
@@ -65,5 +107,59 @@ impl Loss {
                 .affine(wo, 0.0)?
                 .add(&regression()?.affine(wr, 0.0)?)?),
         }
+    }
+}
+
+/// The weights wₖ of the iterate-summed loss L_Σ = Σₖ wₖ L(ŷᵏ), k = 1 … K (tutorial eq. 13),
+/// as written in `[train] iterates = { kind = "linear" }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum IterateWeights {
+    /// Only the final iterate: L_Σ = L(ŷᴷ) (the default).
+    #[default]
+    Last,
+    /// wₖ = 1/K.
+    Uniform,
+    /// Increasing weights wₖ = k / Σⱼ j, so late iterates count most.
+    Linear,
+    /// Given weights, one per iterate ŷ¹ … ŷᴷ.
+    Custom {
+        /// w₁ … w_K (finite, ≥ 0).
+        weights: Vec<f64>,
+    },
+}
+
+impl IterateWeights {
+    /// The K weights w₁ … w_K for a model with `k` iterates after ŷ⁰.
+    pub fn weights(&self, k: usize) -> Result<Vec<f64>> {
+        Ok(match self {
+            IterateWeights::Last => (1..=k).map(|i| if i == k { 1.0 } else { 0.0 }).collect(),
+            IterateWeights::Uniform => vec![1.0 / k as f64; k],
+            IterateWeights::Linear => {
+                let total = (k * (k + 1)) as f64 / 2.0;
+                (1..=k).map(|i| i as f64 / total).collect()
+            }
+            IterateWeights::Custom { weights } => {
+                if weights.len() != k {
+                    return Err(Error::invalid(format!(
+                        "train.iterates: {} custom weights given for a model with {k} iterates",
+                        weights.len()
+                    )));
+                }
+                weights.clone()
+            }
+        })
+    }
+
+    /// Checks custom weights are finite and non-negative.
+    pub fn validate(&self) -> Result<()> {
+        if let IterateWeights::Custom { weights } = self {
+            if weights.is_empty() || weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
+                return Err(Error::invalid(
+                    "train.iterates: custom weights must be a non-empty list of finite numbers >= 0",
+                ));
+            }
+        }
+        Ok(())
     }
 }

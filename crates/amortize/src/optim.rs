@@ -66,13 +66,30 @@ impl Adam {
         grads: &[Tensor],
         state: &mut AdamState,
     ) -> Result<Vec<Tensor>> {
+        let grads: Vec<Option<&Tensor>> = grads.iter().map(Some).collect();
+        self.update_present(lr, params, &grads, state)
+    }
+
+    /// [`Adam::update`] where a parameter without a gradient (`None`: it took no part in the
+    /// loss) keeps its value and moments, as in PyTorch.
+    pub fn update_present(
+        &self,
+        lr: f64,
+        params: &[&Tensor],
+        grads: &[Option<&Tensor>],
+        state: &mut AdamState,
+    ) -> Result<Vec<Tensor>> {
         state.t += 1;
         let t = state.t as i32;
         let c1 = 1.0 - self.beta1.powi(t);
         let c2 = 1.0 - self.beta2.powi(t);
         let mut out = Vec::with_capacity(params.len());
         for (i, (p, g)) in params.iter().zip(grads).enumerate() {
-            let m = ((&state.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
+            let Some(g) = g else {
+                out.push((*p).clone());
+                continue;
+            };
+            let m = ((&state.m[i] * self.beta1)? + (*g * (1.0 - self.beta1))?)?;
             let v = ((&state.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let denom = (v.affine(1.0 / c2, 0.0)?.sqrt()? + self.eps)?;
             let step = m.affine(lr / c1, 0.0)?.div(&denom)?;

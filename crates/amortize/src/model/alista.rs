@@ -4,7 +4,8 @@
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::{shrink, Model, ModelConfig, Params, Prediction};
+use super::lista::{shrink_selected, support_kept};
+use super::{Model, ModelConfig, Params, Prediction};
 use crate::linalg::Cholesky;
 use crate::problem::{Lasso, Problem};
 use crate::{Error, Result};
@@ -92,18 +93,6 @@ fn spectral_norm(w: &Tensor, w_tilde: &Tensor) -> Result<f64> {
     Ok(norm.sqrt())
 }
 
-/// Shrinkage with support selection: the `keep` largest |v| per row pass unchanged.
-fn shrink_selected(v: &Tensor, theta: &Tensor, keep: usize) -> Result<Tensor> {
-    let shrunk = shrink(v, theta)?;
-    if keep == 0 {
-        return Ok(shrunk);
-    }
-    let order = v.abs()?.detach().arg_sort_last_dim(false)?;
-    let rank = order.arg_sort_last_dim(true)?;
-    let pass = rank.lt(keep as u32)?;
-    Ok(pass.where_cond(v, &shrunk)?)
-}
-
 impl Alista {
     /// ALISTA for `lasso`'s dictionary, with parameters of `dtype`.
     pub fn new(config: AlistaConfig, lasso: &Lasso, dtype: DType, device: &Device) -> Result<Self> {
@@ -146,8 +135,9 @@ impl Alista {
     }
 }
 
-impl Model for Alista {
-    fn forward(&self, x: &Tensor, problem: &dyn Problem) -> Result<Prediction> {
+impl Alista {
+    /// The first `depth` layers.
+    fn run(&self, x: &Tensor, problem: &dyn Problem, depth: usize) -> Result<Prediction> {
         let x = x.to_dtype(self.w.dtype())?;
         let (m, n) = self.w.dims2()?;
         if x.dim(1)? != m {
@@ -158,11 +148,10 @@ impl Model for Alista {
         }
         let mut y = Tensor::zeros((x.dim(0)?, n), x.dtype(), x.device())?;
         let mut iterates = vec![y.clone()];
-        for (k, (gamma, theta)) in self.layers.iter().enumerate() {
+        for (k, (gamma, theta)) in self.layers.iter().enumerate().take(depth) {
             let r = y.matmul(&self.w.t()?)?.sub(&x)?;
             let v = y.sub(&r.matmul(&self.w_tilde)?.broadcast_mul(gamma.as_tensor())?)?;
-            let percent = ((k + 1) as f64 * self.config.support_step).min(self.config.support_max);
-            let keep = (percent / 100.0 * n as f64).floor() as usize;
+            let keep = support_kept(k, self.config.support_step, self.config.support_max, n);
             y = shrink_selected(&v, theta.as_tensor(), keep)?;
             iterates.push(y.clone());
         }
@@ -170,6 +159,32 @@ impl Model for Alista {
             y: problem.to_domain(&y)?,
             iterates,
         })
+    }
+}
+
+impl Model for Alista {
+    fn forward(&self, x: &Tensor, problem: &dyn Problem) -> Result<Prediction> {
+        self.run(x, problem, self.config.layers)
+    }
+
+    fn depth(&self) -> Option<usize> {
+        Some(self.config.layers)
+    }
+
+    fn layer_params(&self, layer: usize) -> Vec<Var> {
+        self.layers
+            .get(layer)
+            .map(|(g, t)| vec![g.clone(), t.clone()])
+            .unwrap_or_default()
+    }
+
+    fn forward_to_depth(
+        &self,
+        x: &Tensor,
+        problem: &dyn Problem,
+        depth: usize,
+    ) -> Result<Prediction> {
+        self.run(x, problem, depth.clamp(1, self.config.layers))
     }
 
     fn params(&self) -> &Params {

@@ -19,6 +19,15 @@ pub struct ListaConfig {
     /// Plain ISTA steps appended after the learned layers at prediction time, continuing
     /// from the last layer's code (a warm start; default 0).
     pub continuation: usize,
+    /// Coupled weights (LISTA-CP, Chen et al. 2018): Gₖ = I − WᵀFₖ is implied, so a layer
+    /// is ŷ ← h_β(ŷ − (ŷWᵀ − x)Fₖ) and learns only Fₖ and βₖ (default false).
+    pub coupled: bool,
+    /// Support selection (LISTA-SS, Chen et al. 2018): layer k lets the largest
+    /// min(k·`support_step`, `support_max`) percent of each code's entries through
+    /// unthresholded (default 0 = off).
+    pub support_step: f64,
+    /// The cap of that percentage (default 13).
+    pub support_max: f64,
 }
 
 impl Default for ListaConfig {
@@ -27,6 +36,9 @@ impl Default for ListaConfig {
             layers: 16,
             tied: false,
             continuation: 0,
+            coupled: false,
+            support_step: 0.0,
+            support_max: 13.0,
         }
     }
 }
@@ -38,13 +50,39 @@ impl Default for ListaConfig {
 /// (eq. 37 in row form): F = W/L, G = I − WᵀW/L, β = α/L, so the untrained model is K steps
 /// of ISTA from 0. After the K layers, `continuation` plain ISTA steps can follow.
 ///
+/// Variants of Chen et al. (2018): `coupled` (LISTA-CP) ties Gₖ = I − WᵀFₖ, so a layer is
+/// ŷ ← h_β(ŷ − (ŷWᵀ − x)Fₖ), the form their convergence theorem needs; `support_step`
+/// (LISTA-SS) passes the largest entries of each code unthresholded. Both together are
+/// LISTA-CPSS, of which [`super::Alista`] is the analytic-weight version.
+///
 /// The prediction's `iterates` are ŷ⁰ … ŷᴷ (and the continuation's), for the iterate-summed
 /// loss and per-layer evaluation.
 pub struct Lista {
     config: ListaConfig,
     params: Params,
-    layers: Vec<(Var, Var, Var)>,
+    layers: Vec<(Var, Option<Var>, Var)>,
     ista: (Tensor, Tensor, f64),
+    w: Tensor,
+}
+
+/// The number of entries of an n-vector that layer `layer` (0-based) lets through
+/// unthresholded under support selection: ⌊min((layer+1)·step, max)% · n⌋.
+pub(crate) fn support_kept(layer: usize, step: f64, max: f64, n: usize) -> usize {
+    let percent = ((layer + 1) as f64 * step).min(max);
+    (percent / 100.0 * n as f64).floor() as usize
+}
+
+/// Shrinkage with support selection: the `keep` largest |v| per row pass unchanged
+/// (h^{ss}_β of Chen et al. 2018), the rest are shrunk by `beta`.
+pub fn shrink_selected(v: &Tensor, beta: &Tensor, keep: usize) -> Result<Tensor> {
+    let shrunk = shrink(v, beta)?;
+    if keep == 0 {
+        return Ok(shrunk);
+    }
+    let order = v.abs()?.detach().arg_sort_last_dim(false)?;
+    let rank = order.arg_sort_last_dim(true)?;
+    let pass = rank.lt(keep as u32)?;
+    Ok(pass.where_cond(v, &shrunk)?)
 }
 
 /// h_β(v) = relu(v − β) − relu(−v − β), β broadcast over rows.
@@ -60,6 +98,12 @@ impl Lista {
         if config.layers == 0 {
             return Err(Error::invalid("lista: layers must be at least 1"));
         }
+        if !(config.support_step >= 0.0 && config.support_max >= 0.0 && config.support_max <= 100.0)
+        {
+            return Err(Error::invalid(
+                "lista: support percentages must lie in [0, 100]",
+            ));
+        }
         let l = lasso.lipschitz();
         let w = lasso.dictionary().to_dtype(dtype)?.to_device(device)?;
         let n = w.dim(1)?;
@@ -71,17 +115,20 @@ impl Lista {
         let count = if config.tied { 1 } else { config.layers };
         let mut layers = Vec::with_capacity(count);
         for k in 0..count {
-            layers.push((
-                params.add(format!("layer{k}.F"), f.clone())?,
-                params.add(format!("layer{k}.G"), g.clone())?,
-                params.add(format!("layer{k}.beta"), beta.clone())?,
-            ));
+            let fk = params.add(format!("layer{k}.F"), f.clone())?;
+            let gk = if config.coupled {
+                None
+            } else {
+                Some(params.add(format!("layer{k}.G"), g.clone())?)
+            };
+            layers.push((fk, gk, params.add(format!("layer{k}.beta"), beta.clone())?));
         }
         Ok(Lista {
             config,
             params,
             layers,
             ista: (f, g, lasso.alpha() / l),
+            w,
         })
     }
 
@@ -97,8 +144,15 @@ impl Lista {
     }
 }
 
-impl Model for Lista {
-    fn forward(&self, x: &Tensor, problem: &dyn Problem) -> Result<Prediction> {
+impl Lista {
+    /// `depth` learned layers followed by `continuation` plain ISTA steps.
+    fn run(
+        &self,
+        x: &Tensor,
+        problem: &dyn Problem,
+        depth: usize,
+        continuation: usize,
+    ) -> Result<Prediction> {
         let dtype = self.ista.0.dtype();
         let x = x.to_dtype(dtype)?;
         let n = self.ista.1.dim(0)?;
@@ -111,16 +165,23 @@ impl Model for Lista {
         }
         let mut y = Tensor::zeros((x.dim(0)?, n), dtype, x.device())?;
         let mut iterates = vec![y.clone()];
-        for k in 0..self.config.layers {
+        for k in 0..depth {
             let (f, g, beta) = &self.layers[k.min(self.layers.len() - 1)];
-            let v = x.matmul(f.as_tensor())?.add(&y.matmul(g.as_tensor())?)?;
-            y = shrink(&v, beta.as_tensor())?;
+            let v = match g {
+                Some(g) => x.matmul(f.as_tensor())?.add(&y.matmul(g.as_tensor())?)?,
+                None => {
+                    let r = y.matmul(&self.w.t()?)?.sub(&x)?;
+                    y.sub(&r.matmul(f.as_tensor())?)?
+                }
+            };
+            let keep = support_kept(k, self.config.support_step, self.config.support_max, n);
+            y = shrink_selected(&v, beta.as_tensor(), keep)?;
             iterates.push(y.clone());
         }
         let (f, g, beta) = &self.ista;
         let beta = Tensor::full(*beta, n, x.device())?.to_dtype(dtype)?;
         let xf = x.matmul(f)?;
-        for _ in 0..self.config.continuation {
+        for _ in 0..continuation {
             y = shrink(&xf.add(&y.matmul(g)?)?, &beta)?;
             iterates.push(y.clone());
         }
@@ -128,6 +189,33 @@ impl Model for Lista {
             y: problem.to_domain(&y)?,
             iterates,
         })
+    }
+}
+
+impl Model for Lista {
+    fn forward(&self, x: &Tensor, problem: &dyn Problem) -> Result<Prediction> {
+        self.run(x, problem, self.config.layers, self.config.continuation)
+    }
+
+    fn depth(&self) -> Option<usize> {
+        Some(self.config.layers)
+    }
+
+    fn layer_params(&self, layer: usize) -> Vec<Var> {
+        let (f, g, beta) = &self.layers[layer.min(self.layers.len() - 1)];
+        let mut v = vec![f.clone()];
+        v.extend(g.clone());
+        v.push(beta.clone());
+        v
+    }
+
+    fn forward_to_depth(
+        &self,
+        x: &Tensor,
+        problem: &dyn Problem,
+        depth: usize,
+    ) -> Result<Prediction> {
+        self.run(x, problem, depth.clamp(1, self.config.layers), 0)
     }
 
     fn params(&self) -> &Params {

@@ -9,7 +9,7 @@ mod params;
 
 pub use alista::{analytic_weight, Alista, AlistaConfig};
 pub use fused::{FusedMlp, StepStats};
-pub use lista::{shrink, Lista, ListaConfig};
+pub use lista::{shrink, shrink_selected, Lista, ListaConfig};
 pub use mlp::{Activation, Mlp, MlpConfig};
 pub use params::Params;
 
@@ -41,6 +41,33 @@ pub trait Model: Send + Sync {
 
     /// The configuration that rebuilds this model (saved in checkpoints).
     fn config(&self) -> ModelConfig;
+
+    /// The number K of trained unrolled layers of a semi-amortized model (`None` for a
+    /// fully-amortized one). Stage-wise training ([`crate::train::TrainConfig::layerwise`])
+    /// needs it.
+    fn depth(&self) -> Option<usize> {
+        None
+    }
+
+    /// The prediction of the first `depth` layers only (1 ≤ `depth` ≤ K), without any
+    /// continuation: what stage `depth` of stage-wise training fits. Models without layers
+    /// return [`Model::forward`].
+    fn forward_to_depth(
+        &self,
+        x: &Tensor,
+        problem: &dyn Problem,
+        depth: usize,
+    ) -> Result<Prediction> {
+        let _ = depth;
+        self.forward(x, problem)
+    }
+
+    /// The parameters of layer `layer` (0-based) of an unrolled model, for the new-layer phase
+    /// of stage-wise training; empty for a model without layers.
+    fn layer_params(&self, layer: usize) -> Vec<candle_core::Var> {
+        let _ = layer;
+        Vec::new()
+    }
 
     /// This model as a plain [`Mlp`], which enables the fused training path.
     fn as_mlp(&self) -> Option<&Mlp> {

@@ -7,5 +7,6 @@ mod trainer;
 pub use checkpoint::{write_atomic, Checkpoint, CheckpointMeta, Loaded, CHECKPOINT_FORMAT_VERSION};
 pub use observer::{JsonlWriter, Observer, Record};
 pub use trainer::{
-    composite_step, exact_labels, held_out_contexts, DataConfig, TrainConfig, TrainSummary, Trainer,
+    composite_step, exact_labels, held_out_contexts, DataConfig, Layerwise, LayerwisePhase,
+    TrainConfig, TrainSummary, Trainer,
 };

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT_VERSION};
 use super::observer::{Observer, Record};
-use crate::loss::Loss;
+use crate::loss::{IterateWeights, Loss};
 use crate::model::{FusedMlp, Model};
 use crate::optim::{Adam, AdamState, Schedule};
 use crate::problem::{Problem, ProblemConfig};
@@ -62,6 +62,12 @@ pub struct TrainConfig {
     pub loss: Loss,
     /// Training data (default fresh samples every step).
     pub data: DataConfig,
+    /// The iterate-summed loss L_Σ over a semi-amortized model's iterates (tutorial eq. 13;
+    /// default only the last iterate).
+    pub iterates: IterateWeights,
+    /// Stage-wise training of an unrolled model (default none: every step fits the whole
+    /// model).
+    pub layerwise: Option<Layerwise>,
     /// Evaluate on the held-out set every this many steps (default 250; 0 = only at the end).
     pub eval_every: usize,
     /// Size of the held-out set (default 1024).
@@ -83,6 +89,8 @@ impl Default for TrainConfig {
             clip_grad_norm: None,
             loss: Loss::Objective,
             data: DataConfig::Fresh,
+            iterates: IterateWeights::Last,
+            layerwise: None,
             eval_every: 250,
             eval_size: 1024,
             checkpoint_every: 0,
@@ -113,6 +121,13 @@ impl TrainConfig {
         }
         if self.eval_size == 0 {
             return bad("eval_size must be at least 1");
+        }
+        self.iterates.validate()?;
+        if let Some(lw) = &self.layerwise {
+            lw.validate()?;
+            if matches!(self.iterates, IterateWeights::Custom { .. }) {
+                return bad("layerwise training takes iterates = last, uniform or linear, not custom weights (the number of iterates changes with the stage)");
+            }
         }
         Ok(())
     }
@@ -235,7 +250,11 @@ impl Batches {
 /// The update machinery of one path.
 enum Engine {
     Composite {
+        /// All of θ.
         vars: Vec<candle_core::Var>,
+        /// The part of θ being trained now (all of it, except during the first phase of a
+        /// layer-wise stage).
+        active: Vec<candle_core::Var>,
         state: AdamState,
     },
     Fused(Box<FusedMlp>),
@@ -301,6 +320,7 @@ impl<'a> Trainer<'a> {
     pub fn uses_fused_path(&self) -> bool {
         self.config.fused
             && self.config.loss == Loss::Objective
+            && self.config.layerwise.is_none()
             && self.device.is_cpu()
             && self.problem.cpu_objective().is_some()
             && self.model.as_mlp().is_some_and(|m| {
@@ -372,7 +392,27 @@ impl<'a> Trainer<'a> {
                 let vars: Vec<candle_core::Var> = self.model.params().vars().cloned().collect();
                 let tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
                 let state = cfg.adam.init(&tensors)?;
-                Engine::Composite { vars, state }
+                Engine::Composite {
+                    active: vars.clone(),
+                    vars,
+                    state,
+                }
+            }
+        };
+        let layers = match (&cfg.layerwise, self.model.depth()) {
+            (None, _) => 0,
+            (Some(_), Some(k)) if k <= cfg.steps => k,
+            (Some(_), Some(k)) => {
+                return Err(Error::invalid(format!(
+                    "train: layerwise training of {k} layers needs at least {k} steps, not {}",
+                    cfg.steps
+                )))
+            }
+            (Some(_), None) => {
+                return Err(Error::invalid(format!(
+                    "train: layerwise training needs an unrolled model with layers (lista, alista), not '{}'",
+                    model_kind(self.model)
+                )))
             }
         };
         let cpu_objective = problem.cpu_objective();
@@ -381,18 +421,50 @@ impl<'a> Trainer<'a> {
         let mut x_buf: Vec<f32> = Vec::new();
         for step in 0..cfg.steps {
             let (x, labels) = batches.next(problem, &cfg, &mut rng, &self.device)?;
-            let lr = cfg.schedule.rate(cfg.learning_rate, step, cfg.steps);
+            let phase = cfg
+                .layerwise
+                .as_ref()
+                .map(|lw| lw.phase(step, cfg.steps, layers));
+            let lr = match &phase {
+                Some(p) => cfg
+                    .schedule
+                    .rate(cfg.learning_rate * p.rate, step - p.first, p.len),
+                None => cfg.schedule.rate(cfg.learning_rate, step, cfg.steps),
+            };
             let (loss, grad_norm) = match &mut engine {
-                Engine::Composite { vars, state } => composite_step(
-                    self.model,
-                    problem,
-                    &cfg,
+                Engine::Composite {
                     vars,
+                    active,
                     state,
-                    &x,
-                    labels.as_ref(),
-                    lr,
-                )?,
+                } => {
+                    if let Some(p) = phase.as_ref().filter(|p| p.first == step) {
+                        *active = if p.only_new_layer {
+                            self.model.layer_params(p.depth - 1)
+                        } else {
+                            vars.clone()
+                        };
+                        if active.is_empty() {
+                            return Err(Error::invalid(format!(
+                                "train: the {} model names no parameters of layer {}",
+                                model_kind(self.model),
+                                p.depth
+                            )));
+                        }
+                        let tensors: Vec<&Tensor> = active.iter().map(|v| v.as_tensor()).collect();
+                        *state = cfg.adam.init(&tensors)?;
+                    }
+                    composite_step(
+                        self.model,
+                        problem,
+                        &cfg,
+                        active,
+                        state,
+                        &x,
+                        labels.as_ref(),
+                        lr,
+                        phase.as_ref().map(|p| p.depth),
+                    )?
+                }
                 Engine::Fused(f) => {
                     let n = x.dim(0)?;
                     x_buf.clear();
@@ -473,9 +545,121 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// One composite training step: the loss from candle tensor ops, ∇_θ by candle's autodiff,
-/// optional clipping, then Adam on `vars` with rate `lr`. Returns (loss, gradient norm) before
-/// the update; θ is left unchanged when either is not finite.
+/// Stage-wise training of an unrolled model with K layers (Chen et al. 2018 §4; Liu et al.
+/// 2019), as written in `[train] layerwise = { }`.
+///
+/// The steps are split evenly into K stages. Stage t fits the loss at layer t (only layers
+/// 1 … t run). It has phases, each starting with fresh Adam moments: first the new layer t
+/// alone at the base rate for `new_layer_fraction` of the stage's steps, then layers 1 … t
+/// together at the base rate times each `fine_tune` factor in turn, splitting the rest of the
+/// stage evenly. The schedule runs within each phase (a cosine schedule decays once per
+/// phase).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Layerwise {
+    /// Fraction of each stage that trains only the new layer (default 1/3).
+    pub new_layer_fraction: f64,
+    /// Rate factors of the phases that train all layers so far (default [0.2, 0.02]).
+    pub fine_tune: Vec<f64>,
+}
+
+impl Default for Layerwise {
+    fn default() -> Self {
+        Layerwise {
+            new_layer_fraction: 1.0 / 3.0,
+            fine_tune: vec![0.2, 0.02],
+        }
+    }
+}
+
+/// Where a step falls in a layer-wise plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerwisePhase {
+    /// The layers that run: 1 … `depth` (the stage).
+    pub depth: usize,
+    /// The first step of this phase.
+    pub first: usize,
+    /// Its number of steps.
+    pub len: usize,
+    /// Whether only layer `depth` trains.
+    pub only_new_layer: bool,
+    /// The factor of the base learning rate.
+    pub rate: f64,
+}
+
+impl Layerwise {
+    /// Checks the fractions and factors, naming the bad one.
+    pub fn validate(&self) -> Result<()> {
+        let f = self.new_layer_fraction;
+        if !(0.0..=1.0).contains(&f) {
+            return Err(Error::invalid(
+                "train.layerwise.new_layer_fraction must lie in [0, 1]",
+            ));
+        }
+        if self.fine_tune.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
+            return Err(Error::invalid(
+                "train.layerwise.fine_tune factors must be finite and > 0",
+            ));
+        }
+        if self.fine_tune.is_empty() && f < 1.0 {
+            return Err(Error::invalid(
+                "train.layerwise: with no fine_tune phases, new_layer_fraction must be 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The phase of step `step` (0-based) of `steps` for a model with `layers` layers.
+    pub fn phase(&self, step: usize, steps: usize, layers: usize) -> LayerwisePhase {
+        let layers = layers.max(1);
+        let bound = |j: usize| (j * steps).div_ceil(layers);
+        let t = (0..layers)
+            .find(|&j| step < bound(j + 1))
+            .unwrap_or(layers - 1);
+        let (s0, s1) = (bound(t), bound(t + 1));
+        let len = (s1 - s0) as f64;
+        let mut phases: Vec<(bool, f64, f64)> = Vec::new();
+        if self.new_layer_fraction > 0.0 {
+            phases.push((true, 1.0, self.new_layer_fraction));
+        }
+        let rest = (1.0 - self.new_layer_fraction) / self.fine_tune.len().max(1) as f64;
+        phases.extend(self.fine_tune.iter().map(|&r| (false, r, rest)));
+        let (mut first, mut acc) = (s0, 0.0);
+        for (i, &(only_new_layer, rate, fraction)) in phases.iter().enumerate() {
+            acc += fraction;
+            let end = if i + 1 == phases.len() {
+                s1
+            } else {
+                s0 + (acc * len).round() as usize
+            };
+            if step < end || i + 1 == phases.len() {
+                return LayerwisePhase {
+                    depth: t + 1,
+                    first,
+                    len: end - first,
+                    only_new_layer,
+                    rate,
+                };
+            }
+            first = end;
+        }
+        unreachable!("the last phase takes every remaining step")
+    }
+}
+
+/// The `kind` name of a model's configuration, for messages.
+fn model_kind(model: &dyn Model) -> String {
+    serde_json::to_value(model.config())
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(str::to_owned)))
+        .unwrap_or_else(|| "model".into())
+}
+
+/// One composite training step: the loss (summed over iterates per `cfg.iterates`) from candle
+/// tensor ops, ∇_θ by candle's autodiff, optional clipping, then Adam on `vars` with rate `lr`.
+/// With `depth`, only the first `depth` layers run (a stage of layer-wise training). Returns
+/// (loss, gradient norm) before the update; θ is left unchanged when either is not finite.
+#[allow(clippy::too_many_arguments)]
 pub fn composite_step(
     model: &dyn Model,
     problem: &dyn Problem,
@@ -485,23 +669,30 @@ pub fn composite_step(
     x: &Tensor,
     labels: Option<&Tensor>,
     lr: f64,
+    depth: Option<usize>,
 ) -> Result<(f64, f64)> {
-    let pred = model.forward(x, problem)?;
-    let loss = cfg.loss.value(&pred, x, labels, problem)?;
+    let pred = match depth {
+        Some(d) => model.forward_to_depth(x, problem, d)?,
+        None => model.forward(x, problem)?,
+    };
+    let loss = cfg
+        .loss
+        .value_summed(&pred, &cfg.iterates, x, labels, problem)?;
     let loss_value: f64 = loss.to_dtype(DType::F64)?.to_scalar()?;
     let store = loss.backward()?;
-    let mut grads = Vec::with_capacity(vars.len());
+    // Parameters outside the loss's graph (later layers during a layer-wise stage) get no
+    // gradient and no update.
+    let mut grads: Vec<Option<Tensor>> = Vec::with_capacity(vars.len());
     let mut sq = 0f64;
     for v in vars {
-        let g = match store.get(v.as_tensor()) {
-            Some(g) => g.detach(),
-            None => v.as_tensor().zeros_like()?,
-        };
-        sq += g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
+        let g = store.get(v.as_tensor()).map(|g| g.detach());
+        if let Some(g) = &g {
+            sq += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+        }
         grads.push(g);
     }
     let grad_norm = sq.sqrt();
@@ -510,16 +701,19 @@ pub fn composite_step(
     }
     if let Some(max) = cfg.clip_grad_norm {
         if grad_norm > max {
-            for g in &mut grads {
+            for g in grads.iter_mut().flatten() {
                 *g = g.affine(max / grad_norm, 0.0)?;
             }
         }
     }
     let current: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let refs: Vec<&Tensor> = current.iter().collect();
-    let new = cfg.adam.update(lr, &refs, &grads, state)?;
-    for (v, t) in vars.iter().zip(new) {
-        v.set(&t.detach())?;
+    let grads: Vec<Option<&Tensor>> = grads.iter().map(Option::as_ref).collect();
+    let new = cfg.adam.update_present(lr, &refs, &grads, state)?;
+    for ((v, t), g) in vars.iter().zip(new).zip(&grads) {
+        if g.is_some() {
+            v.set(&t.detach())?;
+        }
     }
     Ok((loss_value, grad_norm))
 }

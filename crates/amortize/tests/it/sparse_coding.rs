@@ -1,9 +1,9 @@
-use amortize::model::{shrink, Lista, ListaConfig, Model};
+use amortize::model::{shrink, shrink_selected, Lista, ListaConfig, Model};
 use amortize::prelude::*;
 use amortize::problem::{Lasso, LassoConfig};
 use amortize::solver::{ProximalGradient, Solver};
 use amortize::testing::max_abs_diff;
-use amortize::train::{DataConfig, TrainConfig, Trainer};
+use amortize::train::{DataConfig, Layerwise, TrainConfig, Trainer};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -99,6 +99,18 @@ fn shrinkage_matches_hand_computed_values() -> Result<()> {
     let g = shrink(&v, b.as_tensor())?.sum_all()?.backward()?;
     let gb: Vec<f64> = g.get(b.as_tensor()).unwrap().to_vec1()?;
     assert_eq!(gb, vec![-1.0, 0.0, 1.0, 0.0, 0.0]);
+    // Support selection: the 2 largest |v| (−3.0 and 1.5) pass unthresholded.
+    let hs: Vec<f64> = shrink_selected(&v, &beta, 2)?.flatten_all()?.to_vec1()?;
+    assert_eq!(hs, vec![1.5, 0.0, -3.0, 0.0, 0.0]);
+    let hs: Vec<f64> = shrink_selected(&v, &beta.affine(0.2, 0.0)?, 2)?
+        .flatten_all()?
+        .to_vec1()?;
+    assert!(
+        max_abs_diff(
+            &Tensor::new(hs.as_slice(), &Device::Cpu)?,
+            &Tensor::new(&[1.5, -0.1, -3.0, 0.3, 0.5], &Device::Cpu)?
+        )? < 1e-12
+    );
     Ok(())
 }
 
@@ -110,20 +122,40 @@ fn lista_from_ista_is_ista() -> Result<()> {
     let x = p
         .sample_contexts(5, &mut StdRng::seed_from_u64(2), &Device::Cpu)?
         .to_dtype(DType::F64)?;
-    let cfg = ListaConfig {
-        layers: 4,
-        tied: false,
-        continuation: 3,
-    };
-    let lista = Lista::new(cfg, &p, DType::F64, &Device::Cpu)?;
-    let pred = lista.forward(&x, &p)?;
-    assert_eq!(pred.iterates.len(), 8);
     let ista = ProximalGradient::ista(p.least_squares(), p.prox(), 1.0 / p.lipschitz())?;
+    // Plain and coupled (LISTA-CP) layers both start as ISTA steps.
+    for coupled in [false, true] {
+        let cfg = ListaConfig {
+            layers: 4,
+            continuation: 3,
+            coupled,
+            ..ListaConfig::default()
+        };
+        let lista = Lista::new(cfg, &p, DType::F64, &Device::Cpu)?;
+        let pred = lista.forward(&x, &p)?;
+        assert_eq!(pred.iterates.len(), 8);
+        let mut s = ista.init(&Tensor::zeros((5, 32), DType::F64, &Device::Cpu)?, &x)?;
+        for (k, it) in pred.iterates.iter().enumerate().skip(1) {
+            s = ista.step(s, &x)?;
+            let e = max_abs_diff(it, ista.iterate(&s))?;
+            assert!(e < 1e-12, "layer {k} (coupled {coupled}): off ISTA by {e}");
+        }
+        assert!(max_abs_diff(&pred.y, ista.iterate(&s))? < 1e-12);
+        assert_eq!(lista.params().len(), if coupled { 8 } else { 12 });
+    }
+    let lista = Lista::new(
+        ListaConfig {
+            layers: 4,
+            ..ListaConfig::default()
+        },
+        &p,
+        DType::F64,
+        &Device::Cpu,
+    )?;
+    let pred = lista.forward(&x, &p)?;
     let mut s = ista.init(&Tensor::zeros((5, 32), DType::F64, &Device::Cpu)?, &x)?;
-    for (k, it) in pred.iterates.iter().enumerate().skip(1) {
+    for _ in 0..4 {
         s = ista.step(s, &x)?;
-        let e = max_abs_diff(it, ista.iterate(&s))?;
-        assert!(e < 1e-12, "layer {k}: off ISTA by {e}");
     }
     assert!(max_abs_diff(&pred.y, ista.iterate(&s))? < 1e-12);
     // Tied: one set of parameters.
@@ -131,7 +163,7 @@ fn lista_from_ista_is_ista() -> Result<()> {
         ListaConfig {
             layers: 4,
             tied: true,
-            continuation: 0,
+            ..ListaConfig::default()
         },
         &p,
         DType::F32,
@@ -413,5 +445,143 @@ fn digits_held_out_images_are_never_trained_on() -> Result<()> {
         held.iter().all(|r| !train.contains(r)),
         "a held-out image was drawn for training"
     );
+    Ok(())
+}
+
+/// Layer-wise training: stage t of K moves only layers 1 … t (later layers have no gradient
+/// and keep their ISTA initialisation), every layer has moved by the end, and a model without
+/// layers is refused with a message naming the model.
+#[test]
+fn layerwise_training_moves_one_more_layer_per_stage() -> Result<()> {
+    use std::cell::RefCell;
+    let p = small()?;
+    let model = ModelConfig::Lista(ListaConfig {
+        layers: 3,
+        ..ListaConfig::default()
+    })
+    .build(&p, &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+    let initial: Vec<Tensor> = model
+        .params()
+        .vars()
+        .map(|v| v.as_tensor().copy())
+        .collect::<candle_core::Result<_>>()?;
+    let names: Vec<String> = model.params().iter().map(|(n, _)| n.to_owned()).collect();
+    let moved = RefCell::new(Vec::new());
+    let train = TrainConfig {
+        steps: 6,
+        batch_size: 32,
+        learning_rate: 1e-2,
+        layerwise: Some(Layerwise {
+            new_layer_fraction: 0.5,
+            fine_tune: vec![0.2],
+        }),
+        eval_every: 0,
+        eval_size: 32,
+        ..TrainConfig::default()
+    };
+    Trainer::new(
+        &p,
+        ProblemConfig::Lasso(p.config().clone()),
+        model.as_ref(),
+        train.clone(),
+        0,
+    )?
+    .snapshot_every(1, |step, m| {
+        let changed: Vec<String> = m
+            .params()
+            .vars()
+            .zip(&initial)
+            .zip(&names)
+            .filter(|((v, init), _)| max_abs_diff(v.as_tensor(), init).unwrap() > 0.0)
+            .map(|(_, n)| n.split('.').next().unwrap().to_owned())
+            .collect();
+        // The sums of each parameter tensor, to see which moved between snapshots.
+        let sums: Vec<f32> = m
+            .params()
+            .vars()
+            .map(|v| v.as_tensor().sum_all().unwrap().to_scalar::<f32>().unwrap())
+            .collect();
+        moved.borrow_mut().push((step, changed, sums));
+    })
+    .run()?;
+    let moved = moved.into_inner();
+    let layers_moved = |i: usize| {
+        let mut l = moved[i].1.clone();
+        l.dedup();
+        l
+    };
+    // Steps 1–2: stage 1; step 3: layer 2 alone; step 4: layers 1–2; steps 5–6: stage 3.
+    assert_eq!(moved.len(), 6, "{moved:?}");
+    assert_eq!(layers_moved(1), ["layer0"], "{moved:?}");
+    assert_eq!(layers_moved(2), ["layer0", "layer1"], "{moved:?}");
+    assert_eq!(layers_moved(5), ["layer0", "layer1", "layer2"], "{moved:?}");
+    // The new-layer phase leaves the earlier layers as they were.
+    let before_new: Vec<f32> = moved[1].2.clone();
+    assert_eq!(
+        moved[2].2[..3],
+        before_new[..3],
+        "layer 1 moved while layer 2 trained alone"
+    );
+    assert_ne!(
+        moved[3].2[..3],
+        moved[2].2[..3],
+        "layer 1 did not fine-tune"
+    );
+
+    let mlp = ModelConfig::default().build(&p, &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+    let err = Trainer::new(
+        &p,
+        ProblemConfig::Lasso(p.config().clone()),
+        mlp.as_ref(),
+        train,
+        0,
+    )?
+    .run()
+    .expect_err("an MLP has no layers to stage");
+    assert!(err.to_string().contains("'mlp'"), "{err}");
+    Ok(())
+}
+
+/// L_Σ (eq. 13): uniform and linear weights equal the hand-weighted sum of the per-iterate
+/// losses, `last` is the final loss, and custom weights of the wrong length are refused.
+#[test]
+fn iterate_summed_loss_weights_the_iterates() -> Result<()> {
+    use amortize::loss::IterateWeights;
+    let p = small()?;
+    let model = ModelConfig::Lista(ListaConfig {
+        layers: 4,
+        ..ListaConfig::default()
+    })
+    .build(&p, &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+    let (x, codes) = planted(&p, 16, 3)?;
+    let pred = model.forward(&x, &p)?;
+    assert_eq!(pred.iterates.len(), 5);
+    let scalar = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar()?) };
+    for loss in [Loss::Objective, Loss::Regression] {
+        let each: Vec<f64> = pred.iterates[1..]
+            .iter()
+            .map(|y| scalar(loss.value_of(y, &x, Some(&codes), &p)?))
+            .collect::<Result<_>>()?;
+        let sum = |w: &IterateWeights| -> Result<f64> {
+            scalar(loss.value_summed(&pred, w, &x, Some(&codes), &p)?)
+        };
+        let uniform = each.iter().sum::<f64>() / 4.0;
+        let linear = (each[0] + 2.0 * each[1] + 3.0 * each[2] + 4.0 * each[3]) / 10.0;
+        assert!((sum(&IterateWeights::Uniform)? - uniform).abs() < 1e-5 * uniform);
+        assert!((sum(&IterateWeights::Linear)? - linear).abs() < 1e-5 * linear);
+        assert!((sum(&IterateWeights::Last)? - each[3]).abs() < 1e-6 * each[3]);
+        let custom = IterateWeights::Custom {
+            weights: vec![0.0, 1.0, 0.0, 2.0],
+        };
+        let expect = each[1] + 2.0 * each[3];
+        assert!((sum(&custom)? - expect).abs() < 1e-5 * expect);
+    }
+    let short = IterateWeights::Custom {
+        weights: vec![1.0, 1.0],
+    };
+    let err = Loss::Objective
+        .value_summed(&pred, &short, &x, None, &p)
+        .expect_err("2 weights for 4 iterates");
+    assert!(err.to_string().contains("2 custom weights"), "{err}");
     Ok(())
 }

@@ -351,3 +351,69 @@ fn fused_prediction_matches_the_model() -> Result<()> {
     assert!(max_abs_diff(&a, &b)? < 1e-5);
     Ok(())
 }
+
+/// The layer-wise plan: K stages of (nearly) equal length in order, each a new-layer phase at
+/// the base rate and then the fine-tune factors, phases contiguous and covering every step;
+/// bad settings are refused by name.
+#[test]
+fn layerwise_plan_covers_every_step_in_stages_and_phases() -> Result<()> {
+    use amortize::train::Layerwise;
+    let lw = Layerwise::default();
+    let (steps, layers) = (100, 3);
+    let plan: Vec<_> = (0..steps).map(|s| lw.phase(s, steps, layers)).collect();
+    // Stages of 34, 33, 33 steps; inside each, phases of ~1/3 with rates 1, 0.2, 0.02.
+    for (s, p) in plan.iter().enumerate() {
+        assert!(
+            p.first <= s && s < p.first + p.len,
+            "step {s} outside {p:?}"
+        );
+        assert_eq!(
+            plan[p.first], *p,
+            "phase {p:?} does not start where it says"
+        );
+    }
+    let phases: Vec<_> = plan
+        .iter()
+        .enumerate()
+        .filter(|(s, p)| p.first == *s)
+        .map(|(_, p)| (p.depth, p.only_new_layer, p.rate, p.len))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            (1, true, 1.0, 11),
+            (1, false, 0.2, 12),
+            (1, false, 0.02, 11),
+            (2, true, 1.0, 11),
+            (2, false, 0.2, 11),
+            (2, false, 0.02, 11),
+            (3, true, 1.0, 11),
+            (3, false, 0.2, 11),
+            (3, false, 0.02, 11),
+        ]
+    );
+    let plain = Layerwise {
+        new_layer_fraction: 0.0,
+        fine_tune: vec![1.0],
+    };
+    let stages: Vec<usize> = (0..10).map(|s| plain.phase(s, 10, 4).depth).collect();
+    assert_eq!(stages, [1, 1, 1, 2, 2, 3, 3, 3, 4, 4]);
+    for bad in [
+        Layerwise {
+            new_layer_fraction: 1.5,
+            ..Layerwise::default()
+        },
+        Layerwise {
+            new_layer_fraction: 0.5,
+            fine_tune: vec![],
+        },
+        Layerwise {
+            new_layer_fraction: 0.5,
+            fine_tune: vec![f64::NAN],
+        },
+    ] {
+        let err = bad.validate().expect_err("bad layerwise settings");
+        assert!(err.to_string().contains("layerwise"), "{err}");
+    }
+    Ok(())
+}
