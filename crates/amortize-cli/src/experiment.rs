@@ -11,13 +11,17 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The built-in experiments: (name, TOML text).
-pub const BUILTIN: [(&str, &str); 6] = [
+pub const BUILTIN: [(&str, &str); 7] = [
     ("sphere", include_str!("../../../configs/sphere.toml")),
     ("toy1d", include_str!("../../../configs/toy1d.toml")),
     ("lista", include_str!("../../../configs/lista.toml")),
     ("psd", include_str!("../../../configs/psd.toml")),
     ("alista", include_str!("../../../configs/alista.toml")),
     ("patches", include_str!("../../../configs/patches.toml")),
+    (
+        "sphere-semi",
+        include_str!("../../../configs/sphere-semi.toml"),
+    ),
 ];
 
 /// Evaluation settings.
@@ -30,6 +34,10 @@ pub struct EvalConfig {
     pub tolerance: f64,
     /// Speed-at-equal-quality settings.
     pub speed: SpeedConfig,
+    /// For a semi-amortized (`unrolled`) model: also train the same model as a warm start
+    /// (its init alone, refined by the same steps only at prediction time) with the same budget,
+    /// and write the gap per iterate of both side by side (`semi-vs-warm.csv`, default false).
+    pub compare_warm_start: bool,
 }
 
 impl Default for EvalConfig {
@@ -38,6 +46,7 @@ impl Default for EvalConfig {
             size: 1024,
             tolerance: 0.01,
             speed: SpeedConfig::default(),
+            compare_warm_start: false,
         }
     }
 }

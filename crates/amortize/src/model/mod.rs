@@ -6,12 +6,14 @@ mod fused;
 mod lista;
 mod mlp;
 mod params;
+mod unrolled;
 
 pub use alista::{analytic_weight, Alista, AlistaConfig};
 pub use fused::{FusedMlp, StepStats};
 pub use lista::{shrink, shrink_selected, Lista, ListaConfig};
 pub use mlp::{Activation, Mlp, MlpConfig};
 pub use params::Params;
+pub use unrolled::{Adjoint, InitConfig, RateConfig, Unrolled, UnrolledConfig};
 
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
@@ -35,6 +37,12 @@ pub trait Model: Send + Sync {
     /// Predicts solutions for a batch of contexts `(n, context_dim)`, mapped onto the problem's
     /// domain Y (the model composes its raw output with [`Problem::to_domain`]).
     fn forward(&self, x: &Tensor, problem: &dyn Problem) -> Result<Prediction>;
+
+    /// The prediction the training loss sees. Default: [`Model::forward`]; a semi-amortized
+    /// model trained as a warm start ([`Adjoint::WarmStart`]) leaves out its refinement steps.
+    fn forward_train(&self, x: &Tensor, problem: &dyn Problem) -> Result<Prediction> {
+        self.forward(x, problem)
+    }
 
     /// The parameters θ.
     fn params(&self) -> &Params;
@@ -86,6 +94,9 @@ pub enum ModelConfig {
     Lista(ListaConfig),
     /// [`Alista`]: analytic LISTA (learned step sizes and thresholds only) for `lasso`.
     Alista(AlistaConfig),
+    /// [`Unrolled`]: an initial iterate followed by K gradient steps with learned rates
+    /// (semi-amortized, any problem).
+    Unrolled(UnrolledConfig),
 }
 
 impl Default for ModelConfig {
@@ -96,7 +107,7 @@ impl Default for ModelConfig {
 
 impl ModelConfig {
     /// The names of the built-in models, for `amortize list`.
-    pub const NAMES: [&'static str; 3] = ["mlp", "lista", "alista"];
+    pub const NAMES: [&'static str; 4] = ["mlp", "lista", "alista", "unrolled"];
 
     /// Builds the model for `problem` with parameters initialised from `rng`.
     pub fn build(
@@ -125,6 +136,9 @@ impl ModelConfig {
                 candle_core::DType::F32,
                 device,
             )?)),
+            ModelConfig::Unrolled(c) => {
+                Ok(Box::new(Unrolled::new(c.clone(), problem, rng, device)?))
+            }
         }
     }
 }

@@ -26,6 +26,12 @@ impl Params {
         Ok(var)
     }
 
+    /// Adds an existing variable (shared, not copied) under `name`, e.g. a sub-model's
+    /// parameter under a prefixed name.
+    pub fn insert(&mut self, name: impl Into<String>, var: Var) {
+        self.entries.push((name.into(), var));
+    }
+
     /// The variables in order.
     pub fn vars(&self) -> impl Iterator<Item = &Var> {
         self.entries.iter().map(|(_, v)| v)

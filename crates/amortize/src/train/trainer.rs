@@ -673,7 +673,7 @@ pub fn composite_step(
 ) -> Result<(f64, f64)> {
     let pred = match depth {
         Some(d) => model.forward_to_depth(x, problem, d)?,
-        None => model.forward(x, problem)?,
+        None => model.forward_train(x, problem)?,
     };
     let loss = cfg
         .loss

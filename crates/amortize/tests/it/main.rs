@@ -10,6 +10,8 @@ mod problems;
 mod projections;
 /// Convex QPs: ADMM against Clarabel, infeasibility, warm starts, bad data.
 mod qp;
+/// Semi-amortized models: unrolled steps, their adjoints, warm start vs end to end.
+mod semi_amortized;
 /// Classical solvers: known solutions, optimality conditions, statuses.
 mod solvers;
 /// Sparse coding: the lasso family and LISTA.

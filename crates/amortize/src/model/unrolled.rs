@@ -1,0 +1,297 @@
+//! Semi-amortized models (tutorial §3.2, eq. 2): an initial iterate from a model of the
+//! context, then K differentiable gradient steps on f(·; x) with learned parts.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use super::{Mlp, MlpConfig, Model, ModelConfig, Params, Prediction};
+use crate::problem::Problem;
+use crate::{Error, Result};
+
+/// Where the first iterate ŷ⁰ comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum InitConfig {
+    /// A learned constant θ ∈ Rⁿ, the same for every context (MAML's initialisation),
+    /// started at `value` in every coordinate.
+    Constant {
+        /// Starting value of every coordinate (default 0).
+        #[serde(default)]
+        value: f64,
+    },
+    /// A fully-amortized MLP of the context; ŷ⁰ is its output mapped onto Y.
+    Mlp(MlpConfig),
+}
+
+impl Default for InitConfig {
+    fn default() -> Self {
+        InitConfig::Mlp(MlpConfig::default())
+    }
+}
+
+/// The step sizes of the unrolled gradient steps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum RateConfig {
+    /// One fixed rate α, not learned.
+    Fixed {
+        /// α.
+        value: f64,
+    },
+    /// A learned rate αₖ per step (K numbers), started at `initial`.
+    PerStep {
+        /// Starting rate.
+        initial: f64,
+    },
+    /// A learned rate per coordinate, shared by the steps (Meta-SGD, Li et al. 2017: α ∈ Rⁿ),
+    /// started at `initial`.
+    PerCoordinate {
+        /// Starting rate.
+        initial: f64,
+    },
+    /// A learned rate per step and coordinate (K × n numbers), started at `initial`.
+    PerStepCoordinate {
+        /// Starting rate.
+        initial: f64,
+    },
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        RateConfig::PerStep { initial: 0.1 }
+    }
+}
+
+/// How the loss's gradient flows back through the unrolled steps (the "adjoint").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Adjoint {
+    /// Exact backpropagation through every step (eq. 6–9); needs second-order autodiff
+    /// ([`crate::autodiff::enable_second_order`]) for the Hessian terms. The default.
+    #[default]
+    Full,
+    /// First-order: each step's gradient g(ŷᵏ) is treated as a constant, so (for an
+    /// unconstrained family) ∂ŷᴷ/∂ŷ⁰ = I (first-order MAML). Learned rates still get their
+    /// gradient ∂L/∂αₖ = −g(ŷᵏ)·∂L/∂ŷᴷ.
+    FirstOrder,
+    /// Truncated backpropagation: exact through the last `last` steps, first-order (as above)
+    /// through the earlier ones. `last = 0` is first-order, `last = K` is full.
+    Truncated {
+        /// H, the number of final steps differentiated exactly.
+        last: usize,
+    },
+    /// Warm start (§3.2.3): training fits the initial iterate alone (the steps are not in the
+    /// training graph), and the K steps refine it at prediction time only. The baseline that
+    /// end-to-end training must beat.
+    WarmStart,
+}
+
+/// The settings of [`Unrolled`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UnrolledConfig {
+    /// The initial iterate (default an MLP [128, 128]).
+    pub init: InitConfig,
+    /// The number K of gradient steps (default 5).
+    pub steps: usize,
+    /// Their step sizes (default learned per step, started at 0.1).
+    pub rate: RateConfig,
+    /// How gradients flow through the steps (default full).
+    pub adjoint: Adjoint,
+}
+
+impl Default for UnrolledConfig {
+    fn default() -> Self {
+        UnrolledConfig {
+            init: InitConfig::default(),
+            steps: 5,
+            rate: RateConfig::default(),
+            adjoint: Adjoint::Full,
+        }
+    }
+}
+
+enum Init {
+    Constant(Var),
+    Mlp(Box<Mlp>),
+}
+
+/// # Unrolled gradient steps
+/// ŷ⁰ = π_Y(init_θ(x)) (a learned constant or an MLP), then for k < K
+/// ŷᵏ⁺¹ = π_Y(ŷᵏ − αₖ ⊙ g(ŷᵏ)) with g(y) = ∇_z f(π_Y(z); x) at z = y (tutorial eq. 2 on the
+/// domain Y). For an unconstrained family π_Y is the identity and this is plain gradient
+/// descent; on the sphere g is the tangential (Riemannian) gradient and π_Y the retraction,
+/// so the step sizes do not depend on the scale of the init's raw output. π_Y must fix the
+/// points of Y (a projection or a normalisation). ŷθ(x) = ŷᴷ; θ = the init's parameters and
+/// the learned rates α. The prediction's `iterates` are ŷ⁰ … ŷᴷ, for the iterate-summed loss
+/// L_Σ (eq. 13).
+pub struct Unrolled {
+    config: UnrolledConfig,
+    params: Params,
+    init: Init,
+    rates: Option<Var>,
+}
+
+impl Unrolled {
+    /// An unrolled model for `problem`, with the init's parameters drawn from `rng`.
+    pub fn new(
+        config: UnrolledConfig,
+        problem: &dyn Problem,
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::with_dtype(config, problem, rng, DType::F32, device)
+    }
+
+    /// [`Unrolled::new`] with parameters of `dtype` (f64 for finite-difference checks).
+    pub fn with_dtype(
+        config: UnrolledConfig,
+        problem: &dyn Problem,
+        rng: &mut StdRng,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let n = problem.solution_dim();
+        if let Adjoint::Truncated { last } = config.adjoint {
+            if last > config.steps {
+                return Err(Error::invalid(format!(
+                    "unrolled: adjoint.last = {last} exceeds the {} steps",
+                    config.steps
+                )));
+            }
+        }
+        let mut params = Params::new();
+        let init = match &config.init {
+            InitConfig::Constant { value } => {
+                if !value.is_finite() {
+                    return Err(Error::invalid("unrolled: init.value must be finite"));
+                }
+                let t = Tensor::full(*value, (1, n), device)?.to_dtype(dtype)?;
+                Init::Constant(params.add("init", t)?)
+            }
+            InitConfig::Mlp(c) => {
+                let mlp = Mlp::new(c.clone(), problem.context_dim(), n, rng, device)?;
+                let mlp = if dtype == DType::F32 {
+                    mlp
+                } else {
+                    mlp.to_dtype(dtype)?
+                };
+                for (name, var) in mlp.params().iter() {
+                    params.insert(format!("init.{name}"), var.clone());
+                }
+                Init::Mlp(Box::new(mlp))
+            }
+        };
+        let k = config.steps;
+        let rate_shape = match config.rate {
+            RateConfig::Fixed { .. } => None,
+            RateConfig::PerStep { .. } => Some((k, 1)),
+            RateConfig::PerCoordinate { .. } => Some((1, n)),
+            RateConfig::PerStepCoordinate { .. } => Some((k, n)),
+        };
+        let initial = match config.rate {
+            RateConfig::Fixed { value: r }
+            | RateConfig::PerStep { initial: r }
+            | RateConfig::PerCoordinate { initial: r }
+            | RateConfig::PerStepCoordinate { initial: r } => r,
+        };
+        if !initial.is_finite() {
+            return Err(Error::invalid("unrolled: the rate must be finite"));
+        }
+        let rates = match rate_shape {
+            Some(shape) if k > 0 => {
+                let t = Tensor::full(initial, shape, device)?.to_dtype(dtype)?;
+                Some(params.add("rates", t)?)
+            }
+            _ => None,
+        };
+        Ok(Unrolled {
+            config,
+            params,
+            init,
+            rates,
+        })
+    }
+
+    /// The settings.
+    pub fn unrolled_config(&self) -> &UnrolledConfig {
+        &self.config
+    }
+
+    /// The free initial output init_θ(x) before the map onto Y, `(n, solution_dim)`.
+    fn initial(&self, x: &Tensor, problem: &dyn Problem) -> Result<Tensor> {
+        match &self.init {
+            Init::Constant(v) => {
+                let rows = x.dim(0)?;
+                Ok(v.as_tensor().broadcast_as((rows, problem.solution_dim()))?)
+            }
+            Init::Mlp(m) => m.forward_raw(x),
+        }
+    }
+
+    /// The rate αₖ of step `k`, broadcastable against `(n, solution_dim)`.
+    fn rate(&self, k: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+        match (&self.rates, self.config.rate) {
+            (None, RateConfig::Fixed { value }) => {
+                Ok(Tensor::full(value, (1, 1), device)?.to_dtype(dtype)?)
+            }
+            (Some(r), RateConfig::PerStep { .. } | RateConfig::PerStepCoordinate { .. }) => {
+                Ok(r.as_tensor().narrow(0, k, 1)?)
+            }
+            (Some(r), _) => Ok(r.as_tensor().clone()),
+            (None, _) => Err(Error::invalid("unrolled: rates missing")),
+        }
+    }
+
+    /// Runs `steps` steps from ẑ⁰; with `train` and a warm-start adjoint, no steps at all.
+    fn run(&self, x: &Tensor, problem: &dyn Problem, train: bool) -> Result<Prediction> {
+        let z0 = self.initial(x, problem)?;
+        let x = x.to_dtype(z0.dtype())?;
+        let k_total = if train && self.config.adjoint == Adjoint::WarmStart {
+            0
+        } else {
+            self.config.steps
+        };
+        // Steps before `exact_from` use the first-order (constant-gradient) rule.
+        let exact_from = match self.config.adjoint {
+            Adjoint::Full | Adjoint::WarmStart => 0,
+            Adjoint::FirstOrder => self.config.steps,
+            Adjoint::Truncated { last } => self.config.steps - last,
+        };
+        let mut y = problem.to_domain(&z0)?;
+        let mut iterates = vec![y.clone()];
+        for k in 0..k_total {
+            let alpha = self.rate(k, y.dtype(), y.device())?;
+            let g = if k < exact_from {
+                problem.domain_gradient(&y.detach(), &x)?.detach()
+            } else {
+                problem.domain_gradient(&y, &x)?
+            };
+            y = problem.to_domain(&y.sub(&g.broadcast_mul(&alpha)?)?)?;
+            iterates.push(y.clone());
+        }
+        Ok(Prediction {
+            y: iterates.last().expect("ẑ⁰ is always there").clone(),
+            iterates,
+        })
+    }
+}
+
+impl Model for Unrolled {
+    fn forward(&self, x: &Tensor, problem: &dyn Problem) -> Result<Prediction> {
+        self.run(x, problem, false)
+    }
+
+    fn forward_train(&self, x: &Tensor, problem: &dyn Problem) -> Result<Prediction> {
+        self.run(x, problem, true)
+    }
+
+    fn params(&self) -> &Params {
+        &self.params
+    }
+
+    fn config(&self) -> ModelConfig {
+        ModelConfig::Unrolled(self.config.clone())
+    }
+}

@@ -1,0 +1,282 @@
+use amortize::model::{Adjoint, InitConfig, RateConfig, Unrolled, UnrolledConfig};
+use amortize::prelude::*;
+use amortize::testing::{finite_difference_grad, max_abs_diff, sample_pair};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar()?)
+}
+
+fn unrolled(problem: &dyn Problem, config: UnrolledConfig) -> Result<Unrolled> {
+    Unrolled::with_dtype(
+        config,
+        problem,
+        &mut StdRng::seed_from_u64(4),
+        DType::F64,
+        &Device::Cpu,
+    )
+}
+
+/// The mean objective of the final iterate.
+fn loss(model: &Unrolled, x: &Tensor, problem: &dyn Problem) -> Result<Tensor> {
+    Loss::Objective.value(&model.forward_train(x, problem)?, x, None, problem)
+}
+
+/// ∂L/∂v by autodiff, and by central finite differences of the whole forward pass.
+fn autodiff_and_fd(
+    model: &Unrolled,
+    var_index: usize,
+    x: &Tensor,
+    problem: &dyn Problem,
+) -> Result<(Tensor, Tensor)> {
+    let var = model.params().vars().nth(var_index).unwrap().clone();
+    let g = loss(model, x, problem)?
+        .backward()?
+        .get(var.as_tensor())
+        .expect("the parameter is in the graph")
+        .clone();
+    let v0 = var.as_tensor().copy()?;
+    let shape = v0.dims().to_vec();
+    let flat = v0.reshape((1, v0.elem_count()))?;
+    let fd = finite_difference_grad(&flat, 1e-6, |v| {
+        var.set(&v.reshape(shape.as_slice())?)?;
+        scalar(&loss(model, x, problem)?)
+    })?
+    .reshape(shape.as_slice())?;
+    var.set(&v0)?;
+    Ok((g, fd))
+}
+
+/// Full backpropagation through K unrolled steps on the sphere (an MLP init, learned
+/// per-step rates; the steps' gradient is the closed form, so the meta-gradient has Hessian
+/// terms): every parameter's gradient matches finite differences of the whole unrolled map.
+#[test]
+fn unrolled_meta_gradient_matches_finite_differences() -> Result<()> {
+    let problem = Sphere::new(SphereConfig::default())?;
+    let (x, _) = sample_pair(&problem, 3, 5)?;
+    let model = unrolled(
+        &problem,
+        UnrolledConfig {
+            init: InitConfig::Mlp(MlpConfig {
+                hidden: vec![6],
+                activation: amortize::model::Activation::Tanh,
+                project_output: true,
+            }),
+            steps: 3,
+            rate: RateConfig::PerStep { initial: 0.3 },
+            adjoint: Adjoint::Full,
+        },
+    )?;
+    let names: Vec<String> = model.params().iter().map(|(n, _)| n.to_owned()).collect();
+    assert_eq!(names.last().map(String::as_str), Some("rates"));
+    for (i, name) in names.iter().enumerate() {
+        let (g, fd) = autodiff_and_fd(&model, i, &x, &problem)?;
+        let err = max_abs_diff(&g, &fd)?;
+        assert!(
+            err < 1e-6,
+            "{name}: meta-gradient off finite differences by {err}"
+        );
+    }
+    Ok(())
+}
+
+/// First-order and truncated adjoints against their definitions on a quadratic
+/// (∇f(y) = Qy − Bx, so ∂ŷᵏ⁺¹/∂ŷᵏ = I − αQ):
+/// * first-order: ∂L/∂θ for a constant init is the mean of ∇f at the final iterate (the steps'
+///   Jacobian taken as I), and ∂L/∂αₖ = −mean ∇f(ŷᵏ)·∇f(ŷᴷ);
+/// * truncated with H = K is full backpropagation, with H = 0 is first-order;
+/// * truncated with 0 < H < K is the exact gradient of θ ↦ L(H exact steps from θ + c), with
+///   c = ŷᴷ⁻ᴴ − ŷ⁰ held at its value (finite differences of that function).
+#[test]
+fn first_order_and_truncated_adjoints_match_their_definitions() -> Result<()> {
+    let problem = Quadratic::new(QuadraticConfig::default())?;
+    let (x, _) = sample_pair(&problem, 4, 6)?;
+    let k = 4;
+    let config = |adjoint, rate| UnrolledConfig {
+        init: InitConfig::Constant { value: 0.5 },
+        steps: k,
+        rate,
+        adjoint,
+    };
+    let per_step = RateConfig::PerStep { initial: 0.2 };
+    let grads = |model: &Unrolled| -> Result<Vec<Tensor>> {
+        let store = loss(model, &x, &problem)?.backward()?;
+        Ok(model
+            .params()
+            .vars()
+            .map(|v| store.get(v.as_tensor()).unwrap().clone())
+            .collect())
+    };
+
+    // First-order, by hand.
+    let fo = unrolled(&problem, config(Adjoint::FirstOrder, per_step))?;
+    let pred = fo.forward(&x, &problem)?;
+    let n = x.dim(0)? as f64;
+    let g_final = problem.gradient(&pred.y, &x)?;
+    let expect_init = g_final.sum_keepdim(0)?.affine(1.0 / n, 0.0)?;
+    let expect_rates: Vec<f64> = (0..k)
+        .map(|j| {
+            let gj = problem.gradient(&pred.iterates[j], &x)?;
+            Ok(-scalar(&gj.mul(&g_final)?.sum_all()?)? / n)
+        })
+        .collect::<Result<_>>()?;
+    let g = grads(&fo)?;
+    assert!(max_abs_diff(&g[0], &expect_init)? < 1e-12);
+    let got_rates: Vec<f64> = g[1].flatten_all()?.to_vec1()?;
+    for (a, b) in got_rates.iter().zip(&expect_rates) {
+        assert!(
+            (a - b).abs() < 1e-12,
+            "first-order rate gradient {a} vs {b}"
+        );
+    }
+
+    // Truncation at the ends.
+    let full = grads(&unrolled(&problem, config(Adjoint::Full, per_step))?)?;
+    let t_all = grads(&unrolled(
+        &problem,
+        config(Adjoint::Truncated { last: k }, per_step),
+    )?)?;
+    let t_none = grads(&unrolled(
+        &problem,
+        config(Adjoint::Truncated { last: 0 }, per_step),
+    )?)?;
+    for i in 0..2 {
+        assert!(max_abs_diff(&full[i], &t_all[i])? < 1e-12);
+        assert!(max_abs_diff(&g[i], &t_none[i])? < 1e-12);
+    }
+    assert!(
+        max_abs_diff(&full[0], &g[0])? > 1e-3,
+        "full and first-order coincide: the test cannot tell them apart"
+    );
+
+    // Truncation in the middle, against finite differences of its defining function.
+    let h = 2;
+    let fixed = RateConfig::Fixed { value: 0.2 };
+    let trunc = unrolled(&problem, config(Adjoint::Truncated { last: h }, fixed))?;
+    let g_trunc = grads(&trunc)?;
+    let theta0 = trunc.params().vars().next().unwrap().as_tensor().copy()?;
+    let z_mid = &trunc.forward(&x, &problem)?.iterates[k - h];
+    let c = z_mid.sub(&theta0.broadcast_as(z_mid.shape())?)?;
+    let tail = unrolled(
+        &problem,
+        UnrolledConfig {
+            init: InitConfig::Constant { value: 0.0 },
+            steps: h,
+            rate: fixed,
+            adjoint: Adjoint::Full,
+        },
+    )?;
+    let fd = finite_difference_grad(&theta0, 1e-6, |theta| {
+        let z = theta.broadcast_as(c.shape())?.add(&c)?;
+        // H exact steps from z: the tail model's steps, started at z.
+        let mut z = z;
+        for _ in 0..h {
+            z = z.sub(&problem.gradient(&z, &x)?.affine(0.2, 0.0)?)?;
+        }
+        scalar(&problem.objective(&z, &x)?.mean_all()?)
+    })?;
+    assert_eq!(tail.params().len(), 1);
+    let err = max_abs_diff(&g_trunc[0], &fd)?;
+    assert!(err < 1e-6, "truncated gradient off its definition by {err}");
+    assert!(max_abs_diff(&g_trunc[0], &full[0])? > 1e-4);
+    Ok(())
+}
+
+/// Warm start: the training prediction is the init alone, the prediction adds the K steps;
+/// rate shapes follow the configuration; bad settings are refused by name.
+#[test]
+fn unrolled_variants_have_the_configured_shapes() -> Result<()> {
+    let problem = Sphere::new(SphereConfig::default())?;
+    let (x, _) = sample_pair(&problem, 5, 7)?;
+    let warm = unrolled(
+        &problem,
+        UnrolledConfig {
+            adjoint: Adjoint::WarmStart,
+            ..UnrolledConfig::default()
+        },
+    )?;
+    assert_eq!(warm.forward_train(&x, &problem)?.iterates.len(), 1);
+    let pred = warm.forward(&x, &problem)?;
+    assert_eq!(pred.iterates.len(), 6);
+    // Every iterate lies on the sphere.
+    for it in &pred.iterates {
+        let norms: Vec<f64> = it.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
+        assert!(norms.iter().all(|r| (r - 1.0).abs() < 1e-9), "{norms:?}");
+    }
+    for (rate, shape) in [
+        (RateConfig::PerStep { initial: 0.1 }, vec![5, 1]),
+        (RateConfig::PerCoordinate { initial: 0.1 }, vec![1, 3]),
+        (RateConfig::PerStepCoordinate { initial: 0.1 }, vec![5, 3]),
+    ] {
+        let m = unrolled(
+            &problem,
+            UnrolledConfig {
+                rate,
+                ..UnrolledConfig::default()
+            },
+        )?;
+        let (name, var) = m.params().iter().last().unwrap();
+        assert_eq!((name, var.dims().to_vec()), ("rates", shape));
+    }
+    let fixed = unrolled(
+        &problem,
+        UnrolledConfig {
+            rate: RateConfig::Fixed { value: 0.1 },
+            ..UnrolledConfig::default()
+        },
+    )?;
+    assert!(fixed.params().iter().all(|(n, _)| n.starts_with("init.")));
+    let err = unrolled(
+        &problem,
+        UnrolledConfig {
+            adjoint: Adjoint::Truncated { last: 9 },
+            ..UnrolledConfig::default()
+        },
+    )
+    .err()
+    .expect("9 > 5 steps");
+    assert!(err.to_string().contains("adjoint.last"), "{err}");
+    Ok(())
+}
+
+/// End-to-end training of the unrolled steps on L_Σ beats the warm start (the same model
+/// trained on its init alone, refined by the same steps at prediction time) on the sphere.
+#[test]
+fn semi_amortized_training_beats_the_warm_start_on_the_sphere() -> Result<()> {
+    let problem = Sphere::new(SphereConfig::default())?;
+    let pc = ProblemConfig::Sphere(SphereConfig::default());
+    let x = problem.sample_contexts(512, &mut StdRng::seed_from_u64(77), &Device::Cpu)?;
+    let mut results = Vec::new();
+    for adjoint in [Adjoint::WarmStart, Adjoint::Full] {
+        let model = ModelConfig::Unrolled(UnrolledConfig {
+            init: InitConfig::Mlp(MlpConfig {
+                hidden: vec![32, 32],
+                ..MlpConfig::default()
+            }),
+            steps: 3,
+            rate: RateConfig::PerStep { initial: 0.05 },
+            adjoint,
+        })
+        .build(&problem, &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+        let train = TrainConfig {
+            steps: 300,
+            batch_size: 64,
+            learning_rate: 3e-3,
+            iterates: IterateWeights::Uniform,
+            eval_every: 0,
+            eval_size: 64,
+            ..TrainConfig::default()
+        };
+        Trainer::new(&problem, pc.clone(), model.as_ref(), train, 0)?.run()?;
+        let y = model.forward(&x, &problem)?.y;
+        results.push(scalar(&problem.objective(&y, &x)?.mean_all()?)?);
+    }
+    assert!(
+        results[1] < results[0],
+        "semi-amortized {} vs warm start {}",
+        results[1],
+        results[0]
+    );
+    Ok(())
+}
