@@ -127,6 +127,11 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::List => list(),
+        Command::Figure { which } => {
+            for path in crate::tutorial_figures::write(which, &cli.out.join("figures"))? {
+                println!("{}", path.display());
+            }
+        }
         Command::Bench {
             which,
             batches,
@@ -592,7 +597,6 @@ fn semi_vs_warm(
         ],
         true,
     )
-    .map_err(Into::into)
 }
 
 /// The sparse-coding view (tutorial §6.2): per iteration/layer k, the mean relative gap and the

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The built-in experiments: (name, TOML text).
-pub const BUILTIN: [(&str, &str); 7] = [
+pub const BUILTIN: [(&str, &str); 9] = [
     ("sphere", include_str!("../../../configs/sphere.toml")),
     ("toy1d", include_str!("../../../configs/toy1d.toml")),
     ("lista", include_str!("../../../configs/lista.toml")),
@@ -21,6 +21,14 @@ pub const BUILTIN: [(&str, &str); 7] = [
     (
         "sphere-semi",
         include_str!("../../../configs/sphere-semi.toml"),
+    ),
+    (
+        "lista-paper",
+        include_str!("../../../configs/lista-paper.toml"),
+    ),
+    (
+        "lista-lasso-paper",
+        include_str!("../../../configs/lista-lasso-paper.toml"),
     ),
 ];
 

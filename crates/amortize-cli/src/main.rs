@@ -11,6 +11,7 @@ mod experiment;
 mod plots;
 mod progress;
 mod report;
+mod tutorial_figures;
 
 use std::path::PathBuf;
 
@@ -131,6 +132,12 @@ pub enum Command {
         /// Write the JSON here (atomically) instead of printing it.
         #[arg(long)]
         output: Option<PathBuf>,
+    },
+    /// Reproduce a figure of the tutorial into `<out>/figures/` (PNG, SVG and CSV).
+    Figure {
+        /// Which figure.
+        #[arg(value_enum)]
+        which: tutorial_figures::Which,
     },
     /// List problems, models, projections, solvers and built-in experiments.
     List,

@@ -201,6 +201,10 @@ pub fn curves(
         .iter()
         .flat_map(|(_, p)| p.iter().map(|q| q.0))
         .fold(1.0f64, f64::max);
+    let min_x = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.0))
+        .fold(0.0f64, f64::min);
     macro_rules! draw {
         ($chart:expr) => {{
             let mut chart = $chart;
@@ -240,10 +244,12 @@ pub fn curves(
             .y_label_area_size(70);
         if log_y {
             draw!(builder
-                .build_cartesian_2d(0f64..max_x, (lo..hi).log_scale())
+                .build_cartesian_2d(min_x..max_x, (lo..hi).log_scale())
                 .map_err(e)?);
         } else {
-            draw!(builder.build_cartesian_2d(0f64..max_x, lo..hi).map_err(e)?);
+            draw!(builder
+                .build_cartesian_2d(min_x..max_x, lo..hi)
+                .map_err(e)?);
         }
         root.present().map_err(e)?;
         Ok(())

@@ -460,3 +460,100 @@ fn solve_runs_admm_on_qp_files_and_refuses_bad_ones() {
         .arg(dir.join("missing.json")));
     assert_fails_with(&o, "missing.json");
 }
+
+/// `run sphere-semi` (shortened) writes the semi-amortized vs warm-start table, one row per
+/// step k = 0…5 with finite gaps, and its figure.
+#[test]
+fn run_sphere_semi_compares_with_the_warm_start() {
+    let dir = tmpdir("semi");
+    let o = run(bin()
+        .arg("--out")
+        .arg(&dir)
+        .args(["run", "sphere-semi", "--steps", "40"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run_dir = dir.join("sphere-semi");
+    let csv = std::fs::read_to_string(run_dir.join("semi-vs-warm.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "k,warm_start_gap,semi_amortized_gap");
+    assert_eq!(rows.len(), 7, "{csv}");
+    for row in &rows[1..] {
+        for cell in row.split(',').skip(1) {
+            let v: f64 = cell.parse().unwrap();
+            assert!(v.is_finite() && v >= -1e-9, "{row}");
+        }
+    }
+    assert!(run_dir.join("figures/semi-vs-warm.png").exists());
+}
+
+/// The model's NMSE (dB) at layer `k` from a run's `layers.csv`.
+fn model_nmse_at(run_dir: &Path, k: usize) -> f64 {
+    let csv = std::fs::read_to_string(run_dir.join("layers.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "model_nmse_db").unwrap();
+    let row = csv
+        .lines()
+        .find(|l| l.split(',').next() == Some(&k.to_string()))
+        .unwrap();
+    row.split(',').nth(col).unwrap().parse().unwrap()
+}
+
+/// Full reproduction (about 2.5 minutes): ALISTA trained layer by layer on noiseless 256×512
+/// sparse recovery reaches −60 dB NMSE at 16 layers (measured −65.6 dB).
+#[test]
+#[ignore = "reproduction run, minutes: cargo test --release -- --ignored"]
+fn reproduce_alista() {
+    let dir = tmpdir("alista");
+    let o = run(bin()
+        .args(["--threads", "2", "--out"])
+        .arg(&dir)
+        .args(["run", "alista"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let nmse = model_nmse_at(&dir.join("alista"), 16);
+    assert!(nmse <= -60.0, "ALISTA-16 NMSE {nmse} dB");
+}
+
+/// Full reproduction (about 30 minutes on one core): untied LISTA-16 trained layer by layer
+/// on noiseless 256×512 sparse recovery reaches −20 dB NMSE (measured −22.5 dB; the published
+/// −35 dB is not reached in this budget).
+#[test]
+#[ignore = "reproduction run, half an hour: cargo test --release -- --ignored"]
+fn reproduce_lista_paper() {
+    let dir = tmpdir("lista-paper");
+    let o = run(bin()
+        .args(["--threads", "2", "--out"])
+        .arg(&dir)
+        .args(["run", "lista-paper"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let nmse = model_nmse_at(&dir.join("lista-paper"), 16);
+    assert!(nmse <= -20.0, "LISTA-16 NMSE {nmse} dB");
+}
+
+/// `amortize figure` writes the tutorial's Figures 5 and 7 as PNG, SVG and CSV; the CSV's
+/// smoothed curves are smoother (smaller total variation) as σ grows.
+#[test]
+fn figure_writes_the_tutorial_illustrations() {
+    let dir = tmpdir("figure");
+    for which in ["smoothing", "imaml-penalty"] {
+        let o = run(bin().arg("--out").arg(&dir).args(["figure", which]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        for ext in ["png", "svg", "csv"] {
+            assert!(
+                dir.join(format!("figures/{which}.{ext}")).exists(),
+                "{which}.{ext}"
+            );
+        }
+    }
+    let csv = std::fs::read_to_string(dir.join("figures/smoothing.csv")).unwrap();
+    let rows: Vec<Vec<f64>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|c| c.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 401);
+    let variation =
+        |col: usize| -> f64 { rows.windows(2).map(|w| (w[1][col] - w[0][col]).abs()).sum() };
+    let tv: Vec<f64> = (1..=4).map(variation).collect();
+    assert!(tv.windows(2).all(|w| w[1] < w[0]), "total variation {tv:?}");
+    let o = run(bin().args(["figure", "nope"]));
+    assert!(!o.status.success());
+}

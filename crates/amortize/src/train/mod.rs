@@ -2,10 +2,12 @@
 
 mod checkpoint;
 mod observer;
+mod smoothing;
 mod trainer;
 
 pub use checkpoint::{write_atomic, Checkpoint, CheckpointMeta, Loaded, CHECKPOINT_FORMAT_VERSION};
 pub use observer::{JsonlWriter, Observer, Record};
+pub use smoothing::{es_gradient, smoothed_1d, GradientEstimator};
 pub use trainer::{
     composite_step, exact_labels, held_out_contexts, DataConfig, Layerwise, LayerwisePhase,
     TrainConfig, TrainSummary, Trainer,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{Checkpoint, CheckpointMeta, CHECKPOINT_FORMAT_VERSION};
 use super::observer::{Observer, Record};
+use super::smoothing::{es_gradient, GradientEstimator};
 use crate::loss::{IterateWeights, Loss};
 use crate::model::{FusedMlp, Model};
 use crate::optim::{Adam, AdamState, Schedule};
@@ -65,6 +66,9 @@ pub struct TrainConfig {
     /// The iterate-summed loss L_Σ over a semi-amortized model's iterates (tutorial eq. 13;
     /// default only the last iterate).
     pub iterates: IterateWeights,
+    /// How ∇_θ L is obtained: autodiff (default) or the zeroth-order ES estimate of the
+    /// smoothed loss (eq. 15).
+    pub gradient: GradientEstimator,
     /// Stage-wise training of an unrolled model (default none: every step fits the whole
     /// model).
     pub layerwise: Option<Layerwise>,
@@ -90,6 +94,7 @@ impl Default for TrainConfig {
             loss: Loss::Objective,
             data: DataConfig::Fresh,
             iterates: IterateWeights::Last,
+            gradient: GradientEstimator::Autodiff,
             layerwise: None,
             eval_every: 250,
             eval_size: 1024,
@@ -123,6 +128,7 @@ impl TrainConfig {
             return bad("eval_size must be at least 1");
         }
         self.iterates.validate()?;
+        self.gradient.validate()?;
         if let Some(lw) = &self.layerwise {
             lw.validate()?;
             if matches!(self.iterates, IterateWeights::Custom { .. }) {
@@ -321,6 +327,7 @@ impl<'a> Trainer<'a> {
         self.config.fused
             && self.config.loss == Loss::Objective
             && self.config.layerwise.is_none()
+            && self.config.gradient == GradientEstimator::Autodiff
             && self.device.is_cpu()
             && self.problem.cpu_objective().is_some()
             && self.model.as_mlp().is_some_and(|m| {
@@ -419,6 +426,8 @@ impl<'a> Trainer<'a> {
         let start = Instant::now();
         let mut last_loss = f64::NAN;
         let mut x_buf: Vec<f32> = Vec::new();
+        // The ES perturbations have their own stream, so batches do not depend on them.
+        let mut es_rng = StdRng::seed_from_u64(self.seed ^ 0xE5_5EED);
         for step in 0..cfg.steps {
             let (x, labels) = batches.next(problem, &cfg, &mut rng, &self.device)?;
             let phase = cfg
@@ -453,17 +462,39 @@ impl<'a> Trainer<'a> {
                         let tensors: Vec<&Tensor> = active.iter().map(|v| v.as_tensor()).collect();
                         *state = cfg.adam.init(&tensors)?;
                     }
-                    composite_step(
-                        self.model,
-                        problem,
-                        &cfg,
-                        active,
-                        state,
-                        &x,
-                        labels.as_ref(),
-                        lr,
-                        phase.as_ref().map(|p| p.depth),
-                    )?
+                    let depth = phase.as_ref().map(|p| p.depth);
+                    match cfg.gradient {
+                        GradientEstimator::Autodiff => composite_step(
+                            self.model,
+                            problem,
+                            &cfg,
+                            active,
+                            state,
+                            &x,
+                            labels.as_ref(),
+                            lr,
+                            depth,
+                        )?,
+                        GradientEstimator::Es { sigma, samples } => {
+                            let loss = || -> Result<f64> {
+                                let pred = match depth {
+                                    Some(d) => self.model.forward_to_depth(&x, problem, d)?,
+                                    None => self.model.forward_train(&x, problem)?,
+                                };
+                                let l = cfg.loss.value_summed(
+                                    &pred,
+                                    &cfg.iterates,
+                                    &x,
+                                    labels.as_ref(),
+                                    problem,
+                                )?;
+                                Ok(l.to_dtype(DType::F64)?.to_scalar()?)
+                            };
+                            let (grads, loss) =
+                                es_gradient(active, sigma, samples, &mut es_rng, loss)?;
+                            apply_update(&cfg, active, state, grads, lr, loss)?
+                        }
+                    }
                 }
                 Engine::Fused(f) => {
                     let n = x.dim(0)?;
@@ -682,18 +713,49 @@ pub fn composite_step(
     let store = loss.backward()?;
     // Parameters outside the loss's graph (later layers during a layer-wise stage) get no
     // gradient and no update.
-    let mut grads: Vec<Option<Tensor>> = Vec::with_capacity(vars.len());
+    let grads: Vec<Option<Tensor>> = vars
+        .iter()
+        .map(|v| store.get(v.as_tensor()).map(|g| g.detach()))
+        .collect();
+    apply_present(cfg, vars, state, grads, lr, loss_value)
+}
+
+/// Clipping and the Adam update of `vars` with full gradients `grads` (the ES path).
+/// Returns (loss, gradient norm); θ is left unchanged when either is not finite.
+fn apply_update(
+    cfg: &TrainConfig,
+    vars: &[candle_core::Var],
+    state: &mut AdamState,
+    grads: Vec<Tensor>,
+    lr: f64,
+    loss_value: f64,
+) -> Result<(f64, f64)> {
+    apply_present(
+        cfg,
+        vars,
+        state,
+        grads.into_iter().map(Some).collect(),
+        lr,
+        loss_value,
+    )
+}
+
+/// Clipping and the Adam update for gradients that may be missing (no update for those).
+fn apply_present(
+    cfg: &TrainConfig,
+    vars: &[candle_core::Var],
+    state: &mut AdamState,
+    mut grads: Vec<Option<Tensor>>,
+    lr: f64,
+    loss_value: f64,
+) -> Result<(f64, f64)> {
     let mut sq = 0f64;
-    for v in vars {
-        let g = store.get(v.as_tensor()).map(|g| g.detach());
-        if let Some(g) = &g {
-            sq += g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
-        }
-        grads.push(g);
+    for g in grads.iter().flatten() {
+        sq += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
     }
     let grad_norm = sq.sqrt();
     if !(loss_value.is_finite() && grad_norm.is_finite()) {
