@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The built-in experiments: (name, TOML text).
-pub const BUILTIN: [(&str, &str); 9] = [
+pub const BUILTIN: [(&str, &str); 12] = [
     ("sphere", include_str!("../../../configs/sphere.toml")),
     ("toy1d", include_str!("../../../configs/toy1d.toml")),
     ("lista", include_str!("../../../configs/lista.toml")),
@@ -30,6 +30,9 @@ pub const BUILTIN: [(&str, &str); 9] = [
         "lista-lasso-paper",
         include_str!("../../../configs/lista-lasso-paper.toml"),
     ),
+    ("maml", include_str!("../../../configs/maml.toml")),
+    ("fomaml", include_str!("../../../configs/fomaml.toml")),
+    ("metasgd", include_str!("../../../configs/metasgd.toml")),
 ];
 
 /// Evaluation settings.

@@ -557,3 +557,28 @@ fn figure_writes_the_tutorial_illustrations() {
     let o = run(bin().args(["figure", "nope"]));
     assert!(!o.status.success());
 }
+
+/// `run maml` (shortened) writes the query MSE after 0…10 adaptation steps and the fitted
+/// tasks; adaptation lowers the support MSE.
+#[test]
+fn run_maml_writes_the_adaptation_table_and_fits() {
+    let dir = tmpdir("maml");
+    let o = run(bin()
+        .arg("--out")
+        .arg(&dir)
+        .args(["run", "maml", "--steps", "20"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run_dir = dir.join("maml");
+    let csv = std::fs::read_to_string(run_dir.join("meta.csv")).unwrap();
+    let rows: Vec<Vec<f64>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|c| c.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 11, "{csv}");
+    assert!(rows[10][2] < rows[0][2], "support MSE did not fall: {csv}");
+    for i in 0..4 {
+        assert!(run_dir.join(format!("figures/fits-task{i}.png")).exists());
+    }
+    assert!(run_dir.join("figures/meta-adaptation.svg").exists());
+}

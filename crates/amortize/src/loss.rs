@@ -22,6 +22,9 @@ pub enum Loss {
     Objective,
     /// L_reg = mean ‖ŷ − y*‖² (tutorial eq. 10); labels come from the exact solver.
     Regression,
+    /// The meta-loss: mean of [`Problem::query_objective`], the loss on each context's
+    /// held-out (query) part, e.g. a meta-learning task's query set after adaptation.
+    Query,
     /// objective · L_obj + regression · L_reg.
     Mix {
         /// Weight of L_obj.
@@ -35,7 +38,7 @@ impl Loss {
     /// Whether the loss needs labels y*(x).
     pub fn needs_labels(&self) -> bool {
         match self {
-            Loss::Objective => false,
+            Loss::Objective | Loss::Query => false,
             Loss::Regression => true,
             Loss::Mix { regression, .. } => *regression != 0.0,
         }
@@ -100,6 +103,15 @@ impl Loss {
         match *self {
             Loss::Objective => objective(),
             Loss::Regression => regression(),
+            Loss::Query => Ok(problem
+                .query_objective(y, x)?
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "the query loss needs contexts with a query part; problem '{}' has none",
+                        problem.name()
+                    ))
+                })?
+                .mean_all()?),
             Loss::Mix {
                 objective: wo,
                 regression: wr,

@@ -44,6 +44,18 @@ pub trait Model: Send + Sync {
         self.forward(x, problem)
     }
 
+    /// The prediction after `steps` refinement steps instead of the trained number (a
+    /// semi-amortized model adapting longer at test time); `None` for models without steps.
+    fn forward_with_steps(
+        &self,
+        x: &Tensor,
+        problem: &dyn Problem,
+        steps: usize,
+    ) -> Option<Result<Prediction>> {
+        let _ = (x, problem, steps);
+        None
+    }
+
     /// The parameters θ.
     fn params(&self) -> &Params;
 

@@ -22,6 +22,9 @@ pub enum InitConfig {
     },
     /// A fully-amortized MLP of the context; ŷ⁰ is its output mapped onto Y.
     Mlp(MlpConfig),
+    /// A learned constant started at the family's [`Problem::default_solution`] (MAML's
+    /// initialisation of a learner's weights); an error for families without one.
+    Problem,
 }
 
 impl Default for InitConfig {
@@ -170,6 +173,15 @@ impl Unrolled {
                 let t = Tensor::full(*value, (1, n), device)?.to_dtype(dtype)?;
                 Init::Constant(params.add("init", t)?)
             }
+            InitConfig::Problem => {
+                let t = problem.default_solution(rng, device)?.ok_or_else(|| {
+                    Error::invalid(format!(
+                        "unrolled: init = problem needs a family with a default solution; '{}' has none",
+                        problem.name()
+                    ))
+                })?;
+                Init::Constant(params.add("init", t.to_dtype(dtype)?)?)
+            }
             InitConfig::Mlp(c) => {
                 let mlp = Mlp::new(c.clone(), problem.context_dim(), n, rng, device)?;
                 let mlp = if dtype == DType::F32 {
@@ -237,27 +249,32 @@ impl Unrolled {
                 Ok(Tensor::full(value, (1, 1), device)?.to_dtype(dtype)?)
             }
             (Some(r), RateConfig::PerStep { .. } | RateConfig::PerStepCoordinate { .. }) => {
-                Ok(r.as_tensor().narrow(0, k, 1)?)
+                let last = r.dim(0)? - 1;
+                Ok(r.as_tensor().narrow(0, k.min(last), 1)?)
             }
             (Some(r), _) => Ok(r.as_tensor().clone()),
             (None, _) => Err(Error::invalid("unrolled: rates missing")),
         }
     }
 
-    /// Runs `steps` steps from ẑ⁰; with `train` and a warm-start adjoint, no steps at all.
+    /// Runs the configured steps from ŷ⁰; with `train` and a warm-start adjoint, none.
     fn run(&self, x: &Tensor, problem: &dyn Problem, train: bool) -> Result<Prediction> {
-        let z0 = self.initial(x, problem)?;
-        let x = x.to_dtype(z0.dtype())?;
-        let k_total = if train && self.config.adjoint == Adjoint::WarmStart {
+        let k = if train && self.config.adjoint == Adjoint::WarmStart {
             0
         } else {
             self.config.steps
         };
+        self.run_k(x, problem, k)
+    }
+
+    fn run_k(&self, x: &Tensor, problem: &dyn Problem, k_total: usize) -> Result<Prediction> {
+        let z0 = self.initial(x, problem)?;
+        let x = x.to_dtype(z0.dtype())?;
         // Steps before `exact_from` use the first-order (constant-gradient) rule.
         let exact_from = match self.config.adjoint {
             Adjoint::Full | Adjoint::WarmStart => 0,
-            Adjoint::FirstOrder => self.config.steps,
-            Adjoint::Truncated { last } => self.config.steps - last,
+            Adjoint::FirstOrder => k_total,
+            Adjoint::Truncated { last } => k_total.saturating_sub(last),
         };
         let mut y = problem.to_domain(&z0)?;
         let mut iterates = vec![y.clone()];
@@ -285,6 +302,15 @@ impl Model for Unrolled {
 
     fn forward_train(&self, x: &Tensor, problem: &dyn Problem) -> Result<Prediction> {
         self.run(x, problem, true)
+    }
+
+    fn forward_with_steps(
+        &self,
+        x: &Tensor,
+        problem: &dyn Problem,
+        steps: usize,
+    ) -> Option<Result<Prediction>> {
+        Some(self.run_k(x, problem, steps))
     }
 
     fn params(&self) -> &Params {

@@ -8,12 +8,14 @@
 mod lasso;
 mod least_squares;
 mod quadratic;
+mod sinusoid;
 mod sphere;
 mod toy1d;
 
 pub use lasso::{Lasso, LassoConfig, Signals};
 pub use least_squares::LeastSquares;
 pub use quadratic::{Quadratic, QuadraticConfig};
+pub use sinusoid::{Sinusoid, SinusoidConfig};
 pub use sphere::{
     fibonacci_sphere, soft_min, AlphaDistribution, Sphere, SphereConfig, MAX_COMPONENTS,
 };
@@ -100,6 +102,20 @@ pub trait Problem: Send + Sync {
         Ok(None)
     }
 
+    /// The loss of solutions `y` on the held-out part of each context, `(n,)`: the query set of
+    /// a meta-learning task, on which the adaptation is judged (the meta-loss,
+    /// [`crate::loss::Loss::Query`]). `None` for families whose contexts have no such part.
+    fn query_objective(&self, _y: &Tensor, _x: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// A reasonable starting solution `(1, solution_dim)` drawn from `rng` (a freshly
+    /// initialised learner for meta-learning), where all-equal coordinates would be a poor
+    /// start; `None` otherwise.
+    fn default_solution(&self, _rng: &mut StdRng, _device: &Device) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
     /// The family as a [`Lasso`] (dictionary, α, L), for sparse-coding models such as LISTA
     /// that start from ISTA's weights; `None` for other families.
     fn as_lasso(&self) -> Option<&Lasso> {
@@ -164,11 +180,13 @@ pub enum ProblemConfig {
     Quadratic(QuadraticConfig),
     /// [`Lasso`]: sparse coding, ½‖x − Wy‖² + α‖y‖₁ (tutorial §6.2).
     Lasso(LassoConfig),
+    /// [`Sinusoid`]: few-shot sinusoid regression, y = a learner's parameters (§6.3).
+    Sinusoid(SinusoidConfig),
 }
 
 impl ProblemConfig {
     /// The names of the built-in families, for `amortize list`.
-    pub const NAMES: [&'static str; 4] = ["sphere", "toy1d", "quadratic", "lasso"];
+    pub const NAMES: [&'static str; 5] = ["sphere", "toy1d", "quadratic", "lasso", "sinusoid"];
 
     /// The family's name.
     pub fn name(&self) -> &'static str {
@@ -177,6 +195,7 @@ impl ProblemConfig {
             ProblemConfig::Toy1d(_) => "toy1d",
             ProblemConfig::Quadratic(_) => "quadratic",
             ProblemConfig::Lasso(_) => "lasso",
+            ProblemConfig::Sinusoid(_) => "sinusoid",
         }
     }
 
@@ -188,6 +207,7 @@ impl ProblemConfig {
             "quadratic" => ProblemConfig::Quadratic(QuadraticConfig::default()),
             "lasso" => ProblemConfig::Lasso(LassoConfig::default()),
             "sparse-recovery" => ProblemConfig::Lasso(LassoConfig::sparse_recovery()),
+            "sinusoid" => ProblemConfig::Sinusoid(SinusoidConfig::default()),
             other => {
                 return Err(Error::invalid(format!(
                     "unknown problem '{other}' (known: {})",
@@ -204,6 +224,7 @@ impl ProblemConfig {
             ProblemConfig::Toy1d(c) => Box::new(Toy1d::new(c.clone())?),
             ProblemConfig::Quadratic(c) => Box::new(Quadratic::new(c.clone())?),
             ProblemConfig::Lasso(c) => Box::new(Lasso::new(c.clone())?),
+            ProblemConfig::Sinusoid(c) => Box::new(Sinusoid::new(c.clone())?),
         })
     }
 }

@@ -401,3 +401,157 @@ fn smoothing_matches_closed_forms() {
         assert!((a - expect).abs() < 1e-5, "{a} vs {expect}");
     }
 }
+
+fn tiny_sinusoid() -> Result<amortize::problem::Sinusoid> {
+    amortize::problem::Sinusoid::new(amortize::problem::SinusoidConfig {
+        shots: 3,
+        queries: 4,
+        hidden: vec![4],
+        ..Default::default()
+    })
+}
+
+/// The sinusoid family: sizes, the batched learner against a hand-computed 1-2-1 ReLU net,
+/// support MSE as the objective and query MSE as the meta-loss; the query loss is refused
+/// on a family without a query part, and `init = problem` on one without a default solution.
+#[test]
+fn sinusoid_tasks_and_the_learner_are_right() -> Result<()> {
+    use amortize::problem::{Sinusoid, SinusoidConfig};
+    let p = Sinusoid::new(SinusoidConfig::default())?;
+    assert_eq!((p.context_dim(), p.solution_dim()), (40, 1761));
+    let small = Sinusoid::new(SinusoidConfig {
+        shots: 2,
+        queries: 1,
+        hidden: vec![2],
+        ..Default::default()
+    })?;
+    assert_eq!(small.solution_dim(), 7);
+    // φ = [W1 (1×2), b1 (2), W2 (2×1), b2 (1)].
+    let phi = Tensor::new(&[[1.0f64, -2.0, 0.5, 0.5, 3.0, 1.0, -1.0]], &Device::Cpu)?;
+    let t = Tensor::new(&[[1.0f64, -1.0]], &Device::Cpu)?;
+    // t = 1: h = relu([1.5, -1.5]) = [1.5, 0]; out = 3·1.5 − 1 = 3.5.
+    // t = −1: h = relu([-0.5, 2.5]) = [0, 2.5]; out = 2.5 − 1 = 1.5.
+    let out: Vec<f64> = small.learner(&phi, &t)?.flatten_all()?.to_vec1()?;
+    assert_eq!(out, vec![3.5, 1.5]);
+    // Context [t_s, y_s, t_q, y_q]: support targets (3.5, 0.5) → MSE ((0)² + (1)²)/2.
+    let x = Tensor::new(&[[1.0f64, -1.0, 3.5, 0.5, 1.0, 5.5]], &Device::Cpu)?;
+    let f: Vec<f64> = small.objective(&phi, &x)?.to_vec1()?;
+    assert_eq!(f, vec![0.5]);
+    let q: Vec<f64> = small.query_objective(&phi, &x)?.unwrap().to_vec1()?;
+    assert_eq!(q, vec![4.0]);
+    let pred = Prediction {
+        y: phi.clone(),
+        iterates: vec![],
+    };
+    assert_eq!(scalar(&Loss::Query.value(&pred, &x, None, &small)?)?, 4.0);
+    let quad = Quadratic::new(QuadraticConfig::default())?;
+    let (xq, yq) = sample_pair(&quad, 2, 1)?;
+    let err = Loss::Query
+        .value(
+            &Prediction {
+                y: yq,
+                iterates: vec![],
+            },
+            &xq,
+            None,
+            &quad,
+        )
+        .expect_err("no query part");
+    assert!(err.to_string().contains("query"), "{err}");
+    let err = unrolled(
+        &quad,
+        UnrolledConfig {
+            init: InitConfig::Problem,
+            ..UnrolledConfig::default()
+        },
+    )
+    .err()
+    .expect("quadratic has no default solution");
+    assert!(err.to_string().contains("default solution"), "{err}");
+    // Tasks: targets are A sin(t − b) with |A| ≤ 5 and t in range.
+    let x = p.sample_contexts(64, &mut StdRng::seed_from_u64(3), &Device::Cpu)?;
+    let v: Vec<Vec<f32>> = x.to_vec2()?;
+    assert!(v.iter().flatten().all(|a| a.abs() <= 5.0 + 1e-6));
+    Ok(())
+}
+
+/// MAML's meta-gradient on sinusoid tasks (one inner step through a ReLU learner, second
+/// order) matches finite differences of the post-adaptation query loss, and first-order MAML
+/// differs from it.
+#[test]
+fn maml_meta_gradient_matches_finite_differences() -> Result<()> {
+    let p = tiny_sinusoid()?;
+    let x = p
+        .sample_contexts(5, &mut StdRng::seed_from_u64(8), &Device::Cpu)?
+        .to_dtype(DType::F64)?;
+    let config = |adjoint| UnrolledConfig {
+        init: InitConfig::Problem,
+        steps: 2,
+        rate: RateConfig::PerCoordinate { initial: 0.05 },
+        adjoint,
+    };
+    let query = |m: &Unrolled| -> Result<Tensor> {
+        Loss::Query.value(&m.forward_train(&x, &p)?, &x, None, &p)
+    };
+    let maml = unrolled(&p, config(Adjoint::Full))?;
+    let vars: Vec<candle_core::Var> = maml.params().vars().cloned().collect();
+    let store = query(&maml)?.backward()?;
+    for var in &vars {
+        let g = store.get(var.as_tensor()).unwrap().clone();
+        let v0 = var.as_tensor().copy()?;
+        let fd = finite_difference_grad(&v0, 1e-6, |v| {
+            var.set(v)?;
+            scalar(&query(&maml)?)
+        })?;
+        var.set(&v0)?;
+        let err = max_abs_diff(&g, &fd)?;
+        assert!(
+            err < 1e-6,
+            "MAML meta-gradient off finite differences by {err}"
+        );
+    }
+    let fo = unrolled(&p, config(Adjoint::FirstOrder))?;
+    let g_fo = query(&fo)?.backward()?;
+    let g_full = store.get(vars[0].as_tensor()).unwrap();
+    let fo_init = g_fo
+        .get(fo.params().vars().next().unwrap().as_tensor())
+        .unwrap();
+    assert!(max_abs_diff(g_full, fo_init)? > 1e-6);
+    Ok(())
+}
+
+/// A short MAML meta-training lowers the held-out post-adaptation query MSE.
+#[test]
+fn maml_training_lowers_the_query_loss() -> Result<()> {
+    use amortize::problem::{Sinusoid, SinusoidConfig};
+    let cfg = SinusoidConfig {
+        hidden: vec![16, 16],
+        ..Default::default()
+    };
+    let p = Sinusoid::new(cfg.clone())?;
+    let model = ModelConfig::Unrolled(UnrolledConfig {
+        init: InitConfig::Problem,
+        steps: 1,
+        rate: RateConfig::Fixed { value: 0.01 },
+        adjoint: Adjoint::Full,
+    })
+    .build(&p, &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+    let x = p.sample_contexts(500, &mut StdRng::seed_from_u64(9), &Device::Cpu)?;
+    let query_mse = |m: &dyn Model| -> Result<f64> {
+        scalar(&Loss::Query.value(&m.forward(&x, &p)?, &x, None, &p)?)
+    };
+    let before = query_mse(model.as_ref())?;
+    let train = TrainConfig {
+        steps: 200,
+        batch_size: 25,
+        learning_rate: 3e-3,
+        loss: Loss::Query,
+        eval_every: 0,
+        eval_size: 25,
+        ..TrainConfig::default()
+    };
+    Trainer::new(&p, ProblemConfig::Sinusoid(cfg), model.as_ref(), train, 0)?.run()?;
+    let after = query_mse(model.as_ref())?;
+    assert!(after < 0.8 * before, "query MSE {before} → {after}");
+    Ok(())
+}
