@@ -25,6 +25,10 @@ pub enum Loss {
     /// The meta-loss: mean of [`Problem::query_objective`], the loss on each context's
     /// held-out (query) part, e.g. a meta-learning task's query set after adaptation.
     Query,
+    /// Reptile (Nichol et al. 2018): ½ mean ‖ŷ⁰ − sg(ŷᴷ)‖² with the adapted iterate ŷᴷ held
+    /// constant (sg), so ∇_θ = ∂ŷ⁰/∂θ · mean(ŷ⁰ − ŷᴷ): for a MAML-style constant init the Reptile
+    /// direction θ − mean φ_K. Needs a model with iterates (unrolled).
+    Reptile,
     /// objective · L_obj + regression · L_reg.
     Mix {
         /// Weight of L_obj.
@@ -38,7 +42,7 @@ impl Loss {
     /// Whether the loss needs labels y*(x).
     pub fn needs_labels(&self) -> bool {
         match self {
-            Loss::Objective | Loss::Query => false,
+            Loss::Objective | Loss::Query | Loss::Reptile => false,
             Loss::Regression => true,
             Loss::Mix { regression, .. } => *regression != 0.0,
         }
@@ -53,7 +57,23 @@ impl Loss {
         labels: Option<&Tensor>,
         problem: &dyn Problem,
     ) -> Result<Tensor> {
+        if *self == Loss::Reptile {
+            return self.reptile(prediction);
+        }
         self.value_of(&prediction.y, x, labels, problem)
+    }
+
+    /// ½ mean ‖ŷ⁰ − sg(ŷᴷ)‖².
+    fn reptile(&self, prediction: &Prediction) -> Result<Tensor> {
+        let first = prediction.iterates.first().ok_or_else(|| {
+            Error::invalid("the reptile loss needs a model with adaptation steps (unrolled)")
+        })?;
+        Ok(first
+            .sub(&prediction.y.detach())?
+            .sqr()?
+            .sum(1)?
+            .mean_all()?
+            .affine(0.5, 0.0)?)
     }
 
     /// The iterate-summed loss L_Σ = Σₖ wₖ L(ŷᵏ) (tutorial eq. 13) over the iterates
@@ -67,6 +87,9 @@ impl Loss {
         labels: Option<&Tensor>,
         problem: &dyn Problem,
     ) -> Result<Tensor> {
+        if *self == Loss::Reptile {
+            return self.reptile(prediction);
+        }
         if prediction.iterates.len() < 2 || *weights == IterateWeights::Last {
             return self.value(prediction, x, labels, problem);
         }
@@ -103,6 +126,9 @@ impl Loss {
         match *self {
             Loss::Objective => objective(),
             Loss::Regression => regression(),
+            Loss::Reptile => Err(Error::invalid(
+                "the reptile loss compares a model's first and last iterates, not one prediction",
+            )),
             Loss::Query => Ok(problem
                 .query_objective(y, x)?
                 .ok_or_else(|| {

@@ -555,3 +555,33 @@ fn maml_training_lowers_the_query_loss() -> Result<()> {
     assert!(after < 0.8 * before, "query MSE {before} → {after}");
     Ok(())
 }
+
+/// Reptile's loss has gradient θ − mean φ_K for a constant init: the Reptile direction.
+#[test]
+fn reptile_loss_gives_the_reptile_direction() -> Result<()> {
+    let p = tiny_sinusoid()?;
+    let x = p
+        .sample_contexts(6, &mut StdRng::seed_from_u64(2), &Device::Cpu)?
+        .to_dtype(DType::F64)?;
+    let model = unrolled(
+        &p,
+        UnrolledConfig {
+            init: InitConfig::Problem,
+            steps: 3,
+            rate: RateConfig::Fixed { value: 0.05 },
+            adjoint: Adjoint::Full,
+        },
+    )?;
+    let theta = model.params().vars().next().unwrap().clone();
+    let pred = model.forward_train(&x, &p)?;
+    let g = Loss::Reptile
+        .value_summed(&pred, &IterateWeights::Last, &x, None, &p)?
+        .backward()?
+        .get(theta.as_tensor())
+        .unwrap()
+        .clone();
+    let expect = theta.as_tensor().broadcast_sub(&pred.y.mean_keepdim(0)?)?;
+    assert!(max_abs_diff(&g, &expect)? < 1e-12);
+    assert!(expect.abs()?.max_all()?.to_scalar::<f64>()? > 1e-4);
+    Ok(())
+}
