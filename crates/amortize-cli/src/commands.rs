@@ -315,7 +315,7 @@ fn list() {
         "models:      {}",
         amortize::model::ModelConfig::NAMES.join(", ")
     );
-    println!("losses:      objective, regression, mix");
+    println!("losses:      objective, regression, mix, query, reptile (each summed over iterates with train.iterates; gradients by autodiff or es)");
     let projections: Vec<&str> = amortize::projection::projection_zoo()
         .iter()
         .map(|p| p.name())

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The built-in experiments: (name, TOML text).
-pub const BUILTIN: [(&str, &str); 13] = [
+pub const BUILTIN: [(&str, &str); 14] = [
     ("sphere", include_str!("../../../configs/sphere.toml")),
     ("toy1d", include_str!("../../../configs/toy1d.toml")),
     ("lista", include_str!("../../../configs/lista.toml")),
@@ -34,6 +34,7 @@ pub const BUILTIN: [(&str, &str); 13] = [
     ("fomaml", include_str!("../../../configs/fomaml.toml")),
     ("metasgd", include_str!("../../../configs/metasgd.toml")),
     ("reptile", include_str!("../../../configs/reptile.toml")),
+    ("hypernet", include_str!("../../../configs/hypernet.toml")),
 ];
 
 /// Evaluation settings.

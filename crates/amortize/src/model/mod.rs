@@ -3,6 +3,7 @@
 
 mod alista;
 mod fused;
+mod hypernet;
 mod lista;
 mod mlp;
 mod params;
@@ -10,6 +11,7 @@ mod unrolled;
 
 pub use alista::{analytic_weight, Alista, AlistaConfig};
 pub use fused::{FusedMlp, StepStats};
+pub use hypernet::{HyperNet, HyperNetConfig};
 pub use lista::{shrink, shrink_selected, Lista, ListaConfig};
 pub use mlp::{Activation, Mlp, MlpConfig};
 pub use params::Params;
@@ -109,6 +111,8 @@ pub enum ModelConfig {
     /// [`Unrolled`]: an initial iterate followed by K gradient steps with learned rates
     /// (semi-amortized, any problem).
     Unrolled(UnrolledConfig),
+    /// [`HyperNet`]: support set → learner weights, for meta-learning families.
+    HyperNet(HyperNetConfig),
 }
 
 impl Default for ModelConfig {
@@ -119,7 +123,7 @@ impl Default for ModelConfig {
 
 impl ModelConfig {
     /// The names of the built-in models, for `amortize list`.
-    pub const NAMES: [&'static str; 4] = ["mlp", "lista", "alista", "unrolled"];
+    pub const NAMES: [&'static str; 5] = ["mlp", "lista", "alista", "unrolled", "hypernet"];
 
     /// Builds the model for `problem` with parameters initialised from `rng`.
     pub fn build(
@@ -150,6 +154,9 @@ impl ModelConfig {
             )?)),
             ModelConfig::Unrolled(c) => {
                 Ok(Box::new(Unrolled::new(c.clone(), problem, rng, device)?))
+            }
+            ModelConfig::HyperNet(c) => {
+                Ok(Box::new(HyperNet::new(c.clone(), problem, rng, device)?))
             }
         }
     }

@@ -109,6 +109,13 @@ pub trait Problem: Send + Sync {
         Ok(None)
     }
 
+    /// The support set of each context as (inputs `(n, K, d_in)`, targets `(n, K, d_out)`),
+    /// for models that read a meta-learning task's shots as a set (hypernetworks); `None` for
+    /// other families.
+    fn support_set(&self, _x: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        Ok(None)
+    }
+
     /// A reasonable starting solution `(1, solution_dim)` drawn from `rng` (a freshly
     /// initialised learner for meta-learning), where all-equal coordinates would be a poor
     /// start; `None` otherwise.

@@ -206,6 +206,12 @@ impl Problem for Sinusoid {
         Ok(Some(self.mse(y, &tq, &yq)?))
     }
 
+    fn support_set(&self, x: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        let [ts, ys, _, _] = self.parts(x)?;
+        let (n, k) = ts.dims2()?;
+        Ok(Some((ts.reshape((n, k, 1))?, ys.reshape((n, k, 1))?)))
+    }
+
     /// A freshly initialised learner: weights U(−1/√fan_in, 1/√fan_in) as in PyTorch's
     /// `nn.Linear`, biases likewise.
     fn default_solution(&self, rng: &mut StdRng, device: &Device) -> Result<Option<Tensor>> {

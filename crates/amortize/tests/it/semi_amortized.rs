@@ -585,3 +585,68 @@ fn reptile_loss_gives_the_reptile_direction() -> Result<()> {
     assert!(expect.abs()?.max_all()?.to_scalar::<f64>()? > 1e-4);
     Ok(())
 }
+
+/// The HyperNet: permutation-invariant in the shots, starts at its base learner, trains on
+/// the query loss to beat the untrained map, and refuses families without support sets.
+#[test]
+fn hypernet_is_permutation_invariant_and_learns() -> Result<()> {
+    use amortize::model::{HyperNet, HyperNetConfig};
+    use amortize::problem::{Sinusoid, SinusoidConfig};
+    let cfg = SinusoidConfig {
+        shots: 5,
+        queries: 5,
+        hidden: vec![8, 8],
+        ..Default::default()
+    };
+    let p = Sinusoid::new(cfg.clone())?;
+    let config = HyperNetConfig {
+        encoder: vec![16, 16],
+        decoder: vec![32],
+        ..HyperNetConfig::default()
+    };
+    let net = HyperNet::new(
+        config.clone(),
+        &p,
+        &mut StdRng::seed_from_u64(0),
+        &Device::Cpu,
+    )?;
+    let x = p.sample_contexts(64, &mut StdRng::seed_from_u64(4), &Device::Cpu)?;
+    // Reverse the order of the 5 support pairs (columns 0..5 are t, 5..10 are y).
+    let order: Vec<u32> = (0..5u32)
+        .rev()
+        .chain((5..10u32).rev())
+        .chain(10..20)
+        .collect();
+    let idx = Tensor::from_vec(order, 20, &Device::Cpu)?;
+    let shuffled = x.index_select(&idx, 1)?;
+    let a = net.forward(&x, &p)?.y;
+    let b = net.forward(&shuffled, &p)?.y;
+    assert!(
+        max_abs_diff(&a, &b)? < 1e-5,
+        "shot order changed the prediction"
+    );
+    let query = |m: &dyn Model| -> Result<f64> {
+        scalar(&Loss::Query.value(&m.forward(&x, &p)?, &x, None, &p)?)
+    };
+    let before = query(&net)?;
+    let train = TrainConfig {
+        steps: 300,
+        batch_size: 25,
+        learning_rate: 3e-3,
+        loss: Loss::Query,
+        eval_every: 0,
+        eval_size: 25,
+        ..TrainConfig::default()
+    };
+    Trainer::new(&p, ProblemConfig::Sinusoid(cfg), &net, train, 0)?.run()?;
+    let after = query(&net)?;
+    assert!(after < 0.8 * before, "query MSE {before} → {after}");
+    let steps = net.forward_with_steps(&x, &p, 3).unwrap()?;
+    assert_eq!(steps.iterates.len(), 4);
+    let q = Quadratic::new(QuadraticConfig::default())?;
+    let err = HyperNet::new(config, &q, &mut StdRng::seed_from_u64(0), &Device::Cpu)
+        .err()
+        .expect("quadratic has no support sets");
+    assert!(err.to_string().contains("support sets"), "{err}");
+    Ok(())
+}
