@@ -25,6 +25,8 @@ pub enum Which {
     TrainStep,
     /// Classical solvers: per-solver table, Lasso vs JAX, random QPs vs OSQP.
     Solvers,
+    /// Meta-gradient time and peak memory against inner steps: MAML, FOMAML, iMAML.
+    Meta,
 }
 
 /// One row of the table.
@@ -52,6 +54,7 @@ pub fn run(
         Which::Solvers => {
             crate::bench_solvers::run(repeats, rounds, qp_instances, part, baselines, quiet)
         }
+        Which::Meta => crate::bench_meta::run(repeats),
     }
 }
 

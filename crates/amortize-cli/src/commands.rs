@@ -324,7 +324,7 @@ fn list() {
     let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
     println!("solvers:     {}, admm (QPs)", SOLVER_NAMES.join(", "));
     println!("experiments: {}", names.join(", "));
-    println!("benchmarks:  train-step, solvers");
+    println!("benchmarks:  train-step, solvers, meta");
 }
 
 /// Collects records in memory (for the learning-curve figure).

@@ -4,10 +4,12 @@
 //! validates experiment files, draws progress bars and figures, and writes run folders.
 
 mod bench;
+mod bench_meta;
 mod bench_solvers;
 mod commands;
 mod contexts;
 mod experiment;
+mod memory;
 mod plots;
 mod progress;
 mod report;
@@ -18,9 +20,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 // mimalloc: candle allocates a fresh buffer for every tensor op, and the system allocator
-// makes small-batch training steps several times slower (measured 3.7× at batch 8).
+// makes small-batch training steps several times slower (measured 3.7× at batch 8). Wrapped in
+// byte counters for the memory columns of `bench meta`.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: memory::Counting = memory::Counting;
 
 /// Amortized optimization: learn models that predict the solutions of whole families of
 /// optimization problems.

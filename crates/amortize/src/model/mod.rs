@@ -58,6 +58,13 @@ pub trait Model: Send + Sync {
         None
     }
 
+    /// (λ, CG iterations) when the model is trained by implicit differentiation of a
+    /// proximal inner problem ([`Adjoint::Implicit`]): its training prediction's `y` is the
+    /// inner answer y* without a graph, and `iterates[0]` the initial iterate ŷ⁰ with one.
+    fn implicit(&self) -> Option<(f64, usize)> {
+        None
+    }
+
     /// The parameters θ.
     fn params(&self) -> &Params;
 

@@ -67,7 +67,7 @@ impl Default for RateConfig {
 }
 
 /// How the loss's gradient flows back through the unrolled steps (the "adjoint").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Adjoint {
     /// Exact backpropagation through every step (eq. 6–9); needs second-order autodiff
@@ -88,6 +88,22 @@ pub enum Adjoint {
     /// training graph), and the K steps refine it at prediction time only. The baseline that
     /// end-to-end training must beat.
     WarmStart,
+    /// Implicit differentiation (iMAML, §4.2.3, eq. 14): the K steps descend the proximal
+    /// objective f(y) + λ/2‖y − ŷ⁰‖² without a graph, and the trainer differentiates their
+    /// answer y* by the implicit function theorem, ∂y*/∂ŷ⁰ = λ(∇²f(y*) + λI)⁻¹, solved by
+    /// conjugate gradient on Hessian-vector products ([`crate::train::implicit_gradient`]).
+    /// Memory does not grow with K.
+    Implicit {
+        /// λ > 0, the proximal weight.
+        lambda: f64,
+        /// Conjugate-gradient iterations for the linear solve (default 20).
+        #[serde(default = "default_cg_iters")]
+        cg_iters: usize,
+    },
+}
+
+fn default_cg_iters() -> usize {
+    20
 }
 
 /// The settings of [`Unrolled`].
@@ -156,6 +172,13 @@ impl Unrolled {
         device: &Device,
     ) -> Result<Self> {
         let n = problem.solution_dim();
+        if let Adjoint::Implicit { lambda, .. } = config.adjoint {
+            if !(lambda.is_finite() && lambda > 0.0) {
+                return Err(Error::invalid(
+                    "unrolled: adjoint.lambda must be finite and > 0",
+                ));
+            }
+        }
         if let Adjoint::Truncated { last } = config.adjoint {
             if last > config.steps {
                 return Err(Error::invalid(format!(
@@ -273,19 +296,30 @@ impl Unrolled {
         // Steps before `exact_from` use the first-order (constant-gradient) rule.
         let exact_from = match self.config.adjoint {
             Adjoint::Full | Adjoint::WarmStart => 0,
-            Adjoint::FirstOrder => k_total,
+            Adjoint::FirstOrder | Adjoint::Implicit { .. } => k_total,
             Adjoint::Truncated { last } => k_total.saturating_sub(last),
         };
-        let mut y = problem.to_domain(&z0)?;
+        let y0 = problem.to_domain(&z0)?;
+        let mut y = y0.clone();
         let mut iterates = vec![y.clone()];
         for k in 0..k_total {
             let alpha = self.rate(k, y.dtype(), y.device())?;
-            let g = if k < exact_from {
+            let g = if let Adjoint::Implicit { lambda, .. } = self.config.adjoint {
+                // The proximal objective's gradient, with no graph at all.
+                let yd = y.detach();
+                problem
+                    .domain_gradient(&yd, &x)?
+                    .detach()
+                    .add(&yd.sub(&y0.detach())?.affine(lambda, 0.0)?)?
+            } else if k < exact_from {
                 problem.domain_gradient(&y.detach(), &x)?.detach()
             } else {
                 problem.domain_gradient(&y, &x)?
             };
             y = problem.to_domain(&y.sub(&g.broadcast_mul(&alpha)?)?)?;
+            if matches!(self.config.adjoint, Adjoint::Implicit { .. }) {
+                y = y.detach();
+            }
             iterates.push(y.clone());
         }
         Ok(Prediction {
@@ -311,6 +345,13 @@ impl Model for Unrolled {
         steps: usize,
     ) -> Option<Result<Prediction>> {
         Some(self.run_k(x, problem, steps))
+    }
+
+    fn implicit(&self) -> Option<(f64, usize)> {
+        match self.config.adjoint {
+            Adjoint::Implicit { lambda, cg_iters } => Some((lambda, cg_iters)),
+            _ => None,
+        }
     }
 
     fn params(&self) -> &Params {

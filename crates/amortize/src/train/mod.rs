@@ -1,11 +1,13 @@
 //! Learning θ: the training loop, its observers and checkpoints.
 
 mod checkpoint;
+mod implicit;
 mod observer;
 mod smoothing;
 mod trainer;
 
 pub use checkpoint::{write_atomic, Checkpoint, CheckpointMeta, Loaded, CHECKPOINT_FORMAT_VERSION};
+pub use implicit::implicit_gradient;
 pub use observer::{JsonlWriter, Observer, Record};
 pub use smoothing::{es_gradient, smoothed_1d, GradientEstimator};
 pub use trainer::{

@@ -706,6 +706,11 @@ pub fn composite_step(
         Some(d) => model.forward_to_depth(x, problem, d)?,
         None => model.forward_train(x, problem)?,
     };
+    if let Some((lambda, cg_iters)) = model.implicit() {
+        return implicit_step(
+            problem, cfg, vars, state, x, labels, lr, &pred, lambda, cg_iters,
+        );
+    }
     let loss = cfg
         .loss
         .value_summed(&pred, &cfg.iterates, x, labels, problem)?;
@@ -713,6 +718,47 @@ pub fn composite_step(
     let store = loss.backward()?;
     // Parameters outside the loss's graph (later layers during a layer-wise stage) get no
     // gradient and no update.
+    let grads: Vec<Option<Tensor>> = vars
+        .iter()
+        .map(|v| store.get(v.as_tensor()).map(|g| g.detach()))
+        .collect();
+    apply_present(cfg, vars, state, grads, lr, loss_value)
+}
+
+/// One step by implicit differentiation (iMAML): the loss at the inner answer y*, its gradient
+/// g there, v = λ(∇²f(y*) + λI)⁻¹ g by CG, and ∂L/∂θ = (∂ŷ⁰/∂θ)ᵀ v by backpropagating the
+/// surrogate ⟨ŷ⁰, sg(v)⟩. The loss must depend on the prediction's final y only.
+#[allow(clippy::too_many_arguments)]
+fn implicit_step(
+    problem: &dyn Problem,
+    cfg: &TrainConfig,
+    vars: &[candle_core::Var],
+    state: &mut AdamState,
+    x: &Tensor,
+    labels: Option<&Tensor>,
+    lr: f64,
+    pred: &crate::model::Prediction,
+    lambda: f64,
+    cg_iters: usize,
+) -> Result<(f64, f64)> {
+    if cfg.iterates != IterateWeights::Last || cfg.loss == Loss::Reptile {
+        return Err(Error::invalid(
+            "train: implicit differentiation needs a loss of the final answer only (iterates = last, not reptile)",
+        ));
+    }
+    let y0 = pred.iterates.first().ok_or_else(|| {
+        Error::invalid("train: implicit differentiation needs the initial iterate")
+    })?;
+    let y_star = pred.y.detach();
+    let loss_value: f64 = cfg
+        .loss
+        .value_of(&y_star, x, labels, problem)?
+        .to_dtype(DType::F64)?
+        .to_scalar()?;
+    let g = crate::autodiff::grad_at(&y_star, |y| cfg.loss.value_of(y, x, labels, problem))?;
+    let v = super::implicit::implicit_gradient(problem, &y_star, x, &g, lambda, cg_iters)?;
+    let surrogate = y0.mul(&v.detach())?.sum_all()?;
+    let store = surrogate.backward()?;
     let grads: Vec<Option<Tensor>> = vars
         .iter()
         .map(|v| store.get(v.as_tensor()).map(|g| g.detach()))
