@@ -103,6 +103,58 @@ impl Sinusoid {
         Ok(h.reshape((n, points))?)
     }
 
+    /// ∇_φ of the mean squared error of the learner on inputs t `(n, points)` with targets y,
+    /// per task, by hand-written backpropagation in tensor ops. It stays differentiable (the
+    /// ReLU masks are constants), so unrolled steps build one graph that a single backward pass
+    /// traverses, where an autodiff gradient per step would re-traverse every earlier step.
+    fn mse_gradient(&self, phi: &Tensor, t: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let (n, points) = t.dims2()?;
+        let layers = self.widths.len() - 1;
+        // Forward, keeping each layer's input h and weights.
+        let mut inputs = Vec::with_capacity(layers);
+        let mut weights = Vec::with_capacity(layers);
+        let mut masks = Vec::with_capacity(layers);
+        let mut h = t.reshape((n, points, 1))?;
+        let mut offset = 0;
+        for (l, pair) in self.widths.windows(2).enumerate() {
+            let (a, b) = (pair[0], pair[1]);
+            let w = phi.narrow(1, offset, a * b)?.reshape((n, a, b))?;
+            offset += a * b;
+            let bias = phi.narrow(1, offset, b)?.reshape((n, 1, b))?;
+            offset += b;
+            let pre = h.matmul(&w)?.broadcast_add(&bias)?;
+            inputs.push(h);
+            weights.push(w);
+            if l + 1 < layers {
+                masks.push(pre.detach().gt(0.0)?.to_dtype(pre.dtype())?);
+                h = pre.relu()?;
+            } else {
+                h = pre;
+            }
+        }
+        // Backward: d(mean (out − y)²)/d out = 2(out − y)/points.
+        let mut delta = h
+            .sub(&y.reshape((n, points, 1))?)?
+            .affine(2.0 / points as f64, 0.0)?;
+        let mut grads = Vec::with_capacity(2 * layers);
+        for l in (0..layers).rev() {
+            let dw = inputs[l].transpose(1, 2)?.matmul(&delta)?;
+            let db = delta.sum_keepdim(1)?;
+            grads.push((dw.flatten_from(1)?, db.flatten_from(1)?));
+            if l > 0 {
+                delta = delta
+                    .matmul(&weights[l].transpose(1, 2)?)?
+                    .mul(&masks[l - 1])?;
+            }
+        }
+        let mut parts = Vec::with_capacity(2 * layers);
+        for (dw, db) in grads.into_iter().rev() {
+            parts.push(dw);
+            parts.push(db);
+        }
+        Ok(Tensor::cat(&parts, 1)?)
+    }
+
     /// Splits contexts into (t_s, y_s, t_q, y_q).
     fn parts(&self, x: &Tensor) -> Result<[Tensor; 4]> {
         let (k, q) = (self.config.shots, self.config.queries);
@@ -198,6 +250,17 @@ impl Problem for Sinusoid {
         let x = x.to_dtype(y.dtype())?;
         let [ts, ys, _, _] = self.parts(&x)?;
         self.mse(y, &ts, &ys)
+    }
+
+    /// Closed form by backpropagation through the learner (see `mse_gradient`).
+    fn gradient(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(y.dtype())?;
+        let [ts, ys, _, _] = self.parts(&x)?;
+        self.mse_gradient(y, &ts, &ys)
+    }
+
+    fn domain_gradient(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
+        self.gradient(y, x)
     }
 
     fn query_objective(&self, y: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
