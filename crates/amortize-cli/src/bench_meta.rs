@@ -39,6 +39,7 @@ pub fn run(repeats: usize) -> Result<()> {
                 steps: k,
                 rate: RateConfig::Fixed { value: 0.01 },
                 adjoint,
+                update: amortize::model::UpdateRule::Gradient,
             })
             .build(&problem, &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
             let cfg = TrainConfig {

@@ -15,7 +15,7 @@ pub use hypernet::{HyperNet, HyperNetConfig};
 pub use lista::{shrink, shrink_selected, Lista, ListaConfig};
 pub use mlp::{Activation, Mlp, MlpConfig};
 pub use params::Params;
-pub use unrolled::{Adjoint, InitConfig, RateConfig, Unrolled, UnrolledConfig};
+pub use unrolled::{Adjoint, InitConfig, RateConfig, Unrolled, UnrolledConfig, UpdateRule};
 
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;

@@ -106,6 +106,23 @@ fn default_cg_iters() -> usize {
     20
 }
 
+/// What each unrolled step adds to the gradient step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum UpdateRule {
+    /// Only the gradient step (default).
+    #[default]
+    Gradient,
+    /// A learned update over a latent space (eq. 3; Andrychowicz et al. 2016): a GRU shared by
+    /// all coordinates reads each coordinate's gradient and value, keeps a hidden state of
+    /// `hidden` numbers per coordinate (the iterate history), and adds its read-out to the
+    /// gradient step. The read-out starts at zero, so the untrained rule is gradient descent.
+    Gru {
+        /// Hidden units per coordinate.
+        hidden: usize,
+    },
+}
+
 /// The settings of [`Unrolled`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -118,6 +135,9 @@ pub struct UnrolledConfig {
     pub rate: RateConfig,
     /// How gradients flow through the steps (default full).
     pub adjoint: Adjoint,
+    /// A learned update added to each gradient step (default none).
+    #[serde(default)]
+    pub update: UpdateRule,
 }
 
 impl Default for UnrolledConfig {
@@ -127,6 +147,7 @@ impl Default for UnrolledConfig {
             steps: 5,
             rate: RateConfig::default(),
             adjoint: Adjoint::Full,
+            update: UpdateRule::Gradient,
         }
     }
 }
@@ -150,6 +171,8 @@ pub struct Unrolled {
     params: Params,
     init: Init,
     rates: Option<Var>,
+    /// The GRU update: (W_x (2, 3H), W_h (H, 3H), b (3H), W_o (H, 1)).
+    gru: Option<(Var, Var, Var, Var)>,
 }
 
 impl Unrolled {
@@ -241,11 +264,32 @@ impl Unrolled {
             }
             _ => None,
         };
+        let gru = match config.update {
+            UpdateRule::Gradient => None,
+            UpdateRule::Gru { hidden } => {
+                if hidden == 0 {
+                    return Err(Error::invalid("unrolled: update.hidden must be at least 1"));
+                }
+                let mut uniform = |rows: usize, cols: usize| -> Result<Tensor> {
+                    let bound = 1.0 / (hidden as f64).sqrt();
+                    let v: Vec<f64> = (0..rows * cols)
+                        .map(|_| rand::Rng::random_range(&mut *rng, -bound..bound))
+                        .collect();
+                    Ok(Tensor::from_vec(v, (rows, cols), device)?.to_dtype(dtype)?)
+                };
+                let wx = params.add("gru.wx", uniform(2, 3 * hidden)?)?;
+                let wh = params.add("gru.wh", uniform(hidden, 3 * hidden)?)?;
+                let b = params.add("gru.b", Tensor::zeros(3 * hidden, dtype, device)?)?;
+                let wo = params.add("gru.wo", Tensor::zeros((hidden, 1), dtype, device)?)?;
+                Some((wx, wh, b, wo))
+            }
+        };
         Ok(Unrolled {
             config,
             params,
             init,
             rates,
+            gru,
         })
     }
 
@@ -302,6 +346,7 @@ impl Unrolled {
         let y0 = problem.to_domain(&z0)?;
         let mut y = y0.clone();
         let mut iterates = vec![y.clone()];
+        let mut hidden: Option<Tensor> = None;
         for k in 0..k_total {
             let alpha = self.rate(k, y.dtype(), y.device())?;
             let g = if let Adjoint::Implicit { lambda, .. } = self.config.adjoint {
@@ -316,7 +361,13 @@ impl Unrolled {
             } else {
                 problem.domain_gradient(&y, &x)?
             };
-            y = problem.to_domain(&y.sub(&g.broadcast_mul(&alpha)?)?)?;
+            let mut next = y.sub(&g.broadcast_mul(&alpha)?)?;
+            if let Some(gru) = &self.gru {
+                let (delta, h) = gru_step(gru, &g, &y, hidden.take())?;
+                next = next.add(&delta)?;
+                hidden = Some(h);
+            }
+            y = problem.to_domain(&next)?;
             if matches!(self.config.adjoint, Adjoint::Implicit { .. }) {
                 y = y.detach();
             }
@@ -361,4 +412,40 @@ impl Model for Unrolled {
     fn config(&self) -> ModelConfig {
         ModelConfig::Unrolled(self.config.clone())
     }
+}
+
+/// σ(v) = 1 / (1 + e^{−v}) from tensor ops (differentiable to any order).
+fn sigmoid(v: &Tensor) -> Result<Tensor> {
+    Ok(v.neg()?.exp()?.affine(1.0, 1.0)?.recip()?)
+}
+
+/// One coordinate-wise GRU step: every coordinate of every row is one sequence, with input
+/// (gradient, value); returns the read-out `(n, d)` and the new hidden state `(n·d, H)`.
+fn gru_step(
+    (wx, wh, b, wo): &(Var, Var, Var, Var),
+    g: &Tensor,
+    y: &Tensor,
+    hidden: Option<Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let (n, d) = g.dims2()?;
+    let h_dim = wh.dim(0)?;
+    let input = Tensor::cat(&[g.reshape((n * d, 1))?, y.reshape((n * d, 1))?], 1)?;
+    let h = match hidden {
+        Some(h) => h,
+        None => Tensor::zeros((n * d, h_dim), g.dtype(), g.device())?,
+    };
+    let gx = input.matmul(wx.as_tensor())?.broadcast_add(b.as_tensor())?;
+    let gh = h.matmul(wh.as_tensor())?;
+    let z = sigmoid(&gx.narrow(1, 0, h_dim)?.add(&gh.narrow(1, 0, h_dim)?)?)?;
+    let r = sigmoid(
+        &gx.narrow(1, h_dim, h_dim)?
+            .add(&gh.narrow(1, h_dim, h_dim)?)?,
+    )?;
+    let candidate = gx
+        .narrow(1, 2 * h_dim, h_dim)?
+        .add(&r.mul(&gh.narrow(1, 2 * h_dim, h_dim)?)?)?
+        .tanh()?;
+    let h_new = z.affine(-1.0, 1.0)?.mul(&h)?.add(&z.mul(&candidate)?)?;
+    let delta = h_new.matmul(wo.as_tensor())?.reshape((n, d))?;
+    Ok((delta, h_new))
 }
