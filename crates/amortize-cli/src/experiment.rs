@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The built-in experiments: (name, TOML text).
-pub const BUILTIN: [(&str, &str); 14] = [
+pub const BUILTIN: [(&str, &str); 15] = [
     ("sphere", include_str!("../../../configs/sphere.toml")),
     ("toy1d", include_str!("../../../configs/toy1d.toml")),
     ("lista", include_str!("../../../configs/lista.toml")),
@@ -29,6 +29,10 @@ pub const BUILTIN: [(&str, &str); 14] = [
     (
         "lista-lasso-paper",
         include_str!("../../../configs/lista-lasso-paper.toml"),
+    ),
+    (
+        "lista-cpss-paper",
+        include_str!("../../../configs/lista-cpss-paper.toml"),
     ),
     ("maml", include_str!("../../../configs/maml.toml")),
     ("fomaml", include_str!("../../../configs/fomaml.toml")),
