@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use amortize::eval::{
-    amortization_gap, nmse_db, relative_gaps, solver_iterates, speed_at_equal_quality, GapReport,
-    SpeedReport,
+    amortization_gap, mean_gaps, nmse_db, relative_gaps, solver_iterates, speed_at_equal_quality,
+    GapReport, SpeedReport,
 };
 use amortize::model::{Adjoint, FusedMlp, Model, ModelConfig, UnrolledConfig};
 use amortize::problem::{Problem, ProblemConfig, Sinusoid, Sphere};
@@ -661,18 +661,16 @@ fn semi_vs_warm(
     let y_star = problem
         .solve_exact(&x)?
         .context("eval.compare_warm_start needs a family with an exact solver")?;
-    let f_star = problem.objective(&y_star, &x)?.to_dtype(DType::F64)?;
-    let mean_gaps = |m: &dyn Model| -> Result<Vec<f64>> {
-        m.forward(&x, problem)?
-            .iterates
-            .iter()
-            .map(|y| -> Result<f64> {
-                let f = problem.objective(y, &x)?.to_dtype(DType::F64)?;
-                Ok(f.sub(&f_star)?.mean_all()?.to_scalar::<f64>()?)
-            })
-            .collect()
+    let f_star = problem.objective(&y_star, &x)?;
+    let gaps = |m: &dyn Model| -> Result<Vec<f64>> {
+        Ok(mean_gaps(
+            problem,
+            &m.forward(&x, problem)?.iterates,
+            &x,
+            &f_star,
+        )?)
     };
-    let (warm_gaps, semi_gaps) = (mean_gaps(warm.as_ref())?, mean_gaps(model)?);
+    let (warm_gaps, semi_gaps) = (gaps(warm.as_ref())?, gaps(model)?);
     let mut csv = String::from("k,warm_start_gap,semi_amortized_gap\n");
     for (k, (w, s)) in warm_gaps.iter().zip(&semi_gaps).enumerate() {
         csv.push_str(&format!("{k},{w},{s}\n"));

@@ -497,18 +497,24 @@ fn model_nmse_at(run_dir: &Path, k: usize) -> f64 {
     row.split(',').nth(col).unwrap().parse().unwrap()
 }
 
+/// Runs the built-in experiment `name` on 2 threads and returns its model's NMSE (dB) at
+/// layer 16.
+fn reproduced_nmse_at_16(name: &str) -> f64 {
+    let dir = tmpdir(name);
+    let o = run(bin()
+        .args(["--threads", "2", "--out"])
+        .arg(&dir)
+        .args(["run", name]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    model_nmse_at(&dir.join(name), 16)
+}
+
 /// Full reproduction (about 2.5 minutes): ALISTA trained layer by layer on noiseless 256×512
 /// sparse recovery reaches −60 dB NMSE at 16 layers (measured −65.6 dB).
 #[test]
 #[ignore = "reproduction run, minutes: cargo test --release -- --ignored"]
 fn reproduce_alista() {
-    let dir = tmpdir("alista");
-    let o = run(bin()
-        .args(["--threads", "2", "--out"])
-        .arg(&dir)
-        .args(["run", "alista"]));
-    assert!(o.status.success(), "{}", stderr(&o));
-    let nmse = model_nmse_at(&dir.join("alista"), 16);
+    let nmse = reproduced_nmse_at_16("alista");
     assert!(nmse <= -60.0, "ALISTA-16 NMSE {nmse} dB");
 }
 
@@ -518,13 +524,7 @@ fn reproduce_alista() {
 #[test]
 #[ignore = "reproduction run, half an hour: cargo test --release -- --ignored"]
 fn reproduce_lista_paper() {
-    let dir = tmpdir("lista-paper");
-    let o = run(bin()
-        .args(["--threads", "2", "--out"])
-        .arg(&dir)
-        .args(["run", "lista-paper"]));
-    assert!(o.status.success(), "{}", stderr(&o));
-    let nmse = model_nmse_at(&dir.join("lista-paper"), 16);
+    let nmse = reproduced_nmse_at_16("lista-paper");
     assert!(nmse <= -20.0, "LISTA-16 NMSE {nmse} dB");
 }
 

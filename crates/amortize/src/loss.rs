@@ -87,10 +87,11 @@ impl Loss {
         labels: Option<&Tensor>,
         problem: &dyn Problem,
     ) -> Result<Tensor> {
-        if *self == Loss::Reptile {
-            return self.reptile(prediction);
-        }
-        if prediction.iterates.len() < 2 || *weights == IterateWeights::Last {
+        // Reptile compares the first and last iterates itself; it is not summed over them.
+        if *self == Loss::Reptile
+            || prediction.iterates.len() < 2
+            || *weights == IterateWeights::Last
+        {
             return self.value(prediction, x, labels, problem);
         }
         let w = weights.weights(prediction.iterates.len() - 1)?;

@@ -16,17 +16,41 @@ pub fn relative_gaps(
     x: &Tensor,
     f_star: &Tensor,
 ) -> Result<Vec<f64>> {
+    let scale = f_star.to_dtype(DType::F64)?.abs()?.maximum(1e-12)?;
+    gaps(problem, iterates, x, f_star, Some(&scale))
+}
+
+/// Mean over instances of the amortization gap f(yₖ; x) − f* for each iterate yₖ, given f*
+/// per instance `(n,)`.
+pub fn mean_gaps(
+    problem: &dyn Problem,
+    iterates: &[Tensor],
+    x: &Tensor,
+    f_star: &Tensor,
+) -> Result<Vec<f64>> {
+    gaps(problem, iterates, x, f_star, None)
+}
+
+/// Mean of (f(yₖ) − f*)/scale per iterate, in f64, each iterate mapped onto Y first.
+fn gaps(
+    problem: &dyn Problem,
+    iterates: &[Tensor],
+    x: &Tensor,
+    f_star: &Tensor,
+    scale: Option<&Tensor>,
+) -> Result<Vec<f64>> {
     let x = x.to_dtype(DType::F64)?;
     let f_star = f_star.to_dtype(DType::F64)?;
-    let scale = f_star.abs()?.maximum(1e-12)?;
     iterates
         .iter()
         .map(|y| {
             let f = problem.objective(&problem.to_domain(&y.to_dtype(DType::F64)?)?, &x)?;
-            Ok(f.sub(&f_star)?
-                .div(&scale)?
-                .mean_all()?
-                .to_scalar::<f64>()?)
+            let gap = f.sub(&f_star)?;
+            let gap = match scale {
+                Some(s) => gap.div(s)?,
+                None => gap,
+            };
+            Ok(gap.mean_all()?.to_scalar::<f64>()?)
         })
         .collect()
 }

@@ -6,7 +6,7 @@ mod iterates;
 mod speed;
 
 pub use gap::{amortization_gap, GapReport, Quantiles};
-pub use iterates::{nmse_db, relative_gaps, solver_iterates};
+pub use iterates::{mean_gaps, nmse_db, relative_gaps, solver_iterates};
 pub use speed::{
     speed_at_equal_quality, time_median, Baseline, BaselineMethod, BaselineResult, Curve,
     SpeedConfig, SpeedReport,

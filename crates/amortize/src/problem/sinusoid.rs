@@ -85,35 +85,22 @@ impl Sinusoid {
     /// The learner's output for each task's parameters φ `(n, solution_dim)` at inputs
     /// t `(n, points)`: `(n, points)`. Batched over tasks with 3-D matrix products.
     pub fn learner(&self, phi: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let (n, points) = t.dims2()?;
-        let mut h = t.reshape((n, points, 1))?;
-        let mut offset = 0;
-        let last = self.widths.len() - 2;
-        for (l, pair) in self.widths.windows(2).enumerate() {
-            let (a, b) = (pair[0], pair[1]);
-            let w = phi.narrow(1, offset, a * b)?.reshape((n, a, b))?;
-            offset += a * b;
-            let bias = phi.narrow(1, offset, b)?.reshape((n, 1, b))?;
-            offset += b;
-            h = h.matmul(&w)?.broadcast_add(&bias)?;
-            if l < last {
-                h = h.relu()?;
-            }
-        }
-        Ok(h.reshape((n, points))?)
+        let (out, _, _) = self.learner_layers(phi, t)?;
+        Ok(out.reshape(t.dims2()?)?)
     }
 
-    /// ∇_φ of the mean squared error of the learner on inputs t `(n, points)` with targets y,
-    /// per task, by hand-written backpropagation in tensor ops. It stays differentiable (the
-    /// ReLU masks are constants), so unrolled steps build one graph that a single backward pass
-    /// traverses, where an autodiff gradient per step would re-traverse every earlier step.
-    fn mse_gradient(&self, phi: &Tensor, t: &Tensor, y: &Tensor) -> Result<Tensor> {
+    /// The learner's forward pass: its output `(n, points, 1)`, and for each layer its input
+    /// `(n, points, width)` and weight matrix `(n, width, next width)`, as backpropagation
+    /// needs them.
+    fn learner_layers(
+        &self,
+        phi: &Tensor,
+        t: &Tensor,
+    ) -> Result<(Tensor, Vec<Tensor>, Vec<Tensor>)> {
         let (n, points) = t.dims2()?;
         let layers = self.widths.len() - 1;
-        // Forward, keeping each layer's input h and weights.
         let mut inputs = Vec::with_capacity(layers);
         let mut weights = Vec::with_capacity(layers);
-        let mut masks = Vec::with_capacity(layers);
         let mut h = t.reshape((n, points, 1))?;
         let mut offset = 0;
         for (l, pair) in self.widths.windows(2).enumerate() {
@@ -125,26 +112,33 @@ impl Sinusoid {
             let pre = h.matmul(&w)?.broadcast_add(&bias)?;
             inputs.push(h);
             weights.push(w);
-            if l + 1 < layers {
-                masks.push(pre.detach().gt(0.0)?.to_dtype(pre.dtype())?);
-                h = pre.relu()?;
-            } else {
-                h = pre;
-            }
+            h = if l + 1 < layers { pre.relu()? } else { pre };
         }
+        Ok((h, inputs, weights))
+    }
+
+    /// ∇_φ of the mean squared error of the learner on inputs t `(n, points)` with targets y,
+    /// per task, by hand-written backpropagation in tensor ops. It stays differentiable (the
+    /// ReLU masks are constants), so unrolled steps build one graph that a single backward pass
+    /// traverses, where an autodiff gradient per step would re-traverse every earlier step.
+    fn mse_gradient(&self, phi: &Tensor, t: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let (n, points) = t.dims2()?;
+        let (out, inputs, weights) = self.learner_layers(phi, t)?;
+        let layers = inputs.len();
         // Backward: d(mean (out − y)²)/d out = 2(out − y)/points.
-        let mut delta = h
+        let mut delta = out
             .sub(&y.reshape((n, points, 1))?)?
             .affine(2.0 / points as f64, 0.0)?;
-        let mut grads = Vec::with_capacity(2 * layers);
+        let mut grads = Vec::with_capacity(layers);
         for l in (0..layers).rev() {
             let dw = inputs[l].transpose(1, 2)?.matmul(&delta)?;
             let db = delta.sum_keepdim(1)?;
             grads.push((dw.flatten_from(1)?, db.flatten_from(1)?));
             if l > 0 {
-                delta = delta
-                    .matmul(&weights[l].transpose(1, 2)?)?
-                    .mul(&masks[l - 1])?;
+                // Layer l's input is relu(pre-activation of layer l − 1): the ReLU derivative
+                // is 1 exactly where that input is positive.
+                let mask = inputs[l].detach().gt(0.0)?.to_dtype(delta.dtype())?;
+                delta = delta.matmul(&weights[l].transpose(1, 2)?)?.mul(&mask)?;
             }
         }
         let mut parts = Vec::with_capacity(2 * layers);

@@ -477,10 +477,7 @@ impl<'a> Trainer<'a> {
                         )?,
                         GradientEstimator::Es { sigma, samples } => {
                             let loss = || -> Result<f64> {
-                                let pred = match depth {
-                                    Some(d) => self.model.forward_to_depth(&x, problem, d)?,
-                                    None => self.model.forward_train(&x, problem)?,
-                                };
+                                let pred = training_prediction(self.model, problem, &x, depth)?;
                                 let l = cfg.loss.value_summed(
                                     &pred,
                                     &cfg.iterates,
@@ -492,7 +489,8 @@ impl<'a> Trainer<'a> {
                             };
                             let (grads, loss) =
                                 es_gradient(active, sigma, samples, &mut es_rng, loss)?;
-                            apply_update(&cfg, active, state, grads, lr, loss)?
+                            let grads = grads.into_iter().map(Some).collect();
+                            apply_present(&cfg, active, state, grads, lr, loss)?
                         }
                     }
                 }
@@ -686,6 +684,20 @@ fn model_kind(model: &dyn Model) -> String {
         .unwrap_or_else(|| "model".into())
 }
 
+/// What the training loss sees: the first `depth` layers during a layer-wise stage, else the
+/// model's training forward pass.
+fn training_prediction(
+    model: &dyn Model,
+    problem: &dyn Problem,
+    x: &Tensor,
+    depth: Option<usize>,
+) -> Result<crate::model::Prediction> {
+    match depth {
+        Some(d) => model.forward_to_depth(x, problem, d),
+        None => model.forward_train(x, problem),
+    }
+}
+
 /// One composite training step: the loss (summed over iterates per `cfg.iterates`) from candle
 /// tensor ops, ∇_θ by candle's autodiff, optional clipping, then Adam on `vars` with rate `lr`.
 /// With `depth`, only the first `depth` layers run (a stage of layer-wise training). Returns
@@ -702,10 +714,7 @@ pub fn composite_step(
     lr: f64,
     depth: Option<usize>,
 ) -> Result<(f64, f64)> {
-    let pred = match depth {
-        Some(d) => model.forward_to_depth(x, problem, d)?,
-        None => model.forward_train(x, problem)?,
-    };
+    let pred = training_prediction(model, problem, x, depth)?;
     if let Some((lambda, cg_iters)) = model.implicit() {
         return implicit_step(
             problem, cfg, vars, state, x, labels, lr, &pred, lambda, cg_iters,
@@ -766,27 +775,8 @@ fn implicit_step(
     apply_present(cfg, vars, state, grads, lr, loss_value)
 }
 
-/// Clipping and the Adam update of `vars` with full gradients `grads` (the ES path).
-/// Returns (loss, gradient norm); θ is left unchanged when either is not finite.
-fn apply_update(
-    cfg: &TrainConfig,
-    vars: &[candle_core::Var],
-    state: &mut AdamState,
-    grads: Vec<Tensor>,
-    lr: f64,
-    loss_value: f64,
-) -> Result<(f64, f64)> {
-    apply_present(
-        cfg,
-        vars,
-        state,
-        grads.into_iter().map(Some).collect(),
-        lr,
-        loss_value,
-    )
-}
-
 /// Clipping and the Adam update for gradients that may be missing (no update for those).
+/// Returns (loss, gradient norm); θ is left unchanged when either is not finite.
 fn apply_present(
     cfg: &TrainConfig,
     vars: &[candle_core::Var],
