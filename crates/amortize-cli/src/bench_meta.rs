@@ -60,6 +60,7 @@ pub fn run(repeats: usize) -> Result<()> {
                     None,
                     1e-9,
                     None,
+                    0.0,
                 )
                 .map(|_| ())
             };

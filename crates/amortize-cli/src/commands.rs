@@ -521,6 +521,16 @@ pub fn run_experiment(
                     exp.seed,
                 )?);
             }
+            ProblemConfig::ElasticNetIsta(_) | ProblemConfig::FixedPointToy(_) => {
+                figures.extend(crate::fixed_point_report::fixed_point_figures(
+                    &dir,
+                    &fig_dir,
+                    problem.as_ref(),
+                    model.as_ref(),
+                    &exp.eval,
+                    exp.seed,
+                )?);
+            }
             ProblemConfig::Quadratic(_) => {}
         }
         if exp.eval.compare_warm_start {

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The built-in experiments: (name, TOML text).
-pub const BUILTIN: [(&str, &str); 15] = [
+pub const BUILTIN: [(&str, &str); 17] = [
     ("sphere", include_str!("../../../configs/sphere.toml")),
     ("toy1d", include_str!("../../../configs/toy1d.toml")),
     ("lista", include_str!("../../../configs/lista.toml")),
@@ -39,6 +39,8 @@ pub const BUILTIN: [(&str, &str); 15] = [
     ("metasgd", include_str!("../../../configs/metasgd.toml")),
     ("reptile", include_str!("../../../configs/reptile.toml")),
     ("hypernet", include_str!("../../../configs/hypernet.toml")),
+    ("neural-fp", include_str!("../../../configs/neural-fp.toml")),
+    ("hyper-aa", include_str!("../../../configs/hyper-aa.toml")),
 ];
 
 /// Evaluation settings.
@@ -55,6 +57,12 @@ pub struct EvalConfig {
     /// (its init alone, refined by the same steps only at prediction time) with the same budget,
     /// and write the gap per iterate of both side by side (`semi-vs-warm.csv`, default false).
     pub compare_warm_start: bool,
+    /// For a fixed-point family: iterations of the residual comparison (default 100; at least
+    /// the model's trained steps).
+    pub fixed_point_iterations: usize,
+    /// For a fixed-point family: the normalised residual at which an instance counts as solved
+    /// (default 1e-4).
+    pub fixed_point_tolerance: f64,
 }
 
 impl Default for EvalConfig {
@@ -64,6 +72,8 @@ impl Default for EvalConfig {
             tolerance: 0.01,
             speed: SpeedConfig::default(),
             compare_warm_start: false,
+            fixed_point_iterations: 100,
+            fixed_point_tolerance: 1e-4,
         }
     }
 }
@@ -175,6 +185,10 @@ impl Experiment {
         }
         if !(self.eval.tolerance.is_finite() && self.eval.tolerance >= 0.0) {
             bail!("eval.tolerance must be finite and >= 0");
+        }
+        if !(self.eval.fixed_point_tolerance.is_finite() && self.eval.fixed_point_tolerance > 0.0)
+        {
+            bail!("eval.fixed_point_tolerance must be finite and > 0");
         }
         self.problem.build()?;
         Ok(())

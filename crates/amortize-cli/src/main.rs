@@ -9,6 +9,7 @@ mod bench_solvers;
 mod commands;
 mod contexts;
 mod experiment;
+mod fixed_point_report;
 mod memory;
 mod plots;
 mod progress;

@@ -158,6 +158,7 @@ impl Alista {
         Ok(Prediction {
             y: problem.to_domain(&y)?,
             iterates,
+            penalty: None,
         })
     }
 }

@@ -136,6 +136,7 @@ impl Model for HyperNet {
         Ok(Prediction {
             y: problem.to_domain(&y)?,
             iterates: Vec::new(),
+            penalty: None,
         })
     }
 
@@ -154,7 +155,11 @@ impl Model for HyperNet {
                 y = problem.to_domain(&y.sub(&g.affine(self.config.finetune_rate, 0.0)?)?)?;
                 iterates.push(y.clone());
             }
-            Ok(Prediction { y, iterates })
+            Ok(Prediction {
+                y,
+                iterates,
+                penalty: None,
+            })
         })())
     }
 

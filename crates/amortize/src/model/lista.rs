@@ -188,6 +188,7 @@ impl Lista {
         Ok(Prediction {
             y: problem.to_domain(&y)?,
             iterates,
+            penalty: None,
         })
     }
 }

@@ -166,6 +166,7 @@ impl Model for Mlp {
         Ok(Prediction {
             y,
             iterates: Vec::new(),
+            penalty: None,
         })
     }
 

@@ -3,17 +3,23 @@
 
 mod alista;
 mod fused;
+mod gru;
+mod hyper_aa;
 mod hypernet;
 mod lista;
 mod mlp;
+mod neural_fp;
 mod params;
 mod unrolled;
 
 pub use alista::{analytic_weight, Alista, AlistaConfig};
 pub use fused::{FusedMlp, StepStats};
+pub use gru::GruCell;
+pub use hyper_aa::{HyperAa, HyperAaConfig};
 pub use hypernet::{HyperNet, HyperNetConfig};
 pub use lista::{shrink, shrink_selected, Lista, ListaConfig};
 pub use mlp::{Activation, Mlp, MlpConfig};
+pub use neural_fp::{NeuralFp, NeuralFpConfig};
 pub use params::Params;
 pub use unrolled::{Adjoint, InitConfig, RateConfig, Unrolled, UnrolledConfig, UpdateRule};
 
@@ -32,6 +38,10 @@ pub struct Prediction {
     /// The iterates ŷ⁰ … ŷᴷ of a semi-amortized model (the last equals `y`); empty for a
     /// fully-amortized model. The iterate-summed loss L_Σ (tutorial eq. 13) reads them.
     pub iterates: Vec<Tensor>,
+    /// An auxiliary training penalty of the model, e.g. HyperAA's Ω(α) (tutorial eq. 55); the
+    /// trainer adds it to the loss with a weight annealed to zero
+    /// ([`crate::train::TrainConfig::penalty_anneal`]). `None` for most models.
+    pub penalty: Option<Tensor>,
 }
 
 /// A model ŷθ mapping contexts to solutions.
@@ -120,6 +130,12 @@ pub enum ModelConfig {
     Unrolled(UnrolledConfig),
     /// [`HyperNet`]: support set → learner weights, for meta-learning families.
     HyperNet(HyperNetConfig),
+    /// [`NeuralFp`]: learned init and GRU acceleration on Anderson, for fixed-point families.
+    #[serde(rename = "neural-fp")]
+    NeuralFp(NeuralFpConfig),
+    /// [`HyperAa`]: learned init and Anderson coefficients, for fixed-point families.
+    #[serde(rename = "hyper-aa")]
+    HyperAa(HyperAaConfig),
 }
 
 impl Default for ModelConfig {
@@ -130,7 +146,15 @@ impl Default for ModelConfig {
 
 impl ModelConfig {
     /// The names of the built-in models, for `amortize list`.
-    pub const NAMES: [&'static str; 5] = ["mlp", "lista", "alista", "unrolled", "hypernet"];
+    pub const NAMES: [&'static str; 7] = [
+        "mlp",
+        "lista",
+        "alista",
+        "unrolled",
+        "hypernet",
+        "neural-fp",
+        "hyper-aa",
+    ];
 
     /// Builds the model for `problem` with parameters initialised from `rng`.
     pub fn build(
@@ -164,6 +188,12 @@ impl ModelConfig {
             }
             ModelConfig::HyperNet(c) => {
                 Ok(Box::new(HyperNet::new(c.clone(), problem, rng, device)?))
+            }
+            ModelConfig::NeuralFp(c) => {
+                Ok(Box::new(NeuralFp::new(c.clone(), problem, rng, device)?))
+            }
+            ModelConfig::HyperAa(c) => {
+                Ok(Box::new(HyperAa::new(c.clone(), problem, rng, device)?))
             }
         }
     }

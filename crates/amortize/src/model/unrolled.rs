@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
+use super::gru::sigmoid;
 use super::{Mlp, MlpConfig, Model, ModelConfig, Params, Prediction};
 use crate::problem::Problem;
 use crate::{Error, Result};
@@ -376,6 +377,7 @@ impl Unrolled {
         Ok(Prediction {
             y: iterates.last().expect("ẑ⁰ is always there").clone(),
             iterates,
+            penalty: None,
         })
     }
 }
@@ -412,11 +414,6 @@ impl Model for Unrolled {
     fn config(&self) -> ModelConfig {
         ModelConfig::Unrolled(self.config.clone())
     }
-}
-
-/// σ(v) = 1 / (1 + e^{−v}) from tensor ops (differentiable to any order).
-fn sigmoid(v: &Tensor) -> Result<Tensor> {
-    Ok(v.neg()?.exp()?.affine(1.0, 1.0)?.recip()?)
 }
 
 /// One coordinate-wise GRU step: every coordinate of every row is one sequence, with input

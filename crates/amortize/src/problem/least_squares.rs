@@ -113,24 +113,7 @@ impl LeastSquares {
     pub fn lipschitz(&self) -> Result<f64> {
         let (m, n) = self.w64.dims2()?;
         let w: Vec<f64> = self.w64.flatten_all()?.to_vec1()?;
-        let mut v = vec![1.0 / (n as f64).sqrt(); n];
-        let mut lambda = 0.0;
-        for _ in 0..10_000 {
-            let wv: Vec<f64> = (0..m)
-                .map(|i| (0..n).map(|j| w[i * n + j] * v[j]).sum())
-                .collect();
-            let mut next: Vec<f64> = (0..n)
-                .map(|j| (0..m).map(|i| w[i * n + j] * wv[i]).sum())
-                .collect();
-            let norm = next.iter().map(|x| x * x).sum::<f64>().sqrt();
-            next.iter_mut().for_each(|x| *x /= norm);
-            let converged = (norm - lambda).abs() <= 1e-12 * norm;
-            (v, lambda) = (next, norm);
-            if converged {
-                break;
-            }
-        }
-        Ok(lambda)
+        Ok(crate::linalg::spectral_norm_squared(&w, m, n, 1e-12, 10_000))
     }
 
     /// `count` signals and the codes that made them, `(count, m)` and `(count, n)` f32.

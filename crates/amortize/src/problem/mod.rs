@@ -5,6 +5,9 @@
 //! `(n, context_dim)` tensors and solutions `(n, solution_dim)` tensors, and the objective
 //! returns one value per row.
 
+mod elastic_net;
+mod fixed_point;
+mod fixed_point_toy;
 mod lasso;
 mod least_squares;
 mod quadratic;
@@ -12,6 +15,9 @@ mod sinusoid;
 mod sphere;
 mod toy1d;
 
+pub use elastic_net::{ElasticNetConfig, ElasticNetIsta};
+pub use fixed_point::{normalised_residual, solve_fixed_point, FixedPointMap};
+pub use fixed_point_toy::{FixedPointToy, FixedPointToyConfig};
 pub use lasso::{Lasso, LassoConfig, Signals};
 pub use least_squares::LeastSquares;
 pub use quadratic::{Quadratic, QuadraticConfig};
@@ -129,6 +135,12 @@ pub trait Problem: Send + Sync {
         None
     }
 
+    /// The fixed-point map g(y; x) of a fixed-point family (tutorial §6.4), whose objective is
+    /// then the normalised residual; `None` for other families. NeuralFP and HyperAA unroll it.
+    fn fixed_point_map(&self) -> Option<&dyn FixedPointMap> {
+        None
+    }
+
     /// A hand-written CPU f32 evaluation of f(π_Y(raw); x) and its gradient, used by the fused
     /// training path ([`crate::model::FusedMlp`]); `None` when the family has none.
     fn cpu_objective(&self) -> Option<&dyn CpuObjective> {
@@ -189,11 +201,25 @@ pub enum ProblemConfig {
     Lasso(LassoConfig),
     /// [`Sinusoid`]: few-shot sinusoid regression, y = a learner's parameters (§6.3).
     Sinusoid(SinusoidConfig),
+    /// [`ElasticNetIsta`]: the ISTA map of elastic-net regression, a fixed-point family (§6.4).
+    #[serde(rename = "elastic-net-ista")]
+    ElasticNetIsta(ElasticNetConfig),
+    /// [`FixedPointToy`]: the one-dimensional map of Figure 9, a fixed-point family (§6.4).
+    #[serde(rename = "fixed-point-toy")]
+    FixedPointToy(FixedPointToyConfig),
 }
 
 impl ProblemConfig {
     /// The names of the built-in families, for `amortize list`.
-    pub const NAMES: [&'static str; 5] = ["sphere", "toy1d", "quadratic", "lasso", "sinusoid"];
+    pub const NAMES: [&'static str; 7] = [
+        "sphere",
+        "toy1d",
+        "quadratic",
+        "lasso",
+        "sinusoid",
+        "elastic-net-ista",
+        "fixed-point-toy",
+    ];
 
     /// The family's name.
     pub fn name(&self) -> &'static str {
@@ -203,6 +229,8 @@ impl ProblemConfig {
             ProblemConfig::Quadratic(_) => "quadratic",
             ProblemConfig::Lasso(_) => "lasso",
             ProblemConfig::Sinusoid(_) => "sinusoid",
+            ProblemConfig::ElasticNetIsta(_) => "elastic-net-ista",
+            ProblemConfig::FixedPointToy(_) => "fixed-point-toy",
         }
     }
 
@@ -215,6 +243,8 @@ impl ProblemConfig {
             "lasso" => ProblemConfig::Lasso(LassoConfig::default()),
             "sparse-recovery" => ProblemConfig::Lasso(LassoConfig::sparse_recovery()),
             "sinusoid" => ProblemConfig::Sinusoid(SinusoidConfig::default()),
+            "elastic-net-ista" => ProblemConfig::ElasticNetIsta(ElasticNetConfig::default()),
+            "fixed-point-toy" => ProblemConfig::FixedPointToy(FixedPointToyConfig::default()),
             other => {
                 return Err(Error::invalid(format!(
                     "unknown problem '{other}' (known: {})",
@@ -232,6 +262,8 @@ impl ProblemConfig {
             ProblemConfig::Quadratic(c) => Box::new(Quadratic::new(c.clone())?),
             ProblemConfig::Lasso(c) => Box::new(Lasso::new(c.clone())?),
             ProblemConfig::Sinusoid(c) => Box::new(Sinusoid::new(c.clone())?),
+            ProblemConfig::ElasticNetIsta(c) => Box::new(ElasticNetIsta::new(c.clone())?),
+            ProblemConfig::FixedPointToy(c) => Box::new(FixedPointToy::new(c.clone())?),
         })
     }
 }

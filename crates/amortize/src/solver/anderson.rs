@@ -11,13 +11,8 @@ use std::collections::VecDeque;
 use candle_core::{DType, Tensor};
 
 use super::Solver;
+use crate::problem::FixedPointMap;
 use crate::{Error, Result};
-
-/// A fixed-point map g(y; x), batched over rows.
-pub trait FixedPointMap {
-    /// g(y; x) for every row, same shape as `y`.
-    fn apply(&self, y: &Tensor, x: &Tensor) -> Result<Tensor>;
-}
 
 /// # Anderson acceleration
 /// Wraps any [`FixedPointMap`]; memory M (M = 0 is the plain iteration with mixing β).
@@ -93,6 +88,52 @@ fn mixing_weights(h: &[f64], k: usize) -> Vec<f64> {
     z.iter().map(|v| v / total).collect()
 }
 
+/// The history (y_i, g_i), oldest first, stacked as two `(n, k, d)` tensors.
+pub fn stack_history<'t>(
+    history: impl Iterator<Item = (&'t Tensor, &'t Tensor)>,
+) -> Result<(Tensor, Tensor)> {
+    let (ys, gs): (Vec<Tensor>, Vec<Tensor>) = history.map(|(y, g)| (y.clone(), g.clone())).unzip();
+    Ok((Tensor::stack(&ys, 1)?, Tensor::stack(&gs, 1)?))
+}
+
+/// The Anderson weights α* = H⁻¹1 / (1ᵀH⁻¹1), H = RRᵀ + λ·max diag(RRᵀ)·I (eq. 48), for
+/// residuals `r` `(n, k, d)`; returned as a constant `(n, 1, k)` tensor (no graph: α* is
+/// computed in f64 on the CPU).
+pub fn mixing_weights_batched(r: &Tensor, ridge: f64) -> Result<Tensor> {
+    let (n, k, _) = r.dims3()?;
+    let h: Vec<f64> = r
+        .matmul(&r.transpose(1, 2)?.contiguous()?)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1()?;
+    let mut alpha = Vec::with_capacity(n * k);
+    for hi in h.chunks(k * k) {
+        let mut reg = hi.to_vec();
+        let scale = (0..k)
+            .map(|i| reg[i * k + i])
+            .fold(0.0, f64::max)
+            .max(1e-300);
+        for i in 0..k {
+            reg[i * k + i] += ridge * scale;
+        }
+        alpha.extend(mixing_weights(&reg, k));
+    }
+    Ok(Tensor::from_vec(alpha, (n, 1, k), r.device())?.to_dtype(r.dtype())?)
+}
+
+/// AA_Update (eq. 47): β Σ αᵢ gᵢ + (1 − β) Σ αᵢ yᵢ for weights `alpha` `(n, 1, k)` and the
+/// stacked history `(n, k, d)`; `beta` is a scalar.
+pub fn anderson_update(alpha: &Tensor, ys: &Tensor, gs: &Tensor, beta: f64) -> Result<Tensor> {
+    let mixed_g = alpha.matmul(gs)?.squeeze(1)?;
+    if beta == 1.0 {
+        return Ok(mixed_g);
+    }
+    let mixed_y = alpha.matmul(ys)?.squeeze(1)?;
+    Ok(mixed_g
+        .affine(beta, 0.0)?
+        .add(&mixed_y.affine(1.0 - beta, 0.0)?)?)
+}
+
 impl<G: FixedPointMap> Solver for Anderson<G> {
     type State = AndersonState;
 
@@ -113,37 +154,9 @@ impl<G: FixedPointMap> Solver for Anderson<G> {
         while s.history.len() > self.memory + 1 {
             s.history.pop_front();
         }
-        let k = s.history.len();
-        let n = s.y.dim(0)?;
-        // Residuals stacked as (n, k, d); H = R Rᵀ per instance (k × k), weights on the CPU.
-        let ys: Vec<Tensor> = s.history.iter().map(|(y, _)| y.clone()).collect();
-        let gs: Vec<Tensor> = s.history.iter().map(|(_, g)| g.clone()).collect();
-        let y_stack = Tensor::stack(&ys, 1)?;
-        let g_stack = Tensor::stack(&gs, 1)?;
-        let r = g_stack.sub(&y_stack)?;
-        let h: Vec<f64> = r
-            .matmul(&r.transpose(1, 2)?.contiguous()?)?
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1()?;
-        let mut alpha = Vec::with_capacity(n * k);
-        for hi in h.chunks(k * k) {
-            let mut reg = hi.to_vec();
-            let scale = (0..k)
-                .map(|i| reg[i * k + i])
-                .fold(0.0, f64::max)
-                .max(1e-300);
-            for i in 0..k {
-                reg[i * k + i] += self.ridge * scale;
-            }
-            alpha.extend(mixing_weights(&reg, k));
-        }
-        let alpha = Tensor::from_vec(alpha, (n, 1, k), s.y.device())?.to_dtype(s.y.dtype())?;
-        let mixed_g = alpha.matmul(&g_stack)?.squeeze(1)?;
-        let mixed_y = alpha.matmul(&y_stack)?.squeeze(1)?;
-        s.y = mixed_g
-            .affine(self.beta, 0.0)?
-            .add(&mixed_y.affine(1.0 - self.beta, 0.0)?)?;
+        let (y_stack, g_stack) = stack_history(s.history.iter().map(|(y, g)| (y, g)))?;
+        let alpha = mixing_weights_batched(&g_stack.sub(&y_stack)?, self.ridge)?;
+        s.y = anderson_update(&alpha, &y_stack, &g_stack, self.beta)?;
         Ok(s)
     }
 

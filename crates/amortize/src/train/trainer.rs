@@ -72,6 +72,10 @@ pub struct TrainConfig {
     /// Stage-wise training of an unrolled model (default none: every step fits the whole
     /// model).
     pub layerwise: Option<Layerwise>,
+    /// The fraction of training over which the weight of a model's auxiliary penalty
+    /// ([`crate::model::Prediction::penalty`], e.g. HyperAA's Ω(α)) decays linearly from 1 to 0
+    /// (default 0.5; 0 never applies it).
+    pub penalty_anneal: f64,
     /// Evaluate on the held-out set every this many steps (default 250; 0 = only at the end).
     pub eval_every: usize,
     /// Size of the held-out set (default 1024).
@@ -96,6 +100,7 @@ impl Default for TrainConfig {
             iterates: IterateWeights::Last,
             gradient: GradientEstimator::Autodiff,
             layerwise: None,
+            penalty_anneal: 0.5,
             eval_every: 250,
             eval_size: 1024,
             checkpoint_every: 0,
@@ -105,6 +110,16 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The weight of a model's auxiliary penalty at `step`: 1 − step / (penalty_anneal · steps),
+    /// floored at 0.
+    pub fn penalty_weight(&self, step: usize) -> f64 {
+        let horizon = self.penalty_anneal * self.steps as f64;
+        if horizon <= 0.0 {
+            return 0.0;
+        }
+        (1.0 - step as f64 / horizon).max(0.0)
+    }
+
     /// Checks the settings, naming the first bad field.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::invalid(format!("train: {m}")));
@@ -126,6 +141,9 @@ impl TrainConfig {
         }
         if self.eval_size == 0 {
             return bad("eval_size must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.penalty_anneal) {
+            return bad("penalty_anneal must be in [0, 1]");
         }
         self.iterates.validate()?;
         self.gradient.validate()?;
@@ -474,16 +492,18 @@ impl<'a> Trainer<'a> {
                             labels.as_ref(),
                             lr,
                             depth,
+                            cfg.penalty_weight(step),
                         )?,
                         GradientEstimator::Es { sigma, samples } => {
                             let loss = || -> Result<f64> {
                                 let pred = training_prediction(self.model, problem, &x, depth)?;
-                                let l = cfg.loss.value_summed(
+                                let l = training_loss(
+                                    &cfg,
                                     &pred,
-                                    &cfg.iterates,
                                     &x,
                                     labels.as_ref(),
                                     problem,
+                                    cfg.penalty_weight(step),
                                 )?;
                                 Ok(l.to_dtype(DType::F64)?.to_scalar()?)
                             };
@@ -702,6 +722,7 @@ fn training_prediction(
 /// tensor ops, ∇_θ by candle's autodiff, optional clipping, then Adam on `vars` with rate `lr`.
 /// With `depth`, only the first `depth` layers run (a stage of layer-wise training). Returns
 /// (loss, gradient norm) before the update; θ is left unchanged when either is not finite.
+/// A model's auxiliary penalty enters with weight `penalty_weight`.
 #[allow(clippy::too_many_arguments)]
 pub fn composite_step(
     model: &dyn Model,
@@ -713,6 +734,7 @@ pub fn composite_step(
     labels: Option<&Tensor>,
     lr: f64,
     depth: Option<usize>,
+    penalty_weight: f64,
 ) -> Result<(f64, f64)> {
     let pred = training_prediction(model, problem, x, depth)?;
     if let Some((lambda, cg_iters)) = model.implicit() {
@@ -720,9 +742,7 @@ pub fn composite_step(
             problem, cfg, vars, state, x, labels, lr, &pred, lambda, cg_iters,
         );
     }
-    let loss = cfg
-        .loss
-        .value_summed(&pred, &cfg.iterates, x, labels, problem)?;
+    let loss = training_loss(cfg, &pred, x, labels, problem, penalty_weight)?;
     let loss_value: f64 = loss.to_dtype(DType::F64)?.to_scalar()?;
     let store = loss.backward()?;
     // Parameters outside the loss's graph (later layers during a layer-wise stage) get no
@@ -732,6 +752,25 @@ pub fn composite_step(
         .map(|v| store.get(v.as_tensor()).map(|g| g.detach()))
         .collect();
     apply_present(cfg, vars, state, grads, lr, loss_value)
+}
+
+/// The loss of `pred` summed over iterates per `cfg`, plus `penalty_weight` times the model's
+/// auxiliary penalty when it has one.
+fn training_loss(
+    cfg: &TrainConfig,
+    pred: &crate::model::Prediction,
+    x: &Tensor,
+    labels: Option<&Tensor>,
+    problem: &dyn Problem,
+    penalty_weight: f64,
+) -> Result<Tensor> {
+    let loss = cfg
+        .loss
+        .value_summed(pred, &cfg.iterates, x, labels, problem)?;
+    match &pred.penalty {
+        Some(p) if penalty_weight > 0.0 => Ok(loss.add(&p.affine(penalty_weight, 0.0)?)?),
+        _ => Ok(loss),
+    }
 }
 
 /// One step by implicit differentiation (iMAML): the loss at the inner answer y*, its gradient

@@ -448,6 +448,7 @@ fn sinusoid_tasks_and_the_learner_are_right() -> Result<()> {
     let pred = Prediction {
         y: phi.clone(),
         iterates: vec![],
+        penalty: None,
     };
     assert_eq!(scalar(&Loss::Query.value(&pred, &x, None, &small)?)?, 4.0);
     let quad = Quadratic::new(QuadraticConfig::default())?;
@@ -457,6 +458,7 @@ fn sinusoid_tasks_and_the_learner_are_right() -> Result<()> {
             &Prediction {
                 y: yq,
                 iterates: vec![],
+                penalty: None,
             },
             &xq,
             None,

@@ -1,0 +1,234 @@
+//! Neural fixed-point acceleration (NeuralFP; Venkataraman & Amos 2021; tutorial §6.4.1,
+//! eq. 49–50): a learned initial iterate and hidden state, and a recurrent acceleration model
+//! on top of Anderson acceleration.
+
+use std::collections::VecDeque;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use super::gru::GruCell;
+use super::{Mlp, MlpConfig, Model, ModelConfig, Params, Prediction};
+use crate::problem::{FixedPointMap, Problem};
+use crate::solver::{anderson_update, mixing_weights_batched, stack_history};
+use crate::{Error, Result};
+
+/// Settings of [`NeuralFp`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NeuralFpConfig {
+    /// Trained iterations K (default 25).
+    pub steps: usize,
+    /// Anderson memory M: the update mixes the last M + 1 iterates (default 5).
+    pub memory: usize,
+    /// Anderson's relative ridge λ (default 1e-8).
+    pub ridge: f64,
+    /// Hidden widths of the init model x ↦ (ŷ⁰, ĥ⁰) (default [128]); empty turns the learned
+    /// init off (ŷ⁰ = 0, ĥ⁰ = 0).
+    pub init: Vec<usize>,
+    /// Width of the GRU's hidden state (default 64).
+    pub hidden: usize,
+}
+
+impl Default for NeuralFpConfig {
+    fn default() -> Self {
+        NeuralFpConfig {
+            steps: 25,
+            memory: 5,
+            ridge: 1e-8,
+            init: vec![128],
+            hidden: 64,
+        }
+    }
+}
+
+/// # NeuralFP
+/// (ŷ⁰, ĥ⁰) = init_θ(x), then for t = 0 … K − 1 (eq. 49)
+///
+/// g = g(ŷᵗ; x), R = g − ŷᵗ, ŷ_AA = AA_Update over the last M + 1 pairs (eq. 47–48),
+/// ĥᵗ⁺¹ = GRU([R/‖R‖, (ŷ_AA − ŷᵗ)/‖R‖], ĥᵗ),  ŷᵗ⁺¹ = ŷ_AA + ‖R‖ · W_o ĥᵗ⁺¹,
+///
+/// trained with L_Σ on the family's normalised residuals (eq. 50). The correction is scaled by
+/// the residual, so a fixed point of g stays a fixed point of the learned iteration. W_o and
+/// the init's output layer start at zero: with those learned parts off the iterates are
+/// Anderson's exactly (Venkataraman & Amos, Prop. 1; tested). Anderson's weights α* are a
+/// constant of the graph (no gradient flows through the small least-squares solve).
+///
+/// Past K iterations ([`Model::forward_with_steps`]) plain Anderson continues from the learned
+/// iterates and history: a warm start whose answer a residual check can certify.
+pub struct NeuralFp {
+    config: NeuralFpConfig,
+    params: Params,
+    init: Option<Mlp>,
+    gru: GruCell,
+    wo: Var,
+    dim: usize,
+}
+
+/// Zeroes the last layer of `mlp` so that it starts by predicting 0.
+pub(crate) fn zero_output_layer(mlp: &Mlp) -> Result<()> {
+    let (w, b) = mlp.layers().last().expect("an mlp has at least one layer");
+    w.set(&w.as_tensor().zeros_like()?)?;
+    b.set(&b.as_tensor().zeros_like()?)?;
+    Ok(())
+}
+
+/// The family's fixed-point map, or an error naming the model that needs one.
+pub(crate) fn needs_map<'p>(problem: &'p dyn Problem, model: &str) -> Result<&'p dyn FixedPointMap> {
+    problem.fixed_point_map().ok_or_else(|| {
+        Error::invalid(format!(
+            "the {model} model needs a fixed-point family (elastic-net-ista, fixed-point-toy), not '{}'",
+            problem.name()
+        ))
+    })
+}
+
+/// ‖v‖ per row as `(n, 1)`, smoothed by 10⁻³⁰ under the root.
+pub(crate) fn row_norm(v: &Tensor) -> Result<Tensor> {
+    Ok(v.sqr()?.sum_keepdim(1)?.affine(1.0, 1e-30)?.sqrt()?)
+}
+
+impl NeuralFp {
+    /// A NeuralFP model for the fixed-point family `problem` (f32 parameters from `rng`).
+    pub fn new(
+        config: NeuralFpConfig,
+        problem: &dyn Problem,
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<Self> {
+        needs_map(problem, "neural-fp")?;
+        if config.steps == 0 || config.hidden == 0 || config.init.contains(&0) {
+            return Err(Error::invalid(
+                "neural-fp: steps, hidden and init widths must be at least 1",
+            ));
+        }
+        if !(config.ridge.is_finite() && config.ridge >= 0.0) {
+            return Err(Error::invalid("neural-fp: ridge must be finite and >= 0"));
+        }
+        let dim = problem.solution_dim();
+        let mut params = Params::new();
+        let init = if config.init.is_empty() {
+            None
+        } else {
+            let mlp = Mlp::new(
+                MlpConfig {
+                    hidden: config.init.clone(),
+                    activation: super::Activation::Relu,
+                    project_output: false,
+                },
+                problem.context_dim(),
+                dim + config.hidden,
+                rng,
+                device,
+            )?;
+            zero_output_layer(&mlp)?;
+            for (name, var) in mlp.params().iter() {
+                params.insert(format!("init.{name}"), var.clone());
+            }
+            Some(mlp)
+        };
+        let gru = GruCell::new(
+            &mut params,
+            "acc",
+            2 * dim,
+            config.hidden,
+            DType::F32,
+            rng,
+            device,
+        )?;
+        let wo = params.add(
+            "acc.wo",
+            Tensor::zeros((config.hidden, dim), DType::F32, device)?,
+        )?;
+        Ok(NeuralFp {
+            config,
+            params,
+            init,
+            gru,
+            wo,
+            dim,
+        })
+    }
+
+    /// The settings.
+    pub fn neural_fp_config(&self) -> &NeuralFpConfig {
+        &self.config
+    }
+
+    fn run(&self, x: &Tensor, problem: &dyn Problem, total: usize) -> Result<Prediction> {
+        let map = needs_map(problem, "neural-fp")?;
+        let n = x.dim(0)?;
+        let x = x.to_dtype(DType::F32)?;
+        let (mut y, mut h) = match &self.init {
+            Some(mlp) => {
+                let out = mlp.forward_raw(&x)?;
+                (
+                    out.narrow(1, 0, self.dim)?,
+                    out.narrow(1, self.dim, self.config.hidden)?,
+                )
+            }
+            None => (
+                Tensor::zeros((n, self.dim), DType::F32, x.device())?,
+                Tensor::zeros((n, self.config.hidden), DType::F32, x.device())?,
+            ),
+        };
+        let mut history: VecDeque<(Tensor, Tensor)> = VecDeque::new();
+        let mut iterates = vec![y.clone()];
+        for t in 0..total {
+            let g = map.apply(&y, &x)?;
+            let r = g.sub(&y)?;
+            history.push_back((y.clone(), g));
+            while history.len() > self.config.memory + 1 {
+                history.pop_front();
+            }
+            let (ys, gs) = stack_history(history.iter().map(|(y, g)| (y, g)))?;
+            let alpha = mixing_weights_batched(&gs.sub(&ys)?, self.config.ridge)?;
+            let y_aa = anderson_update(&alpha, &ys, &gs, 1.0)?;
+            y = if t < self.config.steps {
+                let norm = row_norm(&r)?;
+                let u = Tensor::cat(
+                    &[
+                        r.broadcast_div(&norm)?,
+                        y_aa.sub(&y)?.broadcast_div(&norm)?,
+                    ],
+                    1,
+                )?;
+                h = self.gru.step(&u, &h)?;
+                let correction = h.matmul(self.wo.as_tensor())?.broadcast_mul(&norm)?;
+                y_aa.add(&correction)?
+            } else {
+                y_aa
+            };
+            iterates.push(y.clone());
+        }
+        Ok(Prediction {
+            y,
+            iterates,
+            penalty: None,
+        })
+    }
+}
+
+impl Model for NeuralFp {
+    fn forward(&self, x: &Tensor, problem: &dyn Problem) -> Result<Prediction> {
+        self.run(x, problem, self.config.steps)
+    }
+
+    fn forward_with_steps(
+        &self,
+        x: &Tensor,
+        problem: &dyn Problem,
+        steps: usize,
+    ) -> Option<Result<Prediction>> {
+        Some(self.run(x, problem, steps))
+    }
+
+    fn params(&self) -> &Params {
+        &self.params
+    }
+
+    fn config(&self) -> ModelConfig {
+        ModelConfig::NeuralFp(self.config.clone())
+    }
+}
