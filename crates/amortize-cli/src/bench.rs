@@ -101,8 +101,10 @@ fn train_step(
             let tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
             let mut state = cfg.adam.init(&tensors)?;
             let composite = time_median(repeats, || {
-                composite_step(&mlp, &sphere, &cfg, &vars, &mut state, &x, None, 1e-3, None, 0.0)
-                    .map(|_| ())
+                composite_step(
+                    &mlp, &sphere, &cfg, &vars, &mut state, &x, None, 1e-3, None, 0.0,
+                )
+                .map(|_| ())
             })?;
             let mut fused_mlp = FusedMlp::from_mlp(&mlp)?;
             let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;

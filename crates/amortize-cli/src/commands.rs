@@ -29,6 +29,11 @@ use crate::{plots, progress, report, Cli, Command};
 pub fn dispatch(cli: Cli) -> Result<()> {
     let quiet = cli.quiet;
     match cli.command {
+        Command::Run { experiment, steps } if crate::rlqp_run::is_rlqp(&experiment) => {
+            let exp = crate::rlqp_run::load(&experiment, cli.seed, steps)?;
+            let dir = crate::rlqp_run::run(&exp, &cli.out, quiet)?;
+            println!("{}", dir.join("report.md").display());
+        }
         Command::Run { experiment, steps } => {
             let exp = load_experiment(&experiment, cli.seed, steps)?;
             let dir = run_experiment(&exp, &cli.out, quiet, true)?;
@@ -315,7 +320,7 @@ fn list() {
         "models:      {}",
         amortize::model::ModelConfig::NAMES.join(", ")
     );
-    println!("losses:      objective, regression, mix, query, reptile (each summed over iterates with train.iterates; gradients by autodiff or es)");
+    println!("losses:      objective, log-objective, regression, mix, query, reptile (each summed over iterates with train.iterates; gradients by autodiff or es)");
     let projections: Vec<&str> = amortize::projection::projection_zoo()
         .iter()
         .map(|p| p.name())
@@ -323,7 +328,7 @@ fn list() {
     println!("projections: {}", projections.join(", "));
     let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
     println!("solvers:     {}, admm (QPs)", SOLVER_NAMES.join(", "));
-    println!("experiments: {}", names.join(", "));
+    println!("experiments: {}, rlqp", names.join(", "));
     println!("benchmarks:  train-step, solvers, meta");
 }
 

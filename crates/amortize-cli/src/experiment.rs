@@ -186,8 +186,7 @@ impl Experiment {
         if !(self.eval.tolerance.is_finite() && self.eval.tolerance >= 0.0) {
             bail!("eval.tolerance must be finite and >= 0");
         }
-        if !(self.eval.fixed_point_tolerance.is_finite() && self.eval.fixed_point_tolerance > 0.0)
-        {
+        if !(self.eval.fixed_point_tolerance.is_finite() && self.eval.fixed_point_tolerance > 0.0) {
             bail!("eval.fixed_point_tolerance must be finite and > 0");
         }
         self.problem.build()?;

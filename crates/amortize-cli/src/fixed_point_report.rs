@@ -24,15 +24,17 @@ pub fn fixed_point_figures(
     cfg: &EvalConfig,
     seed: u64,
 ) -> Result<Vec<PathBuf>> {
-    let (memory, trained) = match model.config() {
-        ModelConfig::NeuralFp(c) => (c.memory, c.steps),
-        ModelConfig::HyperAa(c) => (c.memory, c.steps),
-        _ => (5, 0),
+    // Anderson runs with the model's memory and ridge (HyperAA has no ridge: 1e-3, NeuralFP's
+    // default).
+    let (memory, ridge, trained) = match model.config() {
+        ModelConfig::NeuralFp(c) => (c.memory, c.ridge, c.steps),
+        ModelConfig::HyperAa(c) => (c.memory, 1e-3, c.steps),
+        _ => (5, 1e-3, 0),
     };
     let x = held_out_contexts(problem, cfg.size, seed, &Device::Cpu)?;
     let iterations = cfg.fixed_point_iterations.max(trained);
     let tol = cfg.fixed_point_tolerance;
-    let curves = fixed_point_comparison(problem, Some(model), &x, iterations, memory, tol)?;
+    let curves = fixed_point_comparison(problem, Some(model), &x, iterations, memory, ridge, tol)?;
 
     let mut csv = String::from("k");
     for c in &curves {
@@ -92,7 +94,13 @@ pub fn fixed_point_figures(
     let series = |f: &dyn Fn(&ResidualCurve) -> Vec<(f64, f64)>| -> Vec<(String, Vec<(f64, f64)>)> {
         curves.iter().map(|c| (c.name.clone(), f(c))).collect()
     };
-    let mean = series(&|c| c.mean.iter().enumerate().map(|(k, v)| (k as f64, *v)).collect());
+    let mean = series(&|c| {
+        c.mean
+            .iter()
+            .enumerate()
+            .map(|(k, v)| (k as f64, *v))
+            .collect()
+    });
     let mut out = plots::curves(
         &fig_dir.join("residuals"),
         "Held-out instances: mean normalised residual ‖g(y) − y‖ / ‖g(0)‖",

@@ -14,6 +14,7 @@ mod memory;
 mod plots;
 mod progress;
 mod report;
+mod rlqp_run;
 mod tutorial_figures;
 
 use std::path::PathBuf;

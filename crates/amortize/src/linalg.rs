@@ -315,6 +315,36 @@ pub(crate) fn matmul(dst: &mut [f32], lhs: View, rhs: View, accumulate: bool) {
     }
 }
 
+/// σ_max(W)² of a row-major m×n matrix W by power iteration on WᵀW from the uniform unit
+/// vector, until the estimate moves by at most `tol` relatively (or `max_iters`). The estimate
+/// approaches from below.
+pub fn spectral_norm_squared(w: &[f64], m: usize, n: usize, tol: f64, max_iters: usize) -> f64 {
+    let mut v = vec![1.0 / (n as f64).sqrt(); n];
+    let mut wv = vec![0.0; m];
+    let mut next = vec![0.0; n];
+    let mut lambda = 0.0;
+    for _ in 0..max_iters {
+        for (i, out) in wv.iter_mut().enumerate() {
+            *out = (0..n).map(|j| w[i * n + j] * v[j]).sum();
+        }
+        for (j, out) in next.iter_mut().enumerate() {
+            *out = (0..m).map(|i| w[i * n + j] * wv[i]).sum();
+        }
+        let norm = next.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            return 0.0;
+        }
+        next.iter_mut().for_each(|x| *x /= norm);
+        let converged = (norm - lambda).abs() <= tol * norm;
+        std::mem::swap(&mut v, &mut next);
+        lambda = norm;
+        if converged {
+            break;
+        }
+    }
+    lambda
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,34 +394,4 @@ mod tests {
         assert!(CsrMatrix::from_triplets(2, 2, &[(2, 0, 1.0)]).is_err());
         assert!(CsrMatrix::from_dense(&[1.0], 2, 2).is_err());
     }
-}
-
-/// σ_max(W)² of a row-major m×n matrix W by power iteration on WᵀW from the uniform unit
-/// vector, until the estimate moves by at most `tol` relatively (or `max_iters`). The estimate
-/// approaches from below.
-pub fn spectral_norm_squared(w: &[f64], m: usize, n: usize, tol: f64, max_iters: usize) -> f64 {
-    let mut v = vec![1.0 / (n as f64).sqrt(); n];
-    let mut wv = vec![0.0; m];
-    let mut next = vec![0.0; n];
-    let mut lambda = 0.0;
-    for _ in 0..max_iters {
-        for (i, out) in wv.iter_mut().enumerate() {
-            *out = (0..n).map(|j| w[i * n + j] * v[j]).sum();
-        }
-        for (j, out) in next.iter_mut().enumerate() {
-            *out = (0..m).map(|i| w[i * n + j] * wv[i]).sum();
-        }
-        let norm = next.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if norm == 0.0 {
-            return 0.0;
-        }
-        next.iter_mut().for_each(|x| *x /= norm);
-        let converged = (norm - lambda).abs() <= tol * norm;
-        std::mem::swap(&mut v, &mut next);
-        lambda = norm;
-        if converged {
-            break;
-        }
-    }
-    lambda
 }

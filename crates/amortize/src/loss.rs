@@ -22,6 +22,11 @@ pub enum Loss {
     Objective,
     /// L_reg = mean ‖ŷ − y*‖² (tutorial eq. 10); labels come from the exact solver.
     Regression,
+    /// mean log₁₀(f(ŷ; x) + 10⁻¹²), for objectives ≥ 0 whose minimum is 0, such as the
+    /// normalised residual of a fixed-point family: every decade of progress counts the same,
+    /// so late iterates of L_Σ weigh as much as early ones.
+    #[serde(rename = "log-objective")]
+    LogObjective,
     /// The meta-loss: mean of [`Problem::query_objective`], the loss on each context's
     /// held-out (query) part, e.g. a meta-learning task's query set after adaptation.
     Query,
@@ -42,7 +47,7 @@ impl Loss {
     /// Whether the loss needs labels y*(x).
     pub fn needs_labels(&self) -> bool {
         match self {
-            Loss::Objective | Loss::Query | Loss::Reptile => false,
+            Loss::Objective | Loss::LogObjective | Loss::Query | Loss::Reptile => false,
             Loss::Regression => true,
             Loss::Mix { regression, .. } => *regression != 0.0,
         }
@@ -122,11 +127,20 @@ impl Loss {
             let y_star = labels.ok_or_else(|| {
                 Error::invalid("the regression loss needs labels y*(x), and none were given")
             })?;
-            Ok(y.sub(y_star)?.sqr()?.sum(1)?.mean_all()?)
+            Ok(y.sub(&y_star.to_dtype(y.dtype())?)?
+                .sqr()?
+                .sum(1)?
+                .mean_all()?)
         };
         match *self {
             Loss::Objective => objective(),
             Loss::Regression => regression(),
+            Loss::LogObjective => Ok(problem
+                .objective(y, x)?
+                .affine(1.0, 1e-12)?
+                .log()?
+                .mean_all()?
+                .affine(1.0 / std::f64::consts::LN_10, 0.0)?),
             Loss::Reptile => Err(Error::invalid(
                 "the reptile loss compares a model's first and last iterates, not one prediction",
             )),

@@ -56,13 +56,22 @@ impl ResidualCurve {
 
     /// The mean iterations to tolerance over the solved instances.
     pub fn mean_iterations_solved(&self) -> f64 {
-        let solved: Vec<usize> = self.iterations_to_tolerance.iter().flatten().copied().collect();
+        let solved: Vec<usize> = self
+            .iterations_to_tolerance
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
         solved.iter().sum::<usize>() as f64 / solved.len().max(1) as f64
     }
 }
 
 /// Per-instance normalised residuals `(T + 1) × n` of a run of iterates.
-fn residual_table(map: &dyn FixedPointMap, iterates: &[Tensor], x: &Tensor) -> Result<Vec<Vec<f64>>> {
+fn residual_table(
+    map: &dyn FixedPointMap,
+    iterates: &[Tensor],
+    x: &Tensor,
+) -> Result<Vec<Vec<f64>>> {
     iterates
         .iter()
         .map(|y| {
@@ -84,7 +93,9 @@ fn curve(name: String, table: &[Vec<f64>], tol: f64, seconds: f64) -> ResidualCu
         .map(|r| {
             let mut v = r.clone();
             v.sort_by(|a, b| a.total_cmp(b));
-            v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
+            v.get(v.len().saturating_sub(1) / 2)
+                .copied()
+                .unwrap_or(f64::NAN)
         })
         .collect();
     let iterations_to_tolerance = (0..n)
@@ -99,7 +110,8 @@ fn curve(name: String, table: &[Vec<f64>], tol: f64, seconds: f64) -> ResidualCu
     }
 }
 
-/// Runs the plain iteration, Anderson acceleration (memory `memory`) and, when given, `model`
+/// Runs the plain iteration, Anderson acceleration (memory `memory`, relative ridge `ridge`)
+/// and, when given, `model`
 /// (through [`Model::forward_with_steps`]) for `iterations` iterations from their starts (0
 /// for the classical ones) on contexts `x`, and compares their normalised residuals with
 /// tolerance `tol`.
@@ -109,6 +121,7 @@ pub fn fixed_point_comparison(
     x: &Tensor,
     iterations: usize,
     memory: usize,
+    ridge: f64,
     tol: f64,
 ) -> Result<Vec<ResidualCurve>> {
     let map = problem.fixed_point_map().ok_or_else(|| {
@@ -124,7 +137,7 @@ pub fn fixed_point_comparison(
         ("plain iteration".to_string(), 0),
         (format!("Anderson (M = {memory})"), memory),
     ] {
-        let solver = Anderson::new(map, m, 1.0, 1e-8)?;
+        let solver = Anderson::new(map, m, 1.0, ridge)?;
         let t0 = Instant::now();
         let its = solver_iterates(&solver, &zero, &x, iterations)?;
         let seconds = t0.elapsed().as_secs_f64();
@@ -134,7 +147,9 @@ pub fn fixed_point_comparison(
         let t0 = Instant::now();
         let pred = model
             .forward_with_steps(&x, problem, iterations)
-            .ok_or_else(|| Error::invalid("fixed-point comparison: the model has no iterations"))??;
+            .ok_or_else(|| {
+                Error::invalid("fixed-point comparison: the model has no iterations")
+            })??;
         let seconds = t0.elapsed().as_secs_f64();
         out.push(curve(
             "learned".to_string(),

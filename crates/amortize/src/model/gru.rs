@@ -60,7 +60,9 @@ impl GruCell {
     /// One step: inputs `(n, input)` and state `(n, hidden)` to the new state.
     pub fn step(&self, u: &Tensor, h: &Tensor) -> Result<Tensor> {
         let hd = self.hidden;
-        let gx = u.matmul(self.wx.as_tensor())?.broadcast_add(self.b.as_tensor())?;
+        let gx = u
+            .matmul(self.wx.as_tensor())?
+            .broadcast_add(self.b.as_tensor())?;
         let gh = h.matmul(self.wh.as_tensor())?;
         let z = sigmoid(&gx.narrow(1, 0, hd)?.add(&gh.narrow(1, 0, hd)?)?)?;
         let r = sigmoid(&gx.narrow(1, hd, hd)?.add(&gh.narrow(1, hd, hd)?)?)?;

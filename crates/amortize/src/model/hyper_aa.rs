@@ -12,7 +12,7 @@ use super::gru::sigmoid;
 use super::neural_fp::{needs_map, row_norm, zero_output_layer};
 use super::{Activation, Mlp, MlpConfig, Model, ModelConfig, Params, Prediction};
 use crate::problem::Problem;
-use crate::solver::{mixing_weights_batched, stack_history};
+use crate::solver::{anderson_weights, stack_history};
 use crate::{Error, Result};
 
 /// Settings of [`HyperAa`].
@@ -62,6 +62,7 @@ pub struct HyperAa {
     coefficients: Mlp,
     beta_offset: f64,
     dim: usize,
+    dtype: DType,
 }
 
 impl HyperAa {
@@ -70,6 +71,17 @@ impl HyperAa {
         config: HyperAaConfig,
         problem: &dyn Problem,
         rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::with_dtype(config, problem, rng, DType::F32, device)
+    }
+
+    /// As [`HyperAa::new`] with parameters of `dtype` (f64 for gradient checks).
+    pub fn with_dtype(
+        config: HyperAaConfig,
+        problem: &dyn Problem,
+        rng: &mut StdRng,
+        dtype: DType,
         device: &Device,
     ) -> Result<Self> {
         needs_map(problem, "hyper-aa")?;
@@ -99,7 +111,8 @@ impl HyperAa {
                 dim,
                 rng,
                 device,
-            )?;
+            )?
+            .to_dtype(dtype)?;
             zero_output_layer(&mlp)?;
             for (name, var) in mlp.params().iter() {
                 params.insert(format!("init.{name}"), var.clone());
@@ -117,7 +130,8 @@ impl HyperAa {
             slots + 1,
             rng,
             device,
-        )?;
+        )?
+        .to_dtype(dtype)?;
         zero_output_layer(&coefficients)?;
         for (name, var) in coefficients.params().iter() {
             params.insert(format!("coefficients.{name}"), var.clone());
@@ -130,17 +144,18 @@ impl HyperAa {
             init,
             coefficients,
             dim,
+            dtype,
         })
     }
 
     fn run(&self, x: &Tensor, problem: &dyn Problem, total: usize) -> Result<Prediction> {
         let map = needs_map(problem, "hyper-aa")?;
         let n = x.dim(0)?;
-        let x = x.to_dtype(DType::F32)?;
+        let x = x.to_dtype(self.dtype)?;
         let slots = self.config.memory + 1;
         let mut y = match &self.init {
             Some(mlp) => mlp.forward_raw(&x)?,
-            None => Tensor::zeros((n, self.dim), DType::F32, x.device())?,
+            None => Tensor::zeros((n, self.dim), self.dtype, x.device())?,
         };
         let r0 = row_norm(&map.apply(&y.zeros_like()?, &x)?)?.detach();
         let mut history: VecDeque<(Tensor, Tensor)> = VecDeque::new();
@@ -156,7 +171,7 @@ impl HyperAa {
             let (ys, gs) = stack_history(history.iter().map(|(y, g)| (y, g)))?;
             let r = gs.sub(&ys)?;
             // Features: the Gram matrix of the residuals over its largest diagonal entry.
-            let gram = r.matmul(&r.transpose(1, 2)?.contiguous()?)?.detach();
+            let gram = r.matmul(&r.transpose(1, 2)?.contiguous()?)?;
             let diag_max = gram
                 .reshape((n, k * k))?
                 .max_keepdim(1)?
@@ -170,7 +185,7 @@ impl HyperAa {
                     .pad_with_zeros(1, slots - k, 0)?
                     .pad_with_zeros(2, slots - k, 0)?;
             }
-            let current = row_norm(&history[k - 1].1.sub(&history[k - 1].0)?)?.detach();
+            let current = row_norm(&history[k - 1].1.sub(&history[k - 1].0)?)?;
             let progress = current
                 .broadcast_div(&r0.clamp(1e-30, f64::INFINITY)?)?
                 .clamp(1e-12, f64::INFINITY)?
@@ -180,9 +195,9 @@ impl HyperAa {
                 (t.min(self.config.steps) as f32) / self.config.steps as f32,
                 (n, 1),
                 x.device(),
-            )?;
-            let features =
-                Tensor::cat(&[gram.reshape((n, slots * slots))?, step, progress], 1)?;
+            )?
+            .to_dtype(self.dtype)?;
+            let features = Tensor::cat(&[gram.reshape((n, slots * slots))?, step, progress], 1)?;
             let out = self.coefficients.forward_raw(&features)?;
             let logits = out.narrow(1, slots - k, k)?;
             let alpha = softmax_rows(&logits)?.unsqueeze(1)?;
@@ -194,11 +209,12 @@ impl HyperAa {
                 .add(&mixed_y.broadcast_mul(&beta.affine(-1.0, 1.0)?)?)?;
             iterates.push(y.clone());
             if self.config.penalty > 0.0 && t < self.config.steps {
-                let target = mixing_weights_batched(&r.detach(), 1e-8)?;
-                let term = alpha.sub(&target)?.sqr()?.sum_all()?.affine(
-                    self.config.penalty / (n * self.config.steps) as f64,
-                    0.0,
-                )?;
+                let target = anderson_weights(&r, 1e-3)?.detach();
+                let term = alpha
+                    .sub(&target)?
+                    .sqr()?
+                    .sum_all()?
+                    .affine(self.config.penalty / (n * self.config.steps) as f64, 0.0)?;
                 penalty = Some(match penalty {
                     Some(p) => p.add(&term)?,
                     None => term,

@@ -10,6 +10,7 @@ mod lista;
 mod mlp;
 mod neural_fp;
 mod params;
+mod rho_policy;
 mod unrolled;
 
 pub use alista::{analytic_weight, Alista, AlistaConfig};
@@ -21,6 +22,7 @@ pub use lista::{shrink, shrink_selected, Lista, ListaConfig};
 pub use mlp::{Activation, Mlp, MlpConfig};
 pub use neural_fp::{NeuralFp, NeuralFpConfig};
 pub use params::Params;
+pub use rho_policy::{RhoPolicyConfig, RhoPolicyNet};
 pub use unrolled::{Adjoint, InitConfig, RateConfig, Unrolled, UnrolledConfig, UpdateRule};
 
 use candle_core::{Device, Tensor};
@@ -192,9 +194,7 @@ impl ModelConfig {
             ModelConfig::NeuralFp(c) => {
                 Ok(Box::new(NeuralFp::new(c.clone(), problem, rng, device)?))
             }
-            ModelConfig::HyperAa(c) => {
-                Ok(Box::new(HyperAa::new(c.clone(), problem, rng, device)?))
-            }
+            ModelConfig::HyperAa(c) => Ok(Box::new(HyperAa::new(c.clone(), problem, rng, device)?)),
         }
     }
 }

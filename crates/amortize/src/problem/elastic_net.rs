@@ -64,7 +64,9 @@ impl ElasticNetIsta {
     pub fn new(config: ElasticNetConfig) -> Result<Self> {
         let c = &config;
         if c.rows == 0 || c.cols == 0 {
-            return Err(Error::invalid("elastic-net-ista: rows and cols must be >= 1"));
+            return Err(Error::invalid(
+                "elastic-net-ista: rows and cols must be >= 1",
+            ));
         }
         if !(c.density > 0.0 && c.density <= 1.0) {
             return Err(Error::invalid(format!(
@@ -109,8 +111,10 @@ impl ElasticNetIsta {
             data.extend_from_slice(b);
             data.push(1.0 / lipschitz);
         }
-        Ok(Tensor::from_vec(data, (instances.len(), self.context_dim()), device)?
-            .to_dtype(DType::F32)?)
+        Ok(
+            Tensor::from_vec(data, (instances.len(), self.context_dim()), device)?
+                .to_dtype(DType::F32)?,
+        )
     }
 
     /// (A `(N, m, n)`, b `(N, m, 1)`, t `(N, 1)`) from contexts, in `dtype`.

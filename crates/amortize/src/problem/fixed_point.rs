@@ -61,7 +61,13 @@ pub fn solve_fixed_point(
         max_iters: 2_000,
         max_time: None,
     };
-    let aa = solve(&Anderson::new(map, 5, 1.0, 1e-10)?, &y0, &x, &fast, |_, _| {})?;
+    let aa = solve(
+        &Anderson::new(map, 5, 1.0, 1e-10)?,
+        &y0,
+        &x,
+        &fast,
+        |_, _| {},
+    )?;
     if aa.status == Status::Converged {
         return Ok(aa.y);
     }
@@ -75,7 +81,13 @@ pub fn solve_fixed_point(
         max_iters: 50_000,
         max_time: None,
     };
-    let plain = solve(&Anderson::new(map, 0, 1.0, 0.0)?, &start, &x, &slow, |_, _| {})?;
+    let plain = solve(
+        &Anderson::new(map, 0, 1.0, 0.0)?,
+        &start,
+        &x,
+        &slow,
+        |_, _| {},
+    )?;
     if plain.status != Status::Converged {
         let worst: f64 = plain.residual.max(0)?.to_scalar()?;
         return Err(Error::invalid(format!(

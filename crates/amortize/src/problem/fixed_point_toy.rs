@@ -37,7 +37,9 @@ impl FixedPointToy {
     /// Validates the configuration.
     pub fn new(config: FixedPointToyConfig) -> Result<Self> {
         if !(config.range.is_finite() && config.range > 0.0) {
-            return Err(Error::invalid("fixed-point-toy: range must be finite and > 0"));
+            return Err(Error::invalid(
+                "fixed-point-toy: range must be finite and > 0",
+            ));
         }
         Ok(FixedPointToy { config })
     }
@@ -47,8 +49,7 @@ impl FixedPointMap for FixedPointToy {
     fn apply(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(y.dtype())?;
         let bend = y.cos()?.affine(0.1, 1.0)?.sqr()?;
-        Ok(x
-            .sub(&y.sin()?.affine(2.0, 0.0)?)?
+        Ok(x.sub(&y.sin()?.affine(2.0, 0.0)?)?
             .add(&y.mul(&bend)?.affine(0.9, 0.0)?)?)
     }
 }

@@ -113,7 +113,9 @@ impl LeastSquares {
     pub fn lipschitz(&self) -> Result<f64> {
         let (m, n) = self.w64.dims2()?;
         let w: Vec<f64> = self.w64.flatten_all()?.to_vec1()?;
-        Ok(crate::linalg::spectral_norm_squared(&w, m, n, 1e-12, 10_000))
+        Ok(crate::linalg::spectral_norm_squared(
+            &w, m, n, 1e-12, 10_000,
+        ))
     }
 
     /// `count` signals and the codes that made them, `(count, m)` and `(count, n)` f32.

@@ -17,10 +17,8 @@ mod newton;
 mod proximal;
 pub mod qp;
 
-pub use anderson::{
-    anderson_update, mixing_weights_batched, stack_history, Anderson, AndersonState,
-};
 pub use crate::problem::FixedPointMap;
+pub use anderson::{anderson_update, anderson_weights, stack_history, Anderson, AndersonState};
 pub use cem::{CemState, CrossEntropyMethod};
 pub use fused_lasso::{FusedLasso, FusedLassoReport};
 pub use gradient::{AdamSolver, GradientDescent, StepRule};

@@ -57,6 +57,17 @@ fn temp_path(path: &Path) -> PathBuf {
 /// Saving and loading checkpoints.
 pub struct Checkpoint;
 
+/// Writes `tensors` as a safetensors file at `path` atomically (a temporary file, then a
+/// rename).
+pub fn save_tensors_atomic(
+    path: &Path,
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Result<()> {
+    let tmp = temp_path(path);
+    candle_core::safetensors::save(tensors, &tmp)?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
 /// A loaded checkpoint: its metadata, the rebuilt problem and the model with θ filled in.
 pub struct Loaded {
     /// The metadata.
@@ -71,10 +82,7 @@ impl Checkpoint {
     /// Saves θ and `meta` into folder `dir` (created if needed).
     pub fn save(dir: &Path, model: &dyn Model, meta: &CheckpointMeta) -> Result<()> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let weights = dir.join(WEIGHTS);
-        let tmp = temp_path(&weights);
-        candle_core::safetensors::save(&model.params().to_map(), &tmp)?;
-        fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))?;
+        save_tensors_atomic(&dir.join(WEIGHTS), &model.params().to_map())?;
         write_atomic(
             &dir.join(META),
             serde_json::to_string_pretty(meta)?.as_bytes(),

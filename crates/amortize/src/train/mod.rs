@@ -3,12 +3,16 @@
 mod checkpoint;
 mod implicit;
 mod observer;
+mod rlqp;
 mod smoothing;
 mod trainer;
 
 pub use checkpoint::{write_atomic, Checkpoint, CheckpointMeta, Loaded, CHECKPOINT_FORMAT_VERSION};
 pub use implicit::implicit_gradient;
 pub use observer::{JsonlWriter, Observer, Record};
+pub use rlqp::{
+    iterations as qp_iterations, load_policy, save_policy, train_rho_policy, RlqpConfig, RlqpRecord,
+};
 pub use smoothing::{es_gradient, smoothed_1d, GradientEstimator};
 pub use trainer::{
     composite_step, exact_labels, held_out_contexts, DataConfig, Layerwise, LayerwisePhase,

@@ -2,6 +2,8 @@
 
 /// The evaluation harness: gap and speed at equal quality.
 mod evaluation;
+/// Fixed-point families, NeuralFP and HyperAA against Anderson.
+mod fixed_points;
 /// Gradients of every problem: closed form vs autodiff vs finite differences; second order.
 mod gradients;
 /// Problem families: samplers, exact solvers, bad input.

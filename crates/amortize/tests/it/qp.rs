@@ -284,3 +284,170 @@ fn bad_qps_are_refused_with_clear_errors() {
     })
     .is_err());
 }
+
+/// Every QP class generates valid QPs that ADMM (OSQP's rule) solves, and agrees with Clarabel.
+#[test]
+fn qp_classes_are_solved_and_agree_with_clarabel() -> Result<()> {
+    use amortize::solver::qp::QpClass;
+    let mut rng = StdRng::seed_from_u64(11);
+    let tight = Admm::new(AdmmSettings {
+        eps_abs: 1e-8,
+        eps_rel: 1e-8,
+        max_iters: 50_000,
+        ..AdmmSettings::default()
+    })?;
+    for class in QpClass::ALL {
+        for _ in 0..2 {
+            let qp = class.generate(6, &mut rng)?;
+            let s = tight.solve(&qp, None)?;
+            assert_eq!(
+                s.status,
+                QpStatus::Solved,
+                "{}: {:?}",
+                class.name(),
+                s.status
+            );
+            let (_, obj_ref) = clarabel_solve(&qp);
+            let rel = (s.objective - obj_ref).abs() / obj_ref.abs().max(1.0);
+            assert!(
+                rel < 1e-5,
+                "{}: relative objective error {rel}",
+                class.name()
+            );
+        }
+    }
+    assert!(QpClass::Svm.generate(1, &mut rng).is_err());
+    Ok(())
+}
+
+/// A policy that sets wild step sizes never makes ADMM report "solved" above tolerance: every
+/// solved answer passes an independent residual check, and an unsolved one is not "solved".
+#[test]
+fn rho_policy_never_reports_solved_above_tolerance() -> Result<()> {
+    use amortize::solver::qp::{QpClass, RhoPolicy, RHO_FEATURES};
+    struct Wild;
+    impl RhoPolicy for Wild {
+        fn adjust(&self, features: &[f64], m: usize) -> Vec<f64> {
+            (0..m)
+                .map(|i| {
+                    if (features[i * RHO_FEATURES + 1] * 1e3).sin() > 0.0 {
+                        3.0
+                    } else {
+                        -3.0
+                    }
+                })
+                .collect()
+        }
+    }
+    let settings = AdmmSettings {
+        check_every: 1,
+        adaptive_rho_interval: 3,
+        max_iters: 300,
+        ..AdmmSettings::default()
+    };
+    let admm = Admm::new(settings)?;
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut solved = 0;
+    for class in QpClass::ALL {
+        for _ in 0..3 {
+            let qp = class.generate(8, &mut rng)?;
+            let s = admm.solve_with_policy(&qp, None, Some(&Wild))?;
+            if s.status != QpStatus::Solved {
+                assert!(
+                    s.primal_residual.is_nan() || s.iters == 300 || s.status != QpStatus::Solved
+                );
+                continue;
+            }
+            solved += 1;
+            let mut ay = vec![0.0; qp.m()];
+            qp.a().mul_vec(&s.y, &mut ay);
+            let (mut py, mut atl) = (vec![0.0; qp.n()], vec![0.0; qp.n()]);
+            qp.p().mul_vec(&s.y, &mut py);
+            qp.a().mul_transpose_vec(&s.lambda, &mut atl);
+            let inf = |v: &[f64]| v.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+            let eps_p = 1e-3 + 1e-3 * inf(&ay);
+            let eps_d = 1e-3 + 1e-3 * inf(&py).max(inf(&atl)).max(inf(qp.q()));
+            assert!(
+                qp.primal_residual(&s.y) <= eps_p,
+                "{}: primal",
+                class.name()
+            );
+            assert!(
+                qp.dual_residual(&s.y, &s.lambda) <= eps_d,
+                "{}: dual",
+                class.name()
+            );
+            assert!(s.rho_updates > 0, "the policy was consulted");
+        }
+    }
+    assert!(solved > 0);
+    Ok(())
+}
+
+/// ES training lowers the iterations of a learned ρ below OSQP's rule on held-out random QPs,
+/// and the policy survives a save/load round trip; a corrupt or missing file is refused.
+#[test]
+fn rlqp_training_beats_osqp_rule_and_policy_checkpoints_round_trip() -> Result<()> {
+    use amortize::model::RhoPolicyNet;
+    use amortize::solver::qp::{QpClass, RHO_FEATURES};
+    use amortize::train::{load_policy, qp_iterations, save_policy, train_rho_policy, RlqpConfig};
+    let cfg = RlqpConfig {
+        classes: vec![QpClass::Random],
+        sizes: vec![10],
+        steps: 25,
+        batch: 8,
+        samples: 4,
+        sigma: 0.3,
+        learning_rate: 0.1,
+        interval: 5,
+        ..RlqpConfig::default()
+    };
+    let policy = RhoPolicyNet::new(
+        cfg.policy.clone(),
+        &mut StdRng::seed_from_u64(0),
+        &candle_core::Device::Cpu,
+    )?;
+    let features = vec![0.3; 4 * RHO_FEATURES];
+    assert_eq!(
+        policy.forward_rows(&features, 4)?,
+        vec![0.0; 4],
+        "untrained = OSQP's rule"
+    );
+    train_rho_policy(&policy, &cfg, |_| {})?;
+    let held_out = cfg.sample(12, &mut StdRng::seed_from_u64(99))?;
+    let base: f64 = qp_iterations(&held_out, cfg.baseline_settings(), None, 2)?
+        .iter()
+        .sum();
+    let learned: f64 = qp_iterations(&held_out, cfg.policy_settings(), Some(&policy), 2)?
+        .iter()
+        .sum();
+    assert!(
+        learned < 0.8 * base,
+        "learned {learned} vs OSQP's rule {base} iterations"
+    );
+
+    let dir = std::env::temp_dir().join(format!("amortize-test-{}-policy", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    save_policy(&dir, &policy)?;
+    let loaded = load_policy(&dir)?;
+    let features: Vec<f64> = (0..5 * RHO_FEATURES)
+        .map(|i| (i as f64 * 0.37).sin())
+        .collect();
+    assert_eq!(
+        policy.forward_rows(&features, 5)?,
+        loaded.forward_rows(&features, 5)?
+    );
+    std::fs::write(dir.join("policy.safetensors"), b"not a tensor file").unwrap();
+    let e = load_policy(&dir).err().expect("corrupt weights");
+    assert!(e.to_string().contains("corrupt"), "{e}");
+    std::fs::remove_file(dir.join("policy.json")).unwrap();
+    let e = load_policy(&dir).err().expect("missing policy.json");
+    assert!(e.to_string().contains("policy.json"), "{e}");
+    assert!(RlqpConfig {
+        sizes: vec![],
+        ..RlqpConfig::default()
+    }
+    .validate()
+    .is_err());
+    Ok(())
+}

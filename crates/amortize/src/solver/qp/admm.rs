@@ -20,6 +20,28 @@ const RHO_EQUALITY_FACTOR: f64 = 1e3;
 const EQUALITY_TOL: f64 = 1e-4;
 const DIVISION_TOL: f64 = 1e-30;
 
+/// Features per constraint that a [`RhoPolicy`] reads, in order (scaled units, slog(v) =
+/// sign(v)·log₁₀(1 + 10⁴|v|)/4): log₁₀ρᵢ / 3, slog((Ay)ᵢ − zᵢ), slog(λᵢ), slog of the slack
+/// min(zᵢ − lᵢ, uᵢ − zᵢ) (10⁴ for a free side), slog((Ay)ᵢ), log₁₀(ρ̂/ρ)/3 with ρ̂ OSQP's
+/// residual-balancing estimate, 1 for an equality row (else 0), log₁₀(iteration)/4.
+pub const RHO_FEATURES: usize = 8;
+
+/// A step-size policy for ADMM (RLQP, tutorial §6.4.5): at every adaptation point it maps each
+/// constraint's features (`m` rows of [`RHO_FEATURES`], row-major) to Δᵢ, and constraint i gets
+/// ρᵢ = ρ̂ᵢ·10^Δᵢ (Δ clamped to [−3, 3]), where ρ̂ᵢ is OSQP's own choice (the residual-balancing
+/// estimate, ×10³ on equality rows). Δ = 0 everywhere is OSQP's rule.
+pub trait RhoPolicy: Sync {
+    /// Δ for each of the `m` constraints.
+    fn adjust(&self, features: &[f64], m: usize) -> Vec<f64>;
+}
+
+/// A policy only refactors when some ρᵢ moves by more than this factor.
+const POLICY_TOLERANCE: f64 = 1.2;
+
+fn slog(v: f64) -> f64 {
+    v.signum() * (1.0 + 1e4 * v.abs()).log10() / 4.0
+}
+
 /// The settings of [`Admm`], defaulting to OSQP's.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -203,8 +225,21 @@ impl Admm {
 
     /// Solves `qp`, from zero or from a warm start (y, λ).
     pub fn solve(&self, qp: &QpProblem, warm: Option<(&[f64], &[f64])>) -> Result<QpSolution> {
+        self.solve_with_policy(qp, warm, None)
+    }
+
+    /// Solves `qp` with the step sizes ρ chosen by `policy` at every adaptation point (every
+    /// `adaptive_rho_interval` iterations) instead of OSQP's rule; `None` is [`Admm::solve`].
+    /// Termination is unchanged: "solved" only when the residual criterion holds.
+    pub fn solve_with_policy(
+        &self,
+        qp: &QpProblem,
+        warm: Option<(&[f64], &[f64])>,
+        policy: Option<&dyn RhoPolicy>,
+    ) -> Result<QpSolution> {
         let start = Instant::now();
         let mut w = AdmmWorkspace::new(qp, self.settings)?;
+        w.policy = policy;
         if let Some((y, lambda)) = warm {
             w.warm_start(y, lambda)?;
         }
@@ -276,6 +311,7 @@ pub struct AdmmWorkspace<'a> {
     next_rho_check: usize,
     rho_interval: usize,
     last_rho_direction: f64,
+    policy: Option<&'a dyn RhoPolicy>,
 }
 
 /// Unscaled residuals and the tolerances they are compared with.
@@ -321,6 +357,7 @@ impl<'a> AdmmWorkspace<'a> {
             next_rho_check: settings.adaptive_rho_interval,
             rho_interval: settings.adaptive_rho_interval,
             last_rho_direction: 0.0,
+            policy: None,
         };
         w.set_base_rho(w.rho)?;
         Ok(w)
@@ -379,20 +416,90 @@ impl<'a> AdmmWorkspace<'a> {
         self.factor()
     }
 
+    /// Uses `policy` for ρ from now on (RLQP); `None` restores OSQP's rule.
+    pub fn set_policy(&mut self, policy: Option<&'a dyn RhoPolicy>) {
+        self.policy = policy;
+    }
+
+    /// ρᵢ for base `rho`: free rows get 1e-6, equality rows 1e3·ρ, the others ρ.
+    fn base_rho_of(&self, i: usize, rho: f64) -> f64 {
+        let d = &self.data;
+        if d.l[i] == f64::NEG_INFINITY && d.u[i] == f64::INFINITY {
+            RHO_MIN
+        } else if d.u[i] - d.l[i] < EQUALITY_TOL {
+            (RHO_EQUALITY_FACTOR * rho).min(RHO_MAX)
+        } else {
+            rho
+        }
+    }
+
     /// Sets the base ρ: free rows get 1e-6, equality rows 1e3·ρ, the others ρ.
     fn set_base_rho(&mut self, rho: f64) -> Result<()> {
         self.rho = rho.clamp(RHO_MIN, RHO_MAX);
-        let d = &self.data;
         for i in 0..self.rho_vec.len() {
-            self.rho_vec[i] = if d.l[i] == f64::NEG_INFINITY && d.u[i] == f64::INFINITY {
-                RHO_MIN
-            } else if d.u[i] - d.l[i] < EQUALITY_TOL {
-                (RHO_EQUALITY_FACTOR * self.rho).min(RHO_MAX)
-            } else {
-                self.rho
-            };
+            self.rho_vec[i] = self.base_rho_of(i, self.rho);
         }
         self.factor()
+    }
+
+    /// The [`RHO_FEATURES`] features of every constraint (row-major), given OSQP's estimate
+    /// `estimate`; needs the products of a fresh [`Self::residuals`] call.
+    pub fn rho_features(&self, estimate: f64) -> Vec<f64> {
+        let d = &self.data;
+        let m = self.qp.m();
+        let ratio = (estimate / self.rho).log10() / 3.0;
+        let progress = (self.iters.max(1) as f64).log10() / 4.0;
+        let mut f = Vec::with_capacity(m * RHO_FEATURES);
+        for i in 0..m {
+            let (z, l, u) = (self.z[i], d.l[i], d.u[i]);
+            let slack = (z - l).min(u - z).min(1e4);
+            let equality = if u - l < EQUALITY_TOL { 1.0 } else { 0.0 };
+            f.extend_from_slice(&[
+                self.rho_vec[i].log10() / 3.0,
+                slog(self.ay[i] - z),
+                slog(self.lambda[i]),
+                slog(slack),
+                slog(self.ay[i]),
+                ratio,
+                equality,
+                progress,
+            ]);
+        }
+        f
+    }
+
+    /// The policy's ρ at an adaptation point; refactors when some ρᵢ moved by more than 20%.
+    fn apply_policy(&mut self, policy: &dyn RhoPolicy) -> Result<bool> {
+        let m = self.qp.m();
+        let estimate = self.rho_estimate();
+        let features = self.rho_features(estimate);
+        let delta = policy.adjust(&features, m);
+        if delta.len() != m {
+            return Err(Error::invalid(format!(
+                "the ρ policy returned {} values for {m} constraints",
+                delta.len()
+            )));
+        }
+        let proposed: Vec<f64> = (0..m)
+            .map(|i| {
+                let di = if delta[i].is_finite() {
+                    delta[i].clamp(-3.0, 3.0)
+                } else {
+                    0.0
+                };
+                (self.base_rho_of(i, estimate) * 10f64.powf(di)).clamp(RHO_MIN, RHO_MAX)
+            })
+            .collect();
+        self.rho = estimate;
+        let moved = proposed
+            .iter()
+            .zip(&self.rho_vec)
+            .any(|(a, b)| (a / b).max(b / a) > POLICY_TOLERANCE);
+        if moved {
+            self.rho_vec.copy_from_slice(&proposed);
+            self.factor()?;
+        }
+        Ok(moved)
     }
 
     fn factor(&mut self) -> Result<()> {
@@ -578,7 +685,15 @@ impl<'a> AdmmWorkspace<'a> {
             if self.dual_infeasible() {
                 return Some(QpStatus::DualInfeasible);
             }
-            if at_rho {
+            if at_rho && self.policy.is_some() {
+                let policy = self.policy.expect("checked");
+                match self.apply_policy(policy) {
+                    Ok(true) => self.rho_updates += 1,
+                    Ok(false) => {}
+                    Err(_) => return Some(QpStatus::NumericalError),
+                }
+                self.next_rho_check = self.iters + self.settings.adaptive_rho_interval;
+            } else if at_rho {
                 let estimate = self.rho_estimate();
                 let tol = self.settings.adaptive_rho_tolerance;
                 let direction = (estimate / self.rho).ln().signum();

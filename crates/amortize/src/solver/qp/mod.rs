@@ -5,9 +5,11 @@
 //! their data checks, OSQP's random-QP generator, and the ADMM solver of eq. 58–59.
 
 mod admm;
+mod classes;
 mod scaling;
 
-pub use admm::{Admm, AdmmSettings, AdmmWorkspace, QpSolution, QpStatus};
+pub use admm::{Admm, AdmmSettings, AdmmWorkspace, QpSolution, QpStatus, RhoPolicy, RHO_FEATURES};
+pub use classes::QpClass;
 
 use rand::rngs::StdRng;
 use rand::seq::index::sample;

@@ -1,0 +1,306 @@
+//! `amortize run rlqp`: learns RLQP's ADMM step-size policy (tutorial §6.4.5) by ES and compares
+//! it with OSQP's adaptive ρ on held-out QPs of every class and size, in the same run.
+//!
+//! Writes into `<out>/<name>/`: `config.toml`, `policy/` (the learned θ), `training.csv`,
+//! `rlqp.csv` and `rlqp.json` (per class and size: iterations, wall-clock per instance,
+//! solved fractions and ratios), `report.md`, and figures.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use amortize::model::RhoPolicyNet;
+use amortize::solver::qp::{Admm, AdmmSettings, QpClass, QpProblem, QpStatus, RhoPolicy};
+use amortize::train::{save_policy, train_rho_policy, write_atomic, RlqpConfig};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::{plots, progress};
+
+/// The held-out comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RlqpEval {
+    /// Classes compared (default all).
+    pub classes: Vec<QpClass>,
+    /// Sizes n compared (default [20, 50, 100, 200]).
+    pub sizes: Vec<usize>,
+    /// QPs per class and size (default 20).
+    pub instances: usize,
+}
+
+impl Default for RlqpEval {
+    fn default() -> Self {
+        RlqpEval {
+            classes: QpClass::ALL.to_vec(),
+            sizes: vec![20, 50, 100, 200],
+            instances: 20,
+        }
+    }
+}
+
+/// An RLQP experiment file: `name`, `seed`, `[rlqp]` (training) and `[eval]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlqpExperiment {
+    /// Name of the run folder.
+    pub name: String,
+    /// Seed (default 0); overrides `rlqp.seed`.
+    #[serde(default)]
+    pub seed: u64,
+    /// Training settings.
+    #[serde(default)]
+    pub rlqp: RlqpConfig,
+    /// Held-out comparison settings.
+    #[serde(default)]
+    pub eval: RlqpEval,
+}
+
+/// The built-in RLQP experiment.
+pub const RLQP_TOML: &str = include_str!("../../../configs/rlqp.toml");
+
+/// Whether `spec` names an RLQP experiment: the built-in `rlqp`, or a TOML file with an
+/// `[rlqp]` table.
+pub fn is_rlqp(spec: &str) -> bool {
+    if spec == "rlqp" {
+        return true;
+    }
+    let path = Path::new(spec);
+    path.extension().is_some_and(|e| e == "toml")
+        && std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .is_some_and(|t| t.contains_key("rlqp"))
+}
+
+/// Reads the experiment named by `spec`, with optional overrides.
+pub fn load(spec: &str, seed: Option<u64>, steps: Option<usize>) -> Result<RlqpExperiment> {
+    let (text, origin) = if spec == "rlqp" {
+        (RLQP_TOML.to_string(), "built-in rlqp".to_string())
+    } else {
+        (
+            std::fs::read_to_string(spec).with_context(|| format!("cannot read {spec}"))?,
+            spec.to_string(),
+        )
+    };
+    let mut exp: RlqpExperiment = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{origin}: malformed RLQP experiment: {}", e.message()))?;
+    if let Some(s) = seed {
+        exp.seed = s;
+    }
+    if let Some(s) = steps {
+        exp.rlqp.steps = s;
+    }
+    exp.rlqp.seed = exp.seed;
+    exp.rlqp.validate()?;
+    if exp.eval.classes.is_empty()
+        || exp.eval.sizes.iter().any(|n| *n < 2)
+        || exp.eval.instances == 0
+    {
+        bail!("eval: classes must be non-empty, sizes >= 2 and instances >= 1");
+    }
+    Ok(exp)
+}
+
+/// One cell of the comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    /// QP class.
+    pub class: QpClass,
+    /// Size n.
+    pub n: usize,
+    /// Mean ADMM iterations with OSQP's adaptive ρ.
+    pub osqp_iters: f64,
+    /// Mean ADMM iterations with the learned policy.
+    pub learned_iters: f64,
+    /// Geometric mean over instances of N_OSQP / N_learned.
+    pub iteration_ratio: f64,
+    /// Mean seconds per instance (set-up and solve), OSQP's rule.
+    pub osqp_seconds: f64,
+    /// Mean seconds per instance (set-up and solve), learned policy.
+    pub learned_seconds: f64,
+    /// Fraction solved to eps 1e-3, OSQP's rule.
+    pub osqp_solved: f64,
+    /// Fraction solved to eps 1e-3, learned policy.
+    pub learned_solved: f64,
+}
+
+/// (iterations, seconds, solved) for every QP, solved one after another on this thread.
+fn solve_all(
+    qps: &[QpProblem],
+    settings: AdmmSettings,
+    policy: Option<&dyn RhoPolicy>,
+) -> Result<Vec<(f64, f64, bool)>> {
+    let admm = Admm::new(settings)?;
+    qps.iter()
+        .map(|qp| {
+            let t0 = Instant::now();
+            let s = admm.solve_with_policy(qp, None, policy)?;
+            Ok((
+                s.iters as f64,
+                t0.elapsed().as_secs_f64(),
+                s.status == QpStatus::Solved,
+            ))
+        })
+        .collect()
+}
+
+/// Trains, saves and compares; returns the run folder.
+pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
+    let dir = out.join(&exp.name);
+    std::fs::create_dir_all(dir.join("figures"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    write_atomic(&dir.join("config.toml"), toml::to_string(exp)?.as_bytes())?;
+    let cfg = &exp.rlqp;
+    let policy = RhoPolicyNet::new(
+        cfg.policy.clone(),
+        &mut StdRng::seed_from_u64(exp.seed),
+        &Device::Cpu,
+    )?;
+    let bar = progress::bar(cfg.steps as u64, "train", quiet);
+    let t0 = Instant::now();
+    let records = train_rho_policy(&policy, cfg, |r| {
+        bar.inc(1);
+        bar.set_message(format!("speed-up on batch {:.2}", r.speedup));
+    })?;
+    bar.finish_and_clear();
+    let train_seconds = t0.elapsed().as_secs_f64();
+    save_policy(&dir.join("policy"), &policy)?;
+    let mut csv = String::from("step,loss,speedup\n");
+    for r in &records {
+        csv.push_str(&format!("{},{},{}\n", r.step, r.loss, r.speedup));
+    }
+    write_atomic(&dir.join("training.csv"), csv.as_bytes())?;
+
+    let cells_total = (exp.eval.classes.len() * exp.eval.sizes.len()) as u64;
+    let bar = progress::bar(cells_total, "compare", quiet);
+    let mut cells = Vec::new();
+    for &class in &exp.eval.classes {
+        for &n in &exp.eval.sizes {
+            let mut rng = StdRng::seed_from_u64(exp.seed ^ 0xE7A1 ^ (n as u64) << 8);
+            let qps: Vec<QpProblem> = (0..exp.eval.instances)
+                .map(|_| class.generate(n, &mut rng))
+                .collect::<amortize::Result<_>>()?;
+            let base = solve_all(&qps, cfg.baseline_settings(), None)?;
+            let learned = solve_all(&qps, cfg.policy_settings(), Some(&policy))?;
+            let k = qps.len() as f64;
+            let mean = |v: &[(f64, f64, bool)], f: &dyn Fn(&(f64, f64, bool)) -> f64| {
+                v.iter().map(f).sum::<f64>() / k
+            };
+            let ratio = (base
+                .iter()
+                .zip(&learned)
+                .map(|(b, l)| (b.0.max(1.0) / l.0.max(1.0)).ln())
+                .sum::<f64>()
+                / k)
+                .exp();
+            cells.push(Cell {
+                class,
+                n,
+                osqp_iters: mean(&base, &|r| r.0),
+                learned_iters: mean(&learned, &|r| r.0),
+                iteration_ratio: ratio,
+                osqp_seconds: mean(&base, &|r| r.1),
+                learned_seconds: mean(&learned, &|r| r.1),
+                osqp_solved: mean(&base, &|r| f64::from(u8::from(r.2))),
+                learned_solved: mean(&learned, &|r| f64::from(u8::from(r.2))),
+            });
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+
+    let mut table = String::from(
+        "class,n,osqp_iters,learned_iters,iteration_ratio,osqp_seconds,learned_seconds,time_ratio,osqp_solved,learned_solved\n",
+    );
+    for c in &cells {
+        table.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{}\n",
+            c.class.name(),
+            c.n,
+            c.osqp_iters,
+            c.learned_iters,
+            c.iteration_ratio,
+            c.osqp_seconds,
+            c.learned_seconds,
+            c.osqp_seconds / c.learned_seconds,
+            c.osqp_solved,
+            c.learned_solved
+        ));
+    }
+    write_atomic(&dir.join("rlqp.csv"), table.as_bytes())?;
+    write_atomic(
+        &dir.join("rlqp.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "train_seconds": train_seconds,
+            "training": records.last(),
+            "cells": cells,
+        }))?
+        .as_bytes(),
+    )?;
+
+    let mut figures = plots::curves(
+        &dir.join("figures").join("training"),
+        "RLQP training: geometric-mean speed-up over OSQP's ρ on each batch",
+        ("ES update", "iterations ratio N_OSQP / N_learned"),
+        &[(
+            "batch speed-up".to_string(),
+            records.iter().map(|r| (r.step as f64, r.speedup)).collect(),
+        )],
+        false,
+    )?;
+    let series: Vec<(String, Vec<(f64, f64)>)> = exp
+        .eval
+        .classes
+        .iter()
+        .map(|class| {
+            (
+                class.name().to_string(),
+                cells
+                    .iter()
+                    .filter(|c| c.class == *class)
+                    .map(|c| (c.n as f64, c.iteration_ratio))
+                    .collect(),
+            )
+        })
+        .collect();
+    figures.extend(plots::curves(
+        &dir.join("figures").join("iteration-ratio"),
+        "Held-out QPs: ADMM iterations of OSQP's ρ over the learned ρ",
+        ("size n", "iterations ratio"),
+        &series,
+        false,
+    )?);
+
+    let mut md = format!(
+        "# Run `{}`\n\nES training: {} updates of {} QPs ({} antithetic pairs) in {:.0} s.\n\n\
+         | class | n | OSQP ρ iters | learned iters | ratio | OSQP s/QP | learned s/QP | time ratio | solved (OSQP / learned) |\n|---|---|---|---|---|---|---|---|---|\n",
+        exp.name, cfg.steps, cfg.batch, cfg.samples, train_seconds
+    );
+    for c in &cells {
+        md.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2e} | {:.2e} | {:.2} | {:.0}% / {:.0}% |\n",
+            c.class.name(),
+            c.n,
+            c.osqp_iters,
+            c.learned_iters,
+            c.iteration_ratio,
+            c.osqp_seconds,
+            c.learned_seconds,
+            c.osqp_seconds / c.learned_seconds,
+            100.0 * c.osqp_solved,
+            100.0 * c.learned_solved
+        ));
+    }
+    md.push_str("\n## Figures\n\n");
+    for f in &figures {
+        let rel = f.strip_prefix(&dir).unwrap_or(f).display().to_string();
+        if rel.ends_with(".png") {
+            md.push_str(&format!("![{rel}]({rel})\n"));
+        }
+    }
+    write_atomic(&dir.join("report.md"), md.as_bytes())?;
+    Ok(dir)
+}

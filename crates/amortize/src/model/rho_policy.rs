@@ -1,0 +1,151 @@
+//! The learned ADMM step-size policy of RLQP (Ichnowski et al. 2021; tutorial §6.4.5): one
+//! small network, shared by all constraints, from a constraint's state to its ρ.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::Params;
+use crate::solver::qp::{RhoPolicy, RHO_FEATURES};
+use crate::{Error, Result};
+
+/// Settings of [`RhoPolicyNet`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RhoPolicyConfig {
+    /// Hidden widths (default [16, 16]).
+    pub hidden: Vec<usize>,
+}
+
+impl Default for RhoPolicyConfig {
+    fn default() -> Self {
+        RhoPolicyConfig {
+            hidden: vec![16, 16],
+        }
+    }
+}
+
+/// # RLQP's policy π_θ
+/// Δᵢ = π_θ(sᵢ), a tanh MLP applied to each constraint's features sᵢ
+/// ([`crate::solver::qp::RHO_FEATURES`]); ADMM then uses ρᵢ = ρ̂ᵢ·10^Δᵢ around OSQP's own
+/// choice ρ̂ᵢ ([`RhoPolicy`]). The output layer starts at zero, so the untrained policy is
+/// OSQP's rule. θ lives in candle variables (for checkpoints and the ES trainer) and is read
+/// into plain f64 arrays for the forward pass, which runs inside the solver loop.
+pub struct RhoPolicyNet {
+    config: RhoPolicyConfig,
+    params: Params,
+    layers: Vec<(Var, Var)>,
+}
+
+/// The layers as plain row-major (weights (in × out), biases) in f64.
+type Plain = Vec<(Vec<f64>, Vec<f64>, usize, usize)>;
+
+impl RhoPolicyNet {
+    /// A policy with θ from `rng` (U(±1/√fan_in)), output layer zero, f64.
+    pub fn new(config: RhoPolicyConfig, rng: &mut StdRng, device: &Device) -> Result<Self> {
+        if config.hidden.contains(&0) {
+            return Err(Error::invalid(
+                "rho policy: hidden widths must be at least 1",
+            ));
+        }
+        let mut dims = vec![RHO_FEATURES];
+        dims.extend(&config.hidden);
+        dims.push(1);
+        let mut params = Params::new();
+        let mut layers = Vec::new();
+        let last = dims.len() - 2;
+        for (l, w) in dims.windows(2).enumerate() {
+            let (fan_in, fan_out) = (w[0], w[1]);
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let scale = if l == last { 0.0 } else { 1.0 };
+            let mut draw = |len: usize| -> Vec<f64> {
+                (0..len)
+                    .map(|_| scale * rng.random_range(-bound..bound))
+                    .collect()
+            };
+            let weight = Tensor::from_vec(draw(fan_in * fan_out), (fan_in, fan_out), device)?;
+            let bias = Tensor::from_vec(draw(fan_out), fan_out, device)?;
+            let wv = params.add(format!("layer{l}.weight"), weight)?;
+            let bv = params.add(format!("layer{l}.bias"), bias)?;
+            layers.push((wv, bv));
+        }
+        Ok(RhoPolicyNet {
+            config,
+            params,
+            layers,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RhoPolicyConfig {
+        &self.config
+    }
+
+    /// θ.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    fn plain(&self) -> Result<Plain> {
+        self.layers
+            .iter()
+            .map(|(w, b)| {
+                let (i, o) = w.dims2()?;
+                Ok((
+                    w.as_tensor()
+                        .to_dtype(DType::F64)?
+                        .flatten_all()?
+                        .to_vec1()?,
+                    b.as_tensor().to_dtype(DType::F64)?.to_vec1()?,
+                    i,
+                    o,
+                ))
+            })
+            .collect()
+    }
+
+    /// Δ for `m` rows of features, by the plain f64 forward pass.
+    pub fn forward_rows(&self, features: &[f64], m: usize) -> Result<Vec<f64>> {
+        if features.len() != m * RHO_FEATURES {
+            return Err(Error::invalid(format!(
+                "rho policy: {} features for {m} constraints, expected {}",
+                features.len(),
+                m * RHO_FEATURES
+            )));
+        }
+        let layers = self.plain()?;
+        let last = layers.len() - 1;
+        let mut out = Vec::with_capacity(m);
+        let mut cur: Vec<f64> = Vec::new();
+        let mut next: Vec<f64> = Vec::new();
+        for row in features.chunks(RHO_FEATURES) {
+            cur.clear();
+            cur.extend_from_slice(row);
+            for (l, (w, b, fan_in, fan_out)) in layers.iter().enumerate() {
+                next.clear();
+                next.extend_from_slice(b);
+                for (i, v) in cur.iter().enumerate().take(*fan_in) {
+                    let wr = &w[i * fan_out..(i + 1) * fan_out];
+                    for (n, wv) in next.iter_mut().zip(wr) {
+                        *n += v * wv;
+                    }
+                }
+                if l < last {
+                    next.iter_mut().for_each(|v| *v = v.tanh());
+                }
+                std::mem::swap(&mut cur, &mut next);
+            }
+            out.push(cur[0]);
+        }
+        Ok(out)
+    }
+}
+
+impl RhoPolicy for RhoPolicyNet {
+    fn adjust(&self, features: &[f64], m: usize) -> Vec<f64> {
+        // A failed read of θ leaves OSQP's rule in place for this adaptation.
+        self.forward_rows(features, m)
+            .unwrap_or_else(|_| vec![0.0; m])
+    }
+}

@@ -1,0 +1,293 @@
+//! QP classes of OSQP's benchmark suite (Stellato et al. 2020, Appendix A), each with a size
+//! parameter n: the problem distributions p(φ) that RLQP amortizes over (tutorial §6.4.5).
+
+use rand::rngs::StdRng;
+use rand::seq::index::sample;
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+use super::QpProblem;
+use crate::linalg::CsrMatrix;
+use crate::{Error, Result};
+
+/// A class of random QPs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QpClass {
+    /// n variables, m = 10n inequality rows: [`QpProblem::random`] at density 0.15.
+    Random,
+    /// min ½yᵀPy + qᵀy s.t. Ay = b: P = MMᵀ + 10⁻²I (M 15% dense), A (⌈n/2⌉×n, 15% dense),
+    /// b = Ax₀ with x₀ ~ N(0, I).
+    Equality,
+    /// Factor-model portfolio: n assets x, k = ⌈n/10⌉ factors f, min xᵀDx + fᵀf − μᵀx s.t.
+    /// f = Fᵀx, 1ᵀx = 1, 0 ≤ x ≤ 1, with F (n×k, 50% dense), Dᵢᵢ ~ U(0, √k), μ ~ N(0, I).
+    Portfolio,
+    /// Lasso as a QP: min ½rᵀr + λ1ᵀt s.t. r = Ax − b, −t ≤ x ≤ t, with A (n×n, 15% dense),
+    /// b = Av + ε (v half zeros, else N(0, 1/n); ε ~ N(0, 10⁻⁴I)) and λ = ‖Aᵀb‖∞ / 5
+    /// (OSQP's suite uses 100n rows; here n, to keep instances small).
+    Lasso,
+    /// Support vector machine: min xᵀx + λ1ᵀt s.t. t ≥ diag(b)Ax + 1, t ≥ 0, with m = 2n
+    /// points (OSQP's suite: 100n), A 15% dense with N(±1/n, 1/n) entries for the two classes
+    /// b = ±1, λ = 1.
+    Svm,
+    /// Huber fitting: min uᵀu + 2·1ᵀ(r + s) s.t. Ax − b = u + r − s, r ≥ 0, s ≥ 0, with m = 2n
+    /// rows (OSQP's suite: 100n), A 15% dense N(0, 1), b = Av + ε, v ~ N(0, I/n), ε ~ N(0, ¼)
+    /// with 5% outliers from U(0, 10).
+    Huber,
+}
+
+impl QpClass {
+    /// Every class, for tables.
+    pub const ALL: [QpClass; 6] = [
+        QpClass::Random,
+        QpClass::Equality,
+        QpClass::Portfolio,
+        QpClass::Lasso,
+        QpClass::Svm,
+        QpClass::Huber,
+    ];
+
+    /// The class's name in configs and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            QpClass::Random => "random",
+            QpClass::Equality => "equality",
+            QpClass::Portfolio => "portfolio",
+            QpClass::Lasso => "lasso",
+            QpClass::Svm => "svm",
+            QpClass::Huber => "huber",
+        }
+    }
+
+    /// One instance of size parameter `n` ≥ 2.
+    pub fn generate(self, n: usize, rng: &mut StdRng) -> Result<QpProblem> {
+        if n < 2 {
+            return Err(Error::invalid(format!(
+                "QP class {}: the size n must be at least 2, got {n}",
+                self.name()
+            )));
+        }
+        match self {
+            QpClass::Random => QpProblem::random(n, 10 * n, 0.15, rng),
+            QpClass::Equality => equality(n, rng),
+            QpClass::Portfolio => portfolio(n, rng),
+            QpClass::Lasso => lasso(n, rng),
+            QpClass::Svm => svm(n, rng),
+            QpClass::Huber => huber(n, rng),
+        }
+    }
+}
+
+/// `count` distinct positions of a rows×cols matrix with N(0, 1) values.
+fn sparse_triplets(
+    rows: usize,
+    cols: usize,
+    density: f64,
+    rng: &mut StdRng,
+) -> Vec<(usize, usize, f64)> {
+    let count = ((density * (rows * cols) as f64).round() as usize).clamp(1, rows * cols);
+    sample(rng, rows * cols, count)
+        .into_iter()
+        .map(|k| (k / cols, k % cols, StandardNormal.sample(rng)))
+        .collect()
+}
+
+fn normal(rng: &mut StdRng) -> f64 {
+    StandardNormal.sample(rng)
+}
+
+/// P = MMᵀ + 10⁻²I with M n×n at 15% density, dense row-major.
+fn random_psd(n: usize, rng: &mut StdRng) -> Vec<f64> {
+    let mut m = vec![0.0; n * n];
+    for (r, c, v) in sparse_triplets(n, n, 0.15, rng) {
+        m[r * n + c] = v;
+    }
+    let mut p = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            p[i * n + j] = (0..n).map(|k| m[i * n + k] * m[j * n + k]).sum::<f64>();
+        }
+        p[i * n + i] += 1e-2;
+    }
+    p
+}
+
+fn equality(n: usize, rng: &mut StdRng) -> Result<QpProblem> {
+    let m = n.div_ceil(2);
+    let p = random_psd(n, rng);
+    let q = (0..n).map(|_| normal(rng)).collect();
+    // Every row gets at least one entry, so that A has full row rank with high probability.
+    let mut triplets = sparse_triplets(m, n, 0.15, rng);
+    for r in 0..m {
+        if !triplets.iter().any(|t| t.0 == r) {
+            triplets.push((r, rng.random_range(0..n), normal(rng)));
+        }
+    }
+    let a = CsrMatrix::from_triplets(m, n, &triplets)?;
+    // b = A x₀ for a random x₀, so the constraints are consistent even if A is rank deficient.
+    let x0: Vec<f64> = (0..n).map(|_| normal(rng)).collect();
+    let mut b = vec![0.0; m];
+    a.mul_vec(&x0, &mut b);
+    QpProblem::new(CsrMatrix::from_dense(&p, n, n)?, q, a, b.clone(), b)
+}
+
+fn portfolio(n: usize, rng: &mut StdRng) -> Result<QpProblem> {
+    let k = n.div_ceil(10);
+    let vars = n + k;
+    let mut p = vec![0.0; vars * vars];
+    for i in 0..n {
+        // xᵀDx as ½xᵀ(2D)x.
+        p[i * vars + i] = 2.0 * rng.random_range(0.0..(k as f64).sqrt());
+    }
+    for j in 0..k {
+        p[(n + j) * vars + n + j] = 2.0;
+    }
+    let mut q: Vec<f64> = (0..n).map(|_| -normal(rng)).collect();
+    q.extend(std::iter::repeat_n(0.0, k));
+    // Rows: k rows Fᵀx − f = 0, one row 1ᵀx = 1, n rows 0 ≤ x ≤ 1.
+    let mut triplets = Vec::new();
+    for (i, j, v) in sparse_triplets(n, k, 0.5, rng) {
+        triplets.push((j, i, v));
+    }
+    for j in 0..k {
+        triplets.push((j, n + j, -1.0));
+    }
+    for i in 0..n {
+        triplets.push((k, i, 1.0));
+        triplets.push((k + 1 + i, i, 1.0));
+    }
+    let rows = k + 1 + n;
+    let a = CsrMatrix::from_triplets(rows, vars, &triplets)?;
+    let mut l = vec![0.0; k];
+    let mut u = vec![0.0; k];
+    l.push(1.0);
+    u.push(1.0);
+    l.extend(std::iter::repeat_n(0.0, n));
+    u.extend(std::iter::repeat_n(1.0, n));
+    QpProblem::new(CsrMatrix::from_dense(&p, vars, vars)?, q, a, l, u)
+}
+
+fn lasso(n: usize, rng: &mut StdRng) -> Result<QpProblem> {
+    let m = n;
+    let data = sparse_triplets(m, n, 0.15, rng);
+    let mut dense = vec![0.0; m * n];
+    for &(r, c, v) in &data {
+        dense[r * n + c] = v;
+    }
+    let v: Vec<f64> = (0..n)
+        .map(|_| {
+            if rng.random::<f64>() < 0.5 {
+                0.0
+            } else {
+                normal(rng) / (n as f64).sqrt()
+            }
+        })
+        .collect();
+    let b: Vec<f64> = (0..m)
+        .map(|r| (0..n).map(|c| dense[r * n + c] * v[c]).sum::<f64>() + 0.01 * normal(rng))
+        .collect();
+    let lambda = (0..n)
+        .map(|c| (0..m).map(|r| dense[r * n + c] * b[r]).sum::<f64>().abs())
+        .fold(0.0, f64::max)
+        / 5.0;
+    // Variables (x n, r m, t n): P = diag(0, I, 0), q = (0, 0, λ1).
+    let vars = 2 * n + m;
+    let mut p = vec![0.0; vars * vars];
+    for j in 0..m {
+        p[(n + j) * vars + n + j] = 1.0;
+    }
+    let mut q = vec![0.0; n + m];
+    q.extend(std::iter::repeat_n(lambda.max(1e-3), n));
+    // Rows: m rows Ax − r = b; n rows x − t ≤ 0 (l = −∞); n rows x + t ≥ 0 (u = +∞).
+    let mut triplets: Vec<(usize, usize, f64)> = data.clone();
+    for j in 0..m {
+        triplets.push((j, n + j, -1.0));
+    }
+    for i in 0..n {
+        triplets.push((m + i, i, 1.0));
+        triplets.push((m + i, n + m + i, -1.0));
+        triplets.push((m + n + i, i, 1.0));
+        triplets.push((m + n + i, n + m + i, 1.0));
+    }
+    let rows = m + 2 * n;
+    let a = CsrMatrix::from_triplets(rows, vars, &triplets)?;
+    let mut l = b.clone();
+    let mut u = b;
+    l.extend(std::iter::repeat_n(f64::NEG_INFINITY, n));
+    u.extend(std::iter::repeat_n(0.0, n));
+    l.extend(std::iter::repeat_n(0.0, n));
+    u.extend(std::iter::repeat_n(f64::INFINITY, n));
+    QpProblem::new(CsrMatrix::from_dense(&p, vars, vars)?, q, a, l, u)
+}
+
+fn svm(n: usize, rng: &mut StdRng) -> Result<QpProblem> {
+    let m = 2 * n;
+    let vars = n + m;
+    let mut p = vec![0.0; vars * vars];
+    for i in 0..n {
+        p[i * vars + i] = 2.0;
+    }
+    let mut q = vec![0.0; n];
+    q.extend(std::iter::repeat_n(1.0, m));
+    let sd = 1.0 / (n as f64).sqrt();
+    // Rows 0..m: t_i − b_i a_iᵀx ≥ 1; rows m..2m: t_i ≥ 0.
+    let mut triplets = Vec::new();
+    for (r, c, z) in sparse_triplets(m, n, 0.15, rng) {
+        let label = if r < m / 2 { 1.0 } else { -1.0 };
+        let a = label / n as f64 + sd * z;
+        triplets.push((r, c, -label * a));
+    }
+    for i in 0..m {
+        triplets.push((i, n + i, 1.0));
+        triplets.push((m + i, n + i, 1.0));
+    }
+    let a = CsrMatrix::from_triplets(2 * m, vars, &triplets)?;
+    let mut l = vec![1.0; m];
+    l.extend(std::iter::repeat_n(0.0, m));
+    let u = vec![f64::INFINITY; 2 * m];
+    QpProblem::new(CsrMatrix::from_dense(&p, vars, vars)?, q, a, l, u)
+}
+
+fn huber(n: usize, rng: &mut StdRng) -> Result<QpProblem> {
+    let m = 2 * n;
+    let data = sparse_triplets(m, n, 0.15, rng);
+    let mut dense = vec![0.0; m * n];
+    for &(r, c, v) in &data {
+        dense[r * n + c] = v;
+    }
+    let v: Vec<f64> = (0..n).map(|_| normal(rng) / (n as f64).sqrt()).collect();
+    let b: Vec<f64> = (0..m)
+        .map(|r| {
+            let noise = if rng.random::<f64>() < 0.95 {
+                0.5 * normal(rng)
+            } else {
+                rng.random_range(0.0..10.0)
+            };
+            (0..n).map(|c| dense[r * n + c] * v[c]).sum::<f64>() + noise
+        })
+        .collect();
+    // Variables (x n, u m, r m, s m).
+    let vars = n + 3 * m;
+    let mut p = vec![0.0; vars * vars];
+    for j in 0..m {
+        p[(n + j) * vars + n + j] = 2.0;
+    }
+    let mut q = vec![0.0; n + m];
+    q.extend(std::iter::repeat_n(2.0, 2 * m));
+    // Rows 0..m: Ax − u − r + s = b; rows m..2m: r ≥ 0; rows 2m..3m: s ≥ 0.
+    let mut triplets: Vec<(usize, usize, f64)> = data;
+    for j in 0..m {
+        triplets.push((j, n + j, -1.0));
+        triplets.push((j, n + m + j, -1.0));
+        triplets.push((j, n + 2 * m + j, 1.0));
+        triplets.push((m + j, n + m + j, 1.0));
+        triplets.push((2 * m + j, n + 2 * m + j, 1.0));
+    }
+    let a = CsrMatrix::from_triplets(3 * m, vars, &triplets)?;
+    let mut l = b.clone();
+    let mut u = b;
+    l.extend(std::iter::repeat_n(0.0, 2 * m));
+    u.extend(std::iter::repeat_n(f64::INFINITY, 2 * m));
+    QpProblem::new(CsrMatrix::from_dense(&p, vars, vars)?, q, a, l, u)
+}

@@ -1,0 +1,422 @@
+use amortize::eval::{fixed_point_comparison, solver_iterates};
+use amortize::model::{HyperAa, HyperAaConfig, NeuralFp, NeuralFpConfig};
+use amortize::prelude::*;
+use amortize::problem::{
+    normalised_residual, ElasticNetConfig, ElasticNetIsta, FixedPointMap, FixedPointToy,
+    FixedPointToyConfig,
+};
+use amortize::solver::Anderson;
+use amortize::testing::max_abs_diff;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+fn small_enr() -> Result<ElasticNetIsta> {
+    ElasticNetIsta::new(ElasticNetConfig {
+        rows: 6,
+        cols: 5,
+        density: 0.5,
+        ..ElasticNetConfig::default()
+    })
+}
+
+fn contexts(problem: &dyn Problem, n: usize, seed: u64) -> Result<Tensor> {
+    problem.sample_contexts(n, &mut StdRng::seed_from_u64(seed), &Device::Cpu)
+}
+
+fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
+    Ok(t.to_dtype(DType::F64)?.to_vec2()?)
+}
+
+/// A, b, t of row `i` of elastic-net contexts, by hand.
+fn unpack(x: &[f64], m: usize, n: usize) -> (Vec<f64>, Vec<f64>, f64) {
+    (
+        x[..m * n].to_vec(),
+        x[m * n..m * n + m].to_vec(),
+        x[m * n + m],
+    )
+}
+
+#[test]
+fn elastic_net_map_matches_a_hand_written_ista_step_and_its_fixed_point_is_optimal() -> Result<()> {
+    let p = small_enr()?;
+    let (m, n, l1, l2) = (6, 5, 0.1, 0.05);
+    let x = contexts(&p, 4, 1)?.to_dtype(DType::F64)?;
+    let y = Tensor::from_vec(
+        (0..20)
+            .map(|i| ((i as f64) * 0.7).sin())
+            .collect::<Vec<_>>(),
+        (4, 5),
+        &Device::Cpu,
+    )?;
+    let g = rows(&p.apply(&y, &x)?)?;
+    let (xs, ys) = (rows(&x)?, rows(&y)?);
+    for i in 0..4 {
+        let (a, b, t) = unpack(&xs[i], m, n);
+        // The step is 1/(‖A‖² + λ₂): check it against the Frobenius bound and a power iteration.
+        let frob: f64 = a.iter().map(|v| v * v).sum();
+        assert!(
+            1.0 / t <= frob + l2 + 1e-9,
+            "t must not be below 1/(‖A‖_F² + λ₂)"
+        );
+        let res: Vec<f64> = (0..m)
+            .map(|r| (0..n).map(|c| a[r * n + c] * ys[i][c]).sum::<f64>() - b[r])
+            .collect();
+        for c in 0..n {
+            let grad = (0..m).map(|r| a[r * n + c] * res[r]).sum::<f64>() + l2 * ys[i][c];
+            let v = ys[i][c] - t * grad;
+            let expected = v.signum() * (v.abs() - t * l1).max(0.0);
+            assert!(
+                (g[i][c] - expected).abs() < 1e-12,
+                "g differs at ({i}, {c})"
+            );
+        }
+    }
+    // The exact solution satisfies the elastic net's optimality conditions (independent of
+    // the map): Aᵀ(Ay − b) + λ₂y + λ₁ sign(y) = 0 on the support, |Aᵀ(Ay − b)| ≤ λ₁ off it.
+    let y_star = rows(&p.solve_exact(&x)?.unwrap())?;
+    for i in 0..4 {
+        let (a, b, _) = unpack(&xs[i], m, n);
+        let ys = &y_star[i];
+        let res: Vec<f64> = (0..m)
+            .map(|r| (0..n).map(|c| a[r * n + c] * ys[c]).sum::<f64>() - b[r])
+            .collect();
+        for c in 0..n {
+            let smooth = (0..m).map(|r| a[r * n + c] * res[r]).sum::<f64>() + l2 * ys[c];
+            if ys[c].abs() > 1e-9 {
+                assert!(
+                    (smooth + l1 * ys[c].signum()).abs() < 1e-7,
+                    "stationarity at ({i}, {c})"
+                );
+            } else {
+                assert!(smooth.abs() <= l1 + 1e-7, "subgradient bound at ({i}, {c})");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn normalised_residual_is_one_at_zero_and_scale_free() -> Result<()> {
+    let p = small_enr()?;
+    let x = contexts(&p, 5, 2)?.to_dtype(DType::F64)?;
+    let zero = Tensor::zeros((5, 5), DType::F64, &Device::Cpu)?;
+    let at_zero: Vec<f64> = p.objective(&zero, &x)?.to_vec1()?;
+    for v in &at_zero {
+        assert!((v - 1.0).abs() < 1e-12, "f(0) = {v}, expected 1");
+    }
+    let y = Tensor::ones((5, 5), DType::F64, &Device::Cpu)?;
+    let f: Vec<f64> = normalised_residual(&p, &y, &x)?.to_vec1()?;
+    let r: Vec<f64> = p.residual(&y, &x)?.to_vec1()?;
+    let r0: Vec<f64> = p.residual(&zero, &x)?.to_vec1()?;
+    for i in 0..5 {
+        assert!((f[i] - r[i] / r0[i]).abs() < 1e-12);
+    }
+    // The fixed point has a normalised residual of (almost) zero.
+    let y_star = p.solve_exact(&x)?.unwrap();
+    let f_star: Vec<f64> = p.objective(&y_star, &x)?.to_vec1()?;
+    assert!(f_star.iter().all(|v| *v < 1e-8), "{f_star:?}");
+    // On the toy map g(y; x) = x − 2 sin y + 0.9y(1 + 0.1 cos y)², |g(0)| = |x|.
+    let toy = FixedPointToy::new(FixedPointToyConfig::default())?;
+    let xt = Tensor::new(&[[0.5f64], [-0.25]], &Device::Cpu)?;
+    let yt = Tensor::new(&[[0.3f64], [0.1]], &Device::Cpu)?;
+    let ft: Vec<f64> = toy.objective(&yt, &xt)?.to_vec1()?;
+    for (i, (xv, yv)) in [(0.5f64, 0.3f64), (-0.25, 0.1)].into_iter().enumerate() {
+        let g = xv - 2.0 * yv.sin() + 0.9 * yv * (1.0 + 0.1 * yv.cos()).powi(2);
+        assert!((ft[i] - (g - yv).abs() / xv.abs()).abs() < 1e-12);
+    }
+    Ok(())
+}
+
+#[test]
+fn neural_fp_with_learned_parts_off_reproduces_anderson_exactly() -> Result<()> {
+    let p = small_enr()?;
+    let x = contexts(&p, 6, 3)?;
+    for init in [vec![], vec![16]] {
+        let model = NeuralFp::new(
+            NeuralFpConfig {
+                steps: 12,
+                memory: 3,
+                init,
+                hidden: 8,
+                ..NeuralFpConfig::default()
+            },
+            &p,
+            &mut StdRng::seed_from_u64(0),
+            &Device::Cpu,
+        )?;
+        let pred = model.forward(&x, &p)?;
+        let zero = Tensor::zeros((6, 5), DType::F32, &Device::Cpu)?;
+        let aa = solver_iterates(&Anderson::new(&p, 3, 1.0, 1e-3)?, &zero, &x, 12)?;
+        assert_eq!(pred.iterates.len(), aa.len());
+        for (k, (a, b)) in pred.iterates.iter().zip(&aa).enumerate() {
+            assert_eq!(
+                max_abs_diff(a, b)?,
+                0.0,
+                "iterate {k} differs from Anderson's"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// ∂L/∂θ by autodiff against central differences for every parameter tensor (a few entries
+/// each), L = the mean normalised residual summed over iterates, in f64.
+fn check_gradients(model: &dyn Model, problem: &dyn Problem, x: &Tensor, tol: f64) -> Result<()> {
+    let loss = |m: &dyn Model| -> Result<Tensor> {
+        let pred = m.forward(x, problem)?;
+        let mut total =
+            Loss::Objective.value_summed(&pred, &IterateWeights::Uniform, x, None, problem)?;
+        if let Some(p) = &pred.penalty {
+            total = total.add(p)?;
+        }
+        Ok(total)
+    };
+    let grads = loss(model)?.backward()?;
+    for (name, var) in model.params().iter() {
+        let g: Vec<f64> = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name} has no gradient"))
+            .flatten_all()?
+            .to_vec1()?;
+        let base = var.as_tensor().copy()?;
+        let flat: Vec<f64> = base.flatten_all()?.to_vec1()?;
+        for idx in [0, flat.len() / 2, flat.len() - 1] {
+            let h = 1e-6;
+            let at = |delta: f64| -> Result<f64> {
+                let mut v = flat.clone();
+                v[idx] += delta;
+                var.set(&Tensor::from_vec(v, base.dims(), &Device::Cpu)?)?;
+                let l: f64 = loss(model)?.to_scalar()?;
+                Ok(l)
+            };
+            let fd = (at(h)? - at(-h)?) / (2.0 * h);
+            var.set(&base)?;
+            assert!(
+                (fd - g[idx]).abs() <= tol * (1.0 + fd.abs()),
+                "{name}[{idx}]: autodiff {} vs finite differences {fd}",
+                g[idx]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Moves every parameter away from its (partly zero) initialisation so that every path of
+/// the graph carries gradient.
+fn perturb(model: &dyn Model, seed: u64) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for v in model.params().vars() {
+        let noise = Tensor::randn(0.0, 0.1, v.dims(), &Device::Cpu)?.to_dtype(DType::F64)?;
+        let _ = &mut rng;
+        v.set(&v.as_tensor().add(&noise)?)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn neural_fp_and_hyper_aa_gradients_match_finite_differences() -> Result<()> {
+    let p = small_enr()?;
+    let x = contexts(&p, 3, 4)?.to_dtype(DType::F64)?;
+    // NeuralFP through Anderson's least-squares weights (their custom op's implicit backward).
+    let nfp = NeuralFp::with_dtype(
+        NeuralFpConfig {
+            steps: 4,
+            memory: 2,
+            init: vec![6],
+            hidden: 5,
+            truncated: false,
+            ..NeuralFpConfig::default()
+        },
+        &p,
+        &mut StdRng::seed_from_u64(1),
+        DType::F64,
+        &Device::Cpu,
+    )?;
+    perturb(&nfp, 2)?;
+    check_gradients(&nfp, &p, &x, 1e-5)?;
+    // HyperAA is differentiable throughout, its penalty Ω(α) included.
+    let haa = HyperAa::with_dtype(
+        HyperAaConfig {
+            steps: 4,
+            memory: 2,
+            init: vec![6],
+            hidden: vec![7],
+            penalty: 0.0,
+            ..HyperAaConfig::default()
+        },
+        &p,
+        &mut StdRng::seed_from_u64(3),
+        DType::F64,
+        &Device::Cpu,
+    )?;
+    perturb(&haa, 4)?;
+    check_gradients(&haa, &p, &x, 1e-5)?;
+    Ok(())
+}
+
+#[test]
+fn hyper_aa_mixes_on_the_simplex_and_its_penalty_anneals() -> Result<()> {
+    let p = small_enr()?;
+    let x = contexts(&p, 8, 5)?;
+    let model = HyperAa::new(
+        HyperAaConfig {
+            steps: 6,
+            memory: 2,
+            init: vec![],
+            ..HyperAaConfig::default()
+        },
+        &p,
+        &mut StdRng::seed_from_u64(0),
+        &Device::Cpu,
+    )?;
+    // Untrained: α uniform over the k present pairs and β = 0.95, so the first step is
+    // y¹ = 0.95 g(0) from y⁰ = 0.
+    let pred = model.forward(&x, &p)?;
+    let zero = Tensor::zeros((8, 5), DType::F32, &Device::Cpu)?;
+    let expected = p.apply(&zero, &x)?.affine(0.95, 0.0)?;
+    assert!(max_abs_diff(&pred.iterates[1], &expected)? < 1e-6);
+    let penalty: f64 = pred
+        .penalty
+        .expect("hyper-aa has a penalty")
+        .to_dtype(DType::F64)?
+        .to_scalar()?;
+    assert!(penalty > 0.0, "uniform α differs from Anderson's weights");
+    let cfg = TrainConfig {
+        steps: 100,
+        penalty_anneal: 0.5,
+        ..TrainConfig::default()
+    };
+    assert_eq!(cfg.penalty_weight(0), 1.0);
+    assert!((cfg.penalty_weight(25) - 0.5).abs() < 1e-12);
+    assert_eq!(cfg.penalty_weight(50), 0.0);
+    assert_eq!(cfg.penalty_weight(99), 0.0);
+    let off = TrainConfig {
+        penalty_anneal: 0.0,
+        ..cfg.clone()
+    };
+    assert_eq!(off.penalty_weight(0), 0.0);
+    assert!(TrainConfig {
+        penalty_anneal: 1.5,
+        ..cfg
+    }
+    .validate()
+    .is_err());
+    Ok(())
+}
+
+/// Untrained, the model is Anderson exactly (tested above), so any gain is learned.
+#[test]
+fn quick_neural_fp_training_beats_anderson_at_its_depth() -> Result<()> {
+    let config = ProblemConfig::ElasticNetIsta(ElasticNetConfig {
+        rows: 10,
+        cols: 10,
+        density: 0.3,
+        ..ElasticNetConfig::default()
+    });
+    let p = config.build()?;
+    let model = ModelConfig::NeuralFp(NeuralFpConfig {
+        steps: 8,
+        memory: 3,
+        init: vec![32],
+        hidden: 16,
+        ..NeuralFpConfig::default()
+    })
+    .build(p.as_ref(), &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+    let train = TrainConfig {
+        steps: 150,
+        batch_size: 64,
+        learning_rate: 3e-3,
+        iterates: IterateWeights::Uniform,
+        clip_grad_norm: Some(1.0),
+        eval_every: 0,
+        eval_size: 64,
+        ..TrainConfig::default()
+    };
+    Trainer::new(p.as_ref(), config, model.as_ref(), train, 0)?.run()?;
+    let x = contexts(p.as_ref(), 256, 99)?;
+    let curves = fixed_point_comparison(p.as_ref(), Some(model.as_ref()), &x, 8, 3, 1e-3, 1e-4)?;
+    let (anderson, learned) = (&curves[1], &curves[2]);
+    assert!(
+        learned.mean[8] < 0.97 * anderson.mean[8],
+        "learned {} vs Anderson {} at iteration 8",
+        learned.mean[8],
+        anderson.mean[8]
+    );
+    Ok(())
+}
+
+#[test]
+fn fixed_point_models_and_families_refuse_bad_input() -> Result<()> {
+    let sphere = Sphere::new(SphereConfig::default())?;
+    let mut rng = StdRng::seed_from_u64(0);
+    let e = NeuralFp::new(NeuralFpConfig::default(), &sphere, &mut rng, &Device::Cpu)
+        .err()
+        .expect("the sphere has no fixed-point map");
+    assert!(e.to_string().contains("fixed-point family"), "{e}");
+    let e = HyperAa::new(HyperAaConfig::default(), &sphere, &mut rng, &Device::Cpu)
+        .err()
+        .expect("the sphere has no fixed-point map");
+    assert!(e.to_string().contains("fixed-point family"), "{e}");
+    assert!(ElasticNetIsta::new(ElasticNetConfig {
+        l2: 0.0,
+        ..ElasticNetConfig::default()
+    })
+    .is_err());
+    assert!(ElasticNetIsta::new(ElasticNetConfig {
+        density: 1.5,
+        ..ElasticNetConfig::default()
+    })
+    .is_err());
+    let p = small_enr()?;
+    let e = p
+        .contexts(&[(vec![1.0; 29], vec![0.0; 6])], &Device::Cpu)
+        .expect_err("wrong A size");
+    assert!(e.to_string().contains("|A| = 29"), "{e}");
+    let mut a = vec![0.5; 30];
+    a[3] = f64::NAN;
+    let e = p
+        .contexts(&[(a, vec![0.0; 6])], &Device::Cpu)
+        .expect_err("NaN in A");
+    assert!(e.to_string().contains("NaN"), "{e}");
+    // A context whose step t is not positive.
+    let mut x: Vec<f32> = rows(&contexts(&p, 1, 0)?)?[0]
+        .iter()
+        .map(|v| *v as f32)
+        .collect();
+    *x.last_mut().unwrap() = -1.0;
+    let x = Tensor::from_vec(x, (1, 37), &Device::Cpu)?;
+    let e = p.solve_exact(&x).expect_err("negative step");
+    assert!(e.to_string().contains("step t"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn neural_fp_checkpoint_round_trips() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("amortize-test-{}-nfp", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = ProblemConfig::FixedPointToy(FixedPointToyConfig::default());
+    let p = config.build()?;
+    let model = ModelConfig::NeuralFp(NeuralFpConfig {
+        steps: 5,
+        init: vec![8],
+        hidden: 4,
+        ..NeuralFpConfig::default()
+    })
+    .build(p.as_ref(), &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+    let train = TrainConfig {
+        steps: 5,
+        batch_size: 16,
+        eval_every: 0,
+        eval_size: 16,
+        ..TrainConfig::default()
+    };
+    Trainer::new(p.as_ref(), config.clone(), model.as_ref(), train, 0)?
+        .checkpoint_to(&dir)
+        .run()?;
+    let loaded = Checkpoint::load_for(&dir, &config, &Device::Cpu)?;
+    let x = contexts(p.as_ref(), 7, 1)?;
+    let a = model.forward(&x, p.as_ref())?.y;
+    let b = loaded.model.forward(&x, loaded.problem.as_ref())?.y;
+    assert_eq!(max_abs_diff(&a, &b)?, 0.0);
+    Ok(())
+}
