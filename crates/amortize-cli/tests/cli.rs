@@ -607,3 +607,120 @@ fn reproduce_maml_and_metasgd() {
         );
     }
 }
+
+const TINY_FP: &str = r#"
+name = "tiny-fp"
+
+[problem]
+name = "elastic-net-ista"
+rows = 8
+cols = 8
+density = 0.3
+
+[model]
+kind = "neural-fp"
+steps = 6
+memory = 3
+init = [16]
+hidden = 8
+
+[train]
+steps = 20
+batch_size = 16
+eval_every = 0
+eval_size = 32
+iterates = { kind = "uniform" }
+
+[eval]
+size = 32
+speed = { baselines = [] }
+fixed_point_iterations = 30
+"#;
+
+#[test]
+fn run_neural_fp_compares_with_anderson_and_plain_iteration() {
+    let dir = tmpdir("fp");
+    let cfg = dir.join("fp.toml");
+    std::fs::write(&cfg, TINY_FP).unwrap();
+    let o = run(bin().arg("--out").arg(&dir).arg("run").arg(&cfg));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run_dir = dir.join("tiny-fp");
+    let csv = std::fs::read_to_string(run_dir.join("residuals.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert!(rows[0].starts_with("k,plain iteration mean"), "{}", rows[0]);
+    assert_eq!(rows.len(), 32, "header and k = 0..30");
+    // Every method starts at the normalised residual of zero (1) except the learned init.
+    assert!(rows[1].starts_with("0,1,1,1,1,"), "{}", rows[1]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("fixed-point.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["methods"].as_array().unwrap().len(), 3);
+    for f in ["residuals.png", "solved-fraction.svg"] {
+        assert!(run_dir.join("figures").join(f).exists(), "{f}");
+    }
+    // A fixed-point model on a family without a fixed-point map is refused cleanly.
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        TINY_FP
+            .replace("elastic-net-ista", "sphere")
+            .replace("rows = 8\ncols = 8\ndensity = 0.3\n", ""),
+    )
+    .unwrap();
+    assert_fails_with(
+        &run(bin().arg("--out").arg(&dir).arg("run").arg(&bad)),
+        "fixed-point family",
+    );
+}
+
+const TINY_RLQP: &str = r#"
+name = "tiny-rlqp"
+
+[rlqp]
+classes = ["random", "lasso"]
+sizes = [6]
+steps = 3
+batch = 4
+samples = 2
+
+[eval]
+classes = ["random", "svm"]
+sizes = [6, 8]
+instances = 3
+"#;
+
+#[test]
+fn run_rlqp_trains_a_policy_and_writes_the_comparison() {
+    let dir = tmpdir("rlqp");
+    let cfg = dir.join("rlqp.toml");
+    std::fs::write(&cfg, TINY_RLQP).unwrap();
+    let o = run(bin().arg("--out").arg(&dir).arg("run").arg(&cfg));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run_dir = dir.join("tiny-rlqp");
+    let csv = std::fs::read_to_string(run_dir.join("rlqp.csv")).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        5,
+        "header and 2 classes × 2 sizes: {csv}"
+    );
+    for row in csv.lines().skip(1) {
+        let cells: Vec<&str> = row.split(',').collect();
+        let ratio: f64 = cells[4].parse().unwrap();
+        assert!(ratio.is_finite() && ratio > 0.0, "{row}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("training.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        4
+    );
+    assert!(run_dir.join("policy/policy.safetensors").exists());
+    assert!(run_dir.join("figures/iteration-ratio.png").exists());
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, TINY_RLQP.replace("sizes = [6]", "sizes = []")).unwrap();
+    assert_fails_with(
+        &run(bin().arg("--out").arg(&dir).arg("run").arg(&bad)),
+        "sizes",
+    );
+}
