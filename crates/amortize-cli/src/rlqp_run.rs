@@ -174,6 +174,7 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
     }
     write_atomic(&dir.join("training.csv"), csv.as_bytes())?;
 
+    let frozen = policy.frozen()?;
     let cells_total = (exp.eval.classes.len() * exp.eval.sizes.len()) as u64;
     let bar = progress::bar(cells_total, "compare", quiet);
     let mut cells = Vec::new();
@@ -184,7 +185,7 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
                 .map(|_| class.generate(n, &mut rng))
                 .collect::<amortize::Result<_>>()?;
             let base = solve_all(&qps, cfg.baseline_settings(), None)?;
-            let learned = solve_all(&qps, cfg.policy_settings(), Some(&policy))?;
+            let learned = solve_all(&qps, cfg.policy_settings(), Some(&frozen))?;
             let k = qps.len() as f64;
             let mean = |v: &[(f64, f64, bool)], f: &dyn Fn(&(f64, f64, bool)) -> f64| {
                 v.iter().map(f).sum::<f64>() / k

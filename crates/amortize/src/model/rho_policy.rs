@@ -38,8 +38,14 @@ pub struct RhoPolicyNet {
     layers: Vec<(Var, Var)>,
 }
 
-/// The layers as plain row-major (weights (in × out), biases) in f64.
+/// The layers as plain row-major (weights (in × out), biases, fan-in, fan-out) in f64.
 type Plain = Vec<(Vec<f64>, Vec<f64>, usize, usize)>;
+
+/// A snapshot of a [`RhoPolicyNet`]'s θ in plain f64 arrays: the policy as ADMM runs it, with
+/// no tensor reads inside the solver loop ([`RhoPolicyNet::frozen`]).
+pub struct FrozenRhoPolicy {
+    layers: Plain,
+}
 
 impl RhoPolicyNet {
     /// A policy with θ from `rng` (U(±1/√fan_in)), output layer zero, f64.
@@ -105,6 +111,20 @@ impl RhoPolicyNet {
             .collect()
     }
 
+    /// θ as it is now, in plain arrays for the solver loop.
+    pub fn frozen(&self) -> Result<FrozenRhoPolicy> {
+        Ok(FrozenRhoPolicy {
+            layers: self.plain()?,
+        })
+    }
+
+    /// Δ for `m` rows of features (see [`FrozenRhoPolicy::forward_rows`]).
+    pub fn forward_rows(&self, features: &[f64], m: usize) -> Result<Vec<f64>> {
+        self.frozen()?.forward_rows(features, m)
+    }
+}
+
+impl FrozenRhoPolicy {
     /// Δ for `m` rows of features, by the plain f64 forward pass.
     pub fn forward_rows(&self, features: &[f64], m: usize) -> Result<Vec<f64>> {
         if features.len() != m * RHO_FEATURES {
@@ -114,7 +134,7 @@ impl RhoPolicyNet {
                 m * RHO_FEATURES
             )));
         }
-        let layers = self.plain()?;
+        let layers = &self.layers;
         let last = layers.len() - 1;
         let mut out = Vec::with_capacity(m);
         let mut cur: Vec<f64> = Vec::new();
@@ -142,9 +162,17 @@ impl RhoPolicyNet {
     }
 }
 
-impl RhoPolicy for RhoPolicyNet {
+impl RhoPolicy for FrozenRhoPolicy {
     fn adjust(&self, features: &[f64], m: usize) -> Vec<f64> {
-        // A failed read of θ leaves OSQP's rule in place for this adaptation.
+        // Features of the wrong length (a bug) leave OSQP's rule in place.
+        self.forward_rows(features, m)
+            .unwrap_or_else(|_| vec![0.0; m])
+    }
+}
+
+impl RhoPolicy for RhoPolicyNet {
+    /// Reads θ at every call; solvers in a loop should use [`RhoPolicyNet::frozen`].
+    fn adjust(&self, features: &[f64], m: usize) -> Vec<f64> {
         self.forward_rows(features, m)
             .unwrap_or_else(|_| vec![0.0; m])
     }

@@ -196,20 +196,17 @@ pub fn train_rho_policy(
                 .sum::<f64>()
                 / iters.len() as f64
         };
-        let current = loss_of(&iterations(
-            &qps,
-            cfg.policy_settings(),
-            Some(policy),
-            cfg.threads,
-        )?);
-        let (grads, _) = es_gradient(&vars, cfg.sigma, cfg.samples, &mut es_rng, || {
+        let loss_at_theta = || -> Result<f64> {
+            let frozen = policy.frozen()?;
             Ok(loss_of(&iterations(
                 &qps,
                 cfg.policy_settings(),
-                Some(policy),
+                Some(&frozen),
                 cfg.threads,
             )?))
-        })?;
+        };
+        let current = loss_at_theta()?;
+        let (grads, _) = es_gradient(&vars, cfg.sigma, cfg.samples, &mut es_rng, loss_at_theta)?;
         let tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
         let updated = adam.update(cfg.learning_rate, &tensors, &grads, &mut state)?;
         for (v, t) in vars.iter().zip(updated) {

@@ -35,9 +35,6 @@ pub trait RhoPolicy: Sync {
     fn adjust(&self, features: &[f64], m: usize) -> Vec<f64>;
 }
 
-/// A policy only refactors when some ρᵢ moves by more than this factor.
-const POLICY_TOLERANCE: f64 = 1.2;
-
 fn slog(v: f64) -> f64 {
     v.signum() * (1.0 + 1e4 * v.abs()).log10() / 4.0
 }
@@ -228,8 +225,10 @@ impl Admm {
         self.solve_with_policy(qp, warm, None)
     }
 
-    /// Solves `qp` with the step sizes ρ chosen by `policy` at every adaptation point (every
-    /// `adaptive_rho_interval` iterations) instead of OSQP's rule; `None` is [`Admm::solve`].
+    /// Solves `qp` with the step sizes ρ chosen by `policy` instead of OSQP's rule; `None` is
+    /// [`Admm::solve`]. The policy is consulted after `adaptive_rho_interval` iterations and
+    /// again after the same interval while it keeps ρ; every time it changes ρ (a KKT
+    /// refactorisation) the interval doubles.
     /// Termination is unchanged: "solved" only when the residual criterion holds.
     pub fn solve_with_policy(
         &self,
@@ -468,7 +467,8 @@ impl<'a> AdmmWorkspace<'a> {
         f
     }
 
-    /// The policy's ρ at an adaptation point; refactors when some ρᵢ moved by more than 20%.
+    /// The policy's ρ at an adaptation point; refactors (and changes ρ) only when some ρᵢ
+    /// moves by more than `adaptive_rho_tolerance`, as OSQP's rule does.
     fn apply_policy(&mut self, policy: &dyn RhoPolicy) -> Result<bool> {
         let m = self.qp.m();
         let estimate = self.rho_estimate();
@@ -494,7 +494,7 @@ impl<'a> AdmmWorkspace<'a> {
         let moved = proposed
             .iter()
             .zip(&self.rho_vec)
-            .any(|(a, b)| (a / b).max(b / a) > POLICY_TOLERANCE);
+            .any(|(a, b)| (a / b).max(b / a) > self.settings.adaptive_rho_tolerance);
         if moved {
             self.rho_vec.copy_from_slice(&proposed);
             self.factor()?;
@@ -688,11 +688,16 @@ impl<'a> AdmmWorkspace<'a> {
             if at_rho && self.policy.is_some() {
                 let policy = self.policy.expect("checked");
                 match self.apply_policy(policy) {
-                    Ok(true) => self.rho_updates += 1,
+                    // Each change refactors the KKT matrix, so the next consultation waits
+                    // twice as long: O(log N) factorizations per solve.
+                    Ok(true) => {
+                        self.rho_updates += 1;
+                        self.rho_interval *= 2;
+                    }
                     Ok(false) => {}
                     Err(_) => return Some(QpStatus::NumericalError),
                 }
-                self.next_rho_check = self.iters + self.settings.adaptive_rho_interval;
+                self.next_rho_check = self.iters + self.rho_interval;
             } else if at_rho {
                 let estimate = self.rho_estimate();
                 let tol = self.settings.adaptive_rho_tolerance;
