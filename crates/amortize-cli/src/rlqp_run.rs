@@ -29,6 +29,9 @@ pub struct RlqpEval {
     pub sizes: Vec<usize>,
     /// QPs per class and size (default 20).
     pub instances: usize,
+    /// Also write the held-out QPs to `qps.jsonl` (sparse triplets, one QP per line) for
+    /// `bench/baselines/osqp_classes.py`, the OSQP C solver on the same QPs (default false).
+    pub export_qps: bool,
 }
 
 impl Default for RlqpEval {
@@ -37,6 +40,7 @@ impl Default for RlqpEval {
             classes: QpClass::ALL.to_vec(),
             sizes: vec![20, 50, 100, 200],
             instances: 20,
+            export_qps: false,
         }
     }
 }
@@ -178,12 +182,19 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
     let cells_total = (exp.eval.classes.len() * exp.eval.sizes.len()) as u64;
     let bar = progress::bar(cells_total, "compare", quiet);
     let mut cells = Vec::new();
+    let mut exported = String::new();
     for &class in &exp.eval.classes {
         for &n in &exp.eval.sizes {
             let mut rng = StdRng::seed_from_u64(exp.seed ^ 0xE7A1 ^ (n as u64) << 8);
             let qps: Vec<QpProblem> = (0..exp.eval.instances)
                 .map(|_| class.generate(n, &mut rng))
                 .collect::<amortize::Result<_>>()?;
+            if exp.eval.export_qps {
+                for qp in &qps {
+                    exported.push_str(&qp_json(class, n, qp).to_string());
+                    exported.push('\n');
+                }
+            }
             let base = solve_all(&qps, cfg.baseline_settings(), None)?;
             let learned = solve_all(&qps, cfg.policy_settings(), Some(&frozen))?;
             let k = qps.len() as f64;
@@ -212,6 +223,9 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
         }
     }
     bar.finish_and_clear();
+    if exp.eval.export_qps {
+        write_atomic(&dir.join("qps.jsonl"), exported.as_bytes())?;
+    }
 
     let mut table = String::from(
         "class,n,osqp_iters,learned_iters,iteration_ratio,osqp_seconds,learned_seconds,time_ratio,osqp_solved,learned_solved\n",
@@ -304,4 +318,25 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
     }
     write_atomic(&dir.join("report.md"), md.as_bytes())?;
     Ok(dir)
+}
+
+/// A QP as one JSON object with sparse triplets (infinite bounds as null).
+fn qp_json(class: QpClass, n: usize, qp: &QpProblem) -> serde_json::Value {
+    let triplets = |m: &amortize::linalg::CsrMatrix| -> Vec<(usize, usize, f64)> {
+        (0..m.rows())
+            .flat_map(|r| m.row(r).map(move |(c, v)| (r, c, v)))
+            .collect()
+    };
+    let bound = |v: &f64| if v.is_finite() { Some(*v) } else { None };
+    serde_json::json!({
+        "class": class.name(),
+        "n": n,
+        "vars": qp.n(),
+        "rows": qp.m(),
+        "P": triplets(qp.p()),
+        "q": qp.q(),
+        "A": triplets(qp.a()),
+        "l": qp.l().iter().map(bound).collect::<Vec<_>>(),
+        "u": qp.u().iter().map(bound).collect::<Vec<_>>(),
+    })
 }

@@ -30,8 +30,27 @@ pub struct HyperAaConfig {
     /// Weight of Ω(α) = Σₜ ‖αᵗ − α*ᵗ‖² / K, the distance to Anderson's least-squares weights
     /// (default 1; the trainer anneals it to zero, `train.penalty_anneal`).
     pub penalty: f64,
-    /// β at initialisation, in (0, 1) (default 0.95; Anderson's is 1).
+    /// β at initialisation, in (0, 1) (default 0.95; Anderson's is 1), for `weights = simplex`.
     pub initial_beta: f64,
+    /// How α is parameterised (default `correction`).
+    pub weights: HyperAaWeights,
+    /// Each iterate yᵗ, t ≥ 1, enters the next step as a constant (default true; see
+    /// [`super::NeuralFpConfig::truncated`]: through all steps the gradient explodes).
+    pub truncated: bool,
+}
+
+/// How [`HyperAa`] forms the mixing weights α.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HyperAaWeights {
+    /// α = α* + (δ − mean δ): Anderson's least-squares weights (differentiable) plus a learned
+    /// correction in the affine set 1ᵀα = 1, and β = 1 + ½ tanh(o); both corrections start at
+    /// zero, so the untrained model is Anderson (default).
+    #[default]
+    Correction,
+    /// α = softmax(δ) on the simplex and β = σ(o) (Bai et al.'s form): no negative weights, so
+    /// none of Anderson's extrapolation.
+    Simplex,
 }
 
 impl Default for HyperAaConfig {
@@ -43,6 +62,8 @@ impl Default for HyperAaConfig {
             hidden: vec![64, 64],
             penalty: 1.0,
             initial_beta: 0.95,
+            weights: HyperAaWeights::Correction,
+            truncated: true,
         }
     }
 }
@@ -51,8 +72,9 @@ impl Default for HyperAaConfig {
 /// ŷ⁰ = init_θ(x); at iteration t with the last k ≤ M + 1 pairs (yᵢ, gᵢ) and residuals
 /// Gᵗ = [gᵢ − yᵢ], the coefficient model reads the normalised Gram matrix GᵗGᵗᵀ / max diag
 /// (padded to (M + 1)², oldest entries first), the progress t/K and log₁₀ of the current
-/// normalised residual, and outputs logits for α (softmax over the k present entries) and β
-/// (a sigmoid), then ŷᵗ⁺¹ = AA_Update(α, β) (eq. 47, 54). Trained with the regression L_Σ
+/// normalised residual, and outputs δ (one entry per stored pair) and o, from which α and β are
+/// formed ([`HyperAaWeights`]: a correction of Anderson's weights by default, or Bai et al.'s
+/// simplex form), then ŷᵗ⁺¹ = AA_Update(α, β) (eq. 47, 54). Trained with the regression L_Σ
 /// with increasing weights plus the annealed Ω(α) (eq. 55). The coefficient model is shared
 /// over iterations, so it runs past K unchanged ([`Model::forward_with_steps`]).
 pub struct HyperAa {
@@ -162,6 +184,9 @@ impl HyperAa {
         let mut iterates = vec![y.clone()];
         let mut penalty: Option<Tensor> = None;
         for t in 0..total {
+            if self.config.truncated && t > 0 {
+                y = y.detach();
+            }
             let g = map.apply(&y, &x)?;
             history.push_back((y.clone(), g));
             while history.len() > slots {
@@ -200,8 +225,21 @@ impl HyperAa {
             let features = Tensor::cat(&[gram.reshape((n, slots * slots))?, step, progress], 1)?;
             let out = self.coefficients.forward_raw(&features)?;
             let logits = out.narrow(1, slots - k, k)?;
-            let alpha = softmax_rows(&logits)?.unsqueeze(1)?;
-            let beta = sigmoid(&out.narrow(1, slots, 1)?.affine(1.0, self.beta_offset)?)?;
+            let target = anderson_weights(&r, 1e-3)?;
+            let (alpha, beta) = match self.config.weights {
+                HyperAaWeights::Simplex => (
+                    softmax_rows(&logits)?.unsqueeze(1)?,
+                    sigmoid(&out.narrow(1, slots, 1)?.affine(1.0, self.beta_offset)?)?,
+                ),
+                HyperAaWeights::Correction => (
+                    target.add(
+                        &logits
+                            .broadcast_sub(&logits.mean_keepdim(1)?)?
+                            .unsqueeze(1)?,
+                    )?,
+                    out.narrow(1, slots, 1)?.tanh()?.affine(0.5, 1.0)?,
+                ),
+            };
             let mixed_g = alpha.matmul(&gs)?.squeeze(1)?;
             let mixed_y = alpha.matmul(&ys)?.squeeze(1)?;
             y = mixed_g
@@ -209,9 +247,8 @@ impl HyperAa {
                 .add(&mixed_y.broadcast_mul(&beta.affine(-1.0, 1.0)?)?)?;
             iterates.push(y.clone());
             if self.config.penalty > 0.0 && t < self.config.steps {
-                let target = anderson_weights(&r, 1e-3)?.detach();
                 let term = alpha
-                    .sub(&target)?
+                    .sub(&target.detach())?
                     .sqr()?
                     .sum_all()?
                     .affine(self.config.penalty / (n * self.config.steps) as f64, 0.0)?;

@@ -16,7 +16,7 @@ mod unrolled;
 pub use alista::{analytic_weight, Alista, AlistaConfig};
 pub use fused::{FusedMlp, StepStats};
 pub use gru::GruCell;
-pub use hyper_aa::{HyperAa, HyperAaConfig};
+pub use hyper_aa::{HyperAa, HyperAaConfig, HyperAaWeights};
 pub use hypernet::{HyperNet, HyperNetConfig};
 pub use lista::{shrink, shrink_selected, Lista, ListaConfig};
 pub use mlp::{Activation, Mlp, MlpConfig};

@@ -1,5 +1,5 @@
 use amortize::eval::{fixed_point_comparison, solver_iterates};
-use amortize::model::{HyperAa, HyperAaConfig, NeuralFp, NeuralFpConfig};
+use amortize::model::{HyperAa, HyperAaConfig, HyperAaWeights, NeuralFp, NeuralFpConfig};
 use amortize::prelude::*;
 use amortize::problem::{
     normalised_residual, ElasticNetConfig, ElasticNetIsta, FixedPointMap, FixedPointToy,
@@ -242,6 +242,7 @@ fn neural_fp_and_hyper_aa_gradients_match_finite_differences() -> Result<()> {
             init: vec![6],
             hidden: vec![7],
             penalty: 0.0,
+            truncated: false,
             ..HyperAaConfig::default()
         },
         &p,
@@ -263,6 +264,7 @@ fn hyper_aa_mixes_on_the_simplex_and_its_penalty_anneals() -> Result<()> {
             steps: 6,
             memory: 2,
             init: vec![],
+            weights: HyperAaWeights::Simplex,
             ..HyperAaConfig::default()
         },
         &p,
