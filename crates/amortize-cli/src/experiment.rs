@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The built-in experiments: (name, TOML text).
-pub const BUILTIN: [(&str, &str); 17] = [
+pub const BUILTIN: [(&str, &str); 18] = [
     ("sphere", include_str!("../../../configs/sphere.toml")),
     ("toy1d", include_str!("../../../configs/toy1d.toml")),
     ("lista", include_str!("../../../configs/lista.toml")),
@@ -38,6 +38,7 @@ pub const BUILTIN: [(&str, &str); 17] = [
     ("fomaml", include_str!("../../../configs/fomaml.toml")),
     ("metasgd", include_str!("../../../configs/metasgd.toml")),
     ("reptile", include_str!("../../../configs/reptile.toml")),
+    ("imaml", include_str!("../../../configs/imaml.toml")),
     ("hypernet", include_str!("../../../configs/hypernet.toml")),
     ("neural-fp", include_str!("../../../configs/neural-fp.toml")),
     ("hyper-aa", include_str!("../../../configs/hyper-aa.toml")),

@@ -362,6 +362,21 @@ impl Unrolled {
             } else {
                 problem.domain_gradient(&y, &x)?
             };
+            if let Adjoint::Implicit { lambda, .. } = self.config.adjoint {
+                if self.gru.is_none() {
+                    y = safeguarded_step(
+                        problem,
+                        &x,
+                        &y.detach(),
+                        &y0.detach(),
+                        &g,
+                        &alpha,
+                        lambda,
+                    )?;
+                    iterates.push(y.clone());
+                    continue;
+                }
+            }
             let mut next = y.sub(&g.broadcast_mul(&alpha)?)?;
             if let Some(gru) = &self.gru {
                 let (delta, h) = gru_step(gru, &g, &y, hidden.take())?;
@@ -414,6 +429,51 @@ impl Model for Unrolled {
     fn config(&self) -> ModelConfig {
         ModelConfig::Unrolled(self.config.clone())
     }
+}
+
+/// One step of the implicit adjoint's inner solver on the proximal objective
+/// φ(y) = f(y) + λ/2‖y − ŷ⁰‖², safeguarded per instance: the step y − s·α·g is tried with
+/// s = 1, ½, ¼, … (up to 2⁻¹⁰) until φ does not increase, and an instance with no such step
+/// stays where it is. The inner answer of iMAML then never diverges, whatever the rates.
+fn safeguarded_step(
+    problem: &dyn Problem,
+    x: &Tensor,
+    y: &Tensor,
+    y0: &Tensor,
+    g: &Tensor,
+    alpha: &Tensor,
+    lambda: f64,
+) -> Result<Tensor> {
+    let phi = |y: &Tensor| -> Result<Tensor> {
+        let prox = y.sub(y0)?.sqr()?.sum(1)?.affine(0.5 * lambda, 0.0)?;
+        Ok(problem.objective(y, x)?.add(&prox)?)
+    };
+    let n = y.dim(0)?;
+    let current = phi(y)?;
+    let step = g.broadcast_mul(alpha)?;
+    let mut scale = Tensor::ones((n, 1), y.dtype(), y.device())?;
+    let mut out = y.clone();
+    let mut done = Tensor::zeros(n, candle_core::DType::U8, y.device())?;
+    for _ in 0..=10 {
+        let candidate = problem.to_domain(&y.sub(&step.broadcast_mul(&scale)?)?)?;
+        let value = phi(&candidate)?;
+        // Accept where φ did not increase (and the value is finite) and not accepted before.
+        let ok = value.le(&current)?.mul(&done.ones_like()?.sub(&done)?)?;
+        let mask = ok.unsqueeze(1)?.broadcast_as(y.shape())?;
+        out = mask.where_cond(&candidate, &out)?;
+        done = done.add(&ok)?;
+        // Summed in f64: a u8 sum overflows past 255 instances.
+        if done
+            .to_dtype(candle_core::DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?
+            >= n as f64
+        {
+            break;
+        }
+        scale = scale.affine(0.5, 0.0)?;
+    }
+    Ok(out)
 }
 
 /// One coordinate-wise GRU step: every coordinate of every row is one sequence, with input
