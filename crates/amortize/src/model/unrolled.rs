@@ -108,7 +108,7 @@ fn default_cg_iters() -> usize {
 }
 
 /// What each unrolled step adds to the gradient step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum UpdateRule {
     /// Only the gradient step (default).
@@ -122,6 +122,33 @@ pub enum UpdateRule {
         /// Hidden units per coordinate.
         hidden: usize,
     },
+    /// Adam-like steps: ŷ ← π_Y(ŷ − α m̂/(√v̂ + ε)) with the moments m, v of the gradients
+    /// along the unrolled steps (bias-corrected as in [`crate::optim::Adam`]; √ of v̂ + 10⁻³⁰
+    /// so that the step stays differentiable where a gradient is exactly zero). The rates α
+    /// are learned as configured. The implicit adjoint's inner solver ignores this rule.
+    Adam {
+        /// β₁ (default 0.9).
+        #[serde(default = "default_beta1")]
+        beta1: f64,
+        /// β₂ (default 0.999).
+        #[serde(default = "default_beta2")]
+        beta2: f64,
+        /// ε (default 1e-8).
+        #[serde(default = "default_adam_eps")]
+        eps: f64,
+    },
+}
+
+fn default_beta1() -> f64 {
+    0.9
+}
+
+fn default_beta2() -> f64 {
+    0.999
+}
+
+fn default_adam_eps() -> f64 {
+    1e-8
 }
 
 /// The settings of [`Unrolled`].
@@ -267,6 +294,14 @@ impl Unrolled {
         };
         let gru = match config.update {
             UpdateRule::Gradient => None,
+            UpdateRule::Adam { beta1, beta2, eps } => {
+                if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2) && eps > 0.0) {
+                    return Err(Error::invalid(
+                        "unrolled: adam needs beta1 and beta2 in [0, 1) and eps > 0",
+                    ));
+                }
+                None
+            }
             UpdateRule::Gru { hidden } => {
                 if hidden == 0 {
                     return Err(Error::invalid("unrolled: update.hidden must be at least 1"));
@@ -348,6 +383,7 @@ impl Unrolled {
         let mut y = y0.clone();
         let mut iterates = vec![y.clone()];
         let mut hidden: Option<Tensor> = None;
+        let mut moments: Option<(Tensor, Tensor)> = None;
         for k in 0..k_total {
             let alpha = self.rate(k, y.dtype(), y.device())?;
             let g = if let Adjoint::Implicit { lambda, .. } = self.config.adjoint {
@@ -377,7 +413,27 @@ impl Unrolled {
                     continue;
                 }
             }
-            let mut next = y.sub(&g.broadcast_mul(&alpha)?)?;
+            let direction = match self.config.update {
+                UpdateRule::Adam { beta1, beta2, eps } => {
+                    let (m, v) = match moments.take() {
+                        Some((m, v)) => (m, v),
+                        None => (g.zeros_like()?, g.zeros_like()?),
+                    };
+                    let m = m.affine(beta1, 0.0)?.add(&g.affine(1.0 - beta1, 0.0)?)?;
+                    let v = v
+                        .affine(beta2, 0.0)?
+                        .add(&g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
+                    let t = (k + 1) as i32;
+                    let (c1, c2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
+                    let d = m
+                        .affine(1.0 / c1, 0.0)?
+                        .div(&v.affine(1.0 / c2, 1e-30)?.sqrt()?.affine(1.0, eps)?)?;
+                    moments = Some((m, v));
+                    d
+                }
+                _ => g.clone(),
+            };
+            let mut next = y.sub(&direction.broadcast_mul(&alpha)?)?;
             if let Some(gru) = &self.gru {
                 let (delta, h) = gru_step(gru, &g, &y, hidden.take())?;
                 next = next.add(&delta)?;
