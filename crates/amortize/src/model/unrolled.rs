@@ -489,7 +489,8 @@ impl Model for Unrolled {
 
 /// One step of the implicit adjoint's inner solver on the proximal objective
 /// φ(y) = f(y) + λ/2‖y − ŷ⁰‖², safeguarded per instance: the step y − s·α·g is tried with
-/// s = 1, ½, ¼, … (up to 2⁻¹⁰) until φ does not increase, and an instance with no such step
+/// s = 1, ½, ¼, … (up to 2⁻¹⁰) until φ does not increase (up to a relative 10⁻¹²), and an
+/// instance with no such step
 /// stays where it is. The inner answer of iMAML then never diverges, whatever the rates.
 fn safeguarded_step(
     problem: &dyn Problem,
@@ -506,6 +507,9 @@ fn safeguarded_step(
     };
     let n = y.dim(0)?;
     let current = phi(y)?;
+    // Up to rounding: a relative slack of 10⁻¹² lets the iteration converge to machine
+    // precision instead of stalling where φ's decrease drops below its rounding error.
+    let threshold = current.add(&current.abs()?.affine(1e-12, 0.0)?)?;
     let step = g.broadcast_mul(alpha)?;
     let mut scale = Tensor::ones((n, 1), y.dtype(), y.device())?;
     let mut out = y.clone();
@@ -514,7 +518,7 @@ fn safeguarded_step(
         let candidate = problem.to_domain(&y.sub(&step.broadcast_mul(&scale)?)?)?;
         let value = phi(&candidate)?;
         // Accept where φ did not increase (and the value is finite) and not accepted before.
-        let ok = value.le(&current)?.mul(&done.ones_like()?.sub(&done)?)?;
+        let ok = value.le(&threshold)?.mul(&done.ones_like()?.sub(&done)?)?;
         let mask = ok.unsqueeze(1)?.broadcast_as(y.shape())?;
         out = mask.where_cond(&candidate, &out)?;
         done = done.add(&ok)?;
