@@ -526,7 +526,9 @@ pub fn run_experiment(
                     exp.seed,
                 )?);
             }
-            ProblemConfig::ElasticNetIsta(_) | ProblemConfig::FixedPointToy(_) => {
+            ProblemConfig::ElasticNetIsta(_)
+            | ProblemConfig::FixedPointToy(_)
+            | ProblemConfig::QpAdmm(_) => {
                 figures.extend(crate::fixed_point_report::fixed_point_figures(
                     &dir,
                     &fig_dir,

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The built-in experiments: (name, TOML text).
-pub const BUILTIN: [(&str, &str); 18] = [
+pub const BUILTIN: [(&str, &str); 19] = [
     ("sphere", include_str!("../../../configs/sphere.toml")),
     ("toy1d", include_str!("../../../configs/toy1d.toml")),
     ("lista", include_str!("../../../configs/lista.toml")),
@@ -42,6 +42,10 @@ pub const BUILTIN: [(&str, &str); 18] = [
     ("hypernet", include_str!("../../../configs/hypernet.toml")),
     ("neural-fp", include_str!("../../../configs/neural-fp.toml")),
     ("hyper-aa", include_str!("../../../configs/hyper-aa.toml")),
+    (
+        "neural-fp-qp",
+        include_str!("../../../configs/neural-fp-qp.toml"),
+    ),
 ];
 
 /// Evaluation settings.

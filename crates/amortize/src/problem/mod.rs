@@ -10,6 +10,7 @@ mod fixed_point;
 mod fixed_point_toy;
 mod lasso;
 mod least_squares;
+mod qp_admm;
 mod quadratic;
 mod sinusoid;
 mod sphere;
@@ -20,6 +21,7 @@ pub use fixed_point::{normalised_residual, solve_fixed_point, FixedPointMap};
 pub use fixed_point_toy::{FixedPointToy, FixedPointToyConfig};
 pub use lasso::{Lasso, LassoConfig, Signals};
 pub use least_squares::LeastSquares;
+pub use qp_admm::{QpAdmm, QpAdmmConfig};
 pub use quadratic::{Quadratic, QuadraticConfig};
 pub use sinusoid::{Sinusoid, SinusoidConfig};
 pub use sphere::{
@@ -207,11 +209,14 @@ pub enum ProblemConfig {
     /// [`FixedPointToy`]: the one-dimensional map of Figure 9, a fixed-point family (§6.4).
     #[serde(rename = "fixed-point-toy")]
     FixedPointToy(FixedPointToyConfig),
+    /// [`QpAdmm`]: the ADMM iteration on QPs of an OSQP class, a fixed-point family (§6.4).
+    #[serde(rename = "qp-admm")]
+    QpAdmm(QpAdmmConfig),
 }
 
 impl ProblemConfig {
     /// The names of the built-in families, for `amortize list`.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "sphere",
         "toy1d",
         "quadratic",
@@ -219,6 +224,7 @@ impl ProblemConfig {
         "sinusoid",
         "elastic-net-ista",
         "fixed-point-toy",
+        "qp-admm",
     ];
 
     /// The family's name.
@@ -231,6 +237,7 @@ impl ProblemConfig {
             ProblemConfig::Sinusoid(_) => "sinusoid",
             ProblemConfig::ElasticNetIsta(_) => "elastic-net-ista",
             ProblemConfig::FixedPointToy(_) => "fixed-point-toy",
+            ProblemConfig::QpAdmm(_) => "qp-admm",
         }
     }
 
@@ -245,6 +252,7 @@ impl ProblemConfig {
             "sinusoid" => ProblemConfig::Sinusoid(SinusoidConfig::default()),
             "elastic-net-ista" => ProblemConfig::ElasticNetIsta(ElasticNetConfig::default()),
             "fixed-point-toy" => ProblemConfig::FixedPointToy(FixedPointToyConfig::default()),
+            "qp-admm" => ProblemConfig::QpAdmm(QpAdmmConfig::default()),
             other => {
                 return Err(Error::invalid(format!(
                     "unknown problem '{other}' (known: {})",
@@ -264,6 +272,7 @@ impl ProblemConfig {
             ProblemConfig::Sinusoid(c) => Box::new(Sinusoid::new(c.clone())?),
             ProblemConfig::ElasticNetIsta(c) => Box::new(ElasticNetIsta::new(c.clone())?),
             ProblemConfig::FixedPointToy(c) => Box::new(FixedPointToy::new(c.clone())?),
+            ProblemConfig::QpAdmm(c) => Box::new(QpAdmm::new(c.clone())?),
         })
     }
 }
