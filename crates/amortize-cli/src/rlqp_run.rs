@@ -125,6 +125,8 @@ pub struct Cell {
     pub osqp_seconds: f64,
     /// Mean seconds per instance (set-up and solve), learned policy.
     pub learned_seconds: f64,
+    /// osqp_seconds / learned_seconds (> 1: the learned policy is faster).
+    pub time_ratio: f64,
     /// Fraction solved to eps 1e-3, OSQP's rule.
     pub osqp_solved: f64,
     /// Fraction solved to eps 1e-3, learned policy.
@@ -208,14 +210,16 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
                 .sum::<f64>()
                 / k)
                 .exp();
+            let (osqp_seconds, learned_seconds) = (mean(&base, &|r| r.1), mean(&learned, &|r| r.1));
             cells.push(Cell {
                 class,
                 n,
                 osqp_iters: mean(&base, &|r| r.0),
                 learned_iters: mean(&learned, &|r| r.0),
                 iteration_ratio: ratio,
-                osqp_seconds: mean(&base, &|r| r.1),
-                learned_seconds: mean(&learned, &|r| r.1),
+                osqp_seconds,
+                learned_seconds,
+                time_ratio: osqp_seconds / learned_seconds,
                 osqp_solved: mean(&base, &|r| f64::from(u8::from(r.2))),
                 learned_solved: mean(&learned, &|r| f64::from(u8::from(r.2))),
             });
@@ -240,7 +244,7 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
             c.iteration_ratio,
             c.osqp_seconds,
             c.learned_seconds,
-            c.osqp_seconds / c.learned_seconds,
+            c.time_ratio,
             c.osqp_solved,
             c.learned_solved
         ));
@@ -304,7 +308,7 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
             c.iteration_ratio,
             c.osqp_seconds,
             c.learned_seconds,
-            c.osqp_seconds / c.learned_seconds,
+            c.time_ratio,
             100.0 * c.osqp_solved,
             100.0 * c.learned_solved
         ));

@@ -9,8 +9,8 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::gru::sigmoid;
-use super::neural_fp::{needs_map, row_norm, zero_output_layer};
-use super::{Activation, Mlp, MlpConfig, Model, ModelConfig, Params, Prediction};
+use super::neural_fp::{needs_map, row_norm, zeroed_mlp};
+use super::{Mlp, Model, ModelConfig, Params, Prediction};
 use crate::problem::Problem;
 use crate::solver::{anderson_weights, stack_history};
 use crate::{Error, Result};
@@ -123,41 +123,28 @@ impl HyperAa {
         let init = if config.init.is_empty() {
             None
         } else {
-            let mlp = Mlp::new(
-                MlpConfig {
-                    hidden: config.init.clone(),
-                    activation: Activation::Relu,
-                    project_output: false,
-                },
+            Some(zeroed_mlp(
+                &mut params,
+                "init",
+                &config.init,
                 problem.context_dim(),
                 dim,
+                dtype,
                 rng,
                 device,
-            )?
-            .to_dtype(dtype)?;
-            zero_output_layer(&mlp)?;
-            for (name, var) in mlp.params().iter() {
-                params.insert(format!("init.{name}"), var.clone());
-            }
-            Some(mlp)
+            )?)
         };
         let slots = config.memory + 1;
-        let coefficients = Mlp::new(
-            MlpConfig {
-                hidden: config.hidden.clone(),
-                activation: Activation::Relu,
-                project_output: false,
-            },
+        let coefficients = zeroed_mlp(
+            &mut params,
+            "coefficients",
+            &config.hidden,
             slots * slots + 2,
             slots + 1,
+            dtype,
             rng,
             device,
-        )?
-        .to_dtype(dtype)?;
-        zero_output_layer(&coefficients)?;
-        for (name, var) in coefficients.params().iter() {
-            params.insert(format!("coefficients.{name}"), var.clone());
-        }
+        )?;
         let b = config.initial_beta;
         Ok(HyperAa {
             beta_offset: (b / (1.0 - b)).ln(),

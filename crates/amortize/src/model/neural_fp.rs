@@ -75,12 +75,38 @@ pub struct NeuralFp {
     dtype: DType,
 }
 
-/// Zeroes the last layer of `mlp` so that it starts by predicting 0.
-pub(crate) fn zero_output_layer(mlp: &Mlp) -> Result<()> {
+/// A relu MLP `inputs → hidden → outputs` in `dtype` whose last layer starts at zero (so it
+/// starts by predicting 0), with its parameters registered in `params` as `{prefix}.{name}`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn zeroed_mlp(
+    params: &mut Params,
+    prefix: &str,
+    hidden: &[usize],
+    inputs: usize,
+    outputs: usize,
+    dtype: DType,
+    rng: &mut StdRng,
+    device: &Device,
+) -> Result<Mlp> {
+    let mlp = Mlp::new(
+        MlpConfig {
+            hidden: hidden.to_vec(),
+            activation: super::Activation::Relu,
+            project_output: false,
+        },
+        inputs,
+        outputs,
+        rng,
+        device,
+    )?
+    .to_dtype(dtype)?;
     let (w, b) = mlp.layers().last().expect("an mlp has at least one layer");
     w.set(&w.as_tensor().zeros_like()?)?;
     b.set(&b.as_tensor().zeros_like()?)?;
-    Ok(())
+    for (name, var) in mlp.params().iter() {
+        params.insert(format!("{prefix}.{name}"), var.clone());
+    }
+    Ok(mlp)
 }
 
 /// The family's fixed-point map, or an error naming the model that needs one.
@@ -134,23 +160,16 @@ impl NeuralFp {
         let init = if config.init.is_empty() {
             None
         } else {
-            let mlp = Mlp::new(
-                MlpConfig {
-                    hidden: config.init.clone(),
-                    activation: super::Activation::Relu,
-                    project_output: false,
-                },
+            Some(zeroed_mlp(
+                &mut params,
+                "init",
+                &config.init,
                 problem.context_dim(),
                 dim + config.hidden,
+                dtype,
                 rng,
                 device,
-            )?
-            .to_dtype(dtype)?;
-            zero_output_layer(&mlp)?;
-            for (name, var) in mlp.params().iter() {
-                params.insert(format!("init.{name}"), var.clone());
-            }
-            Some(mlp)
+            )?)
         };
         let gru = GruCell::new(
             &mut params,

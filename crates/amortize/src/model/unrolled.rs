@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use super::gru::sigmoid;
+use super::gru::GruCell;
 use super::{Mlp, MlpConfig, Model, ModelConfig, Params, Prediction};
 use crate::problem::Problem;
 use crate::{Error, Result};
@@ -200,7 +200,7 @@ pub struct Unrolled {
     init: Init,
     rates: Option<Var>,
     /// The GRU update: (W_x (2, 3H), W_h (H, 3H), b (3H), W_o (H, 1)).
-    gru: Option<(Var, Var, Var, Var)>,
+    gru: Option<(GruCell, Var)>,
 }
 
 impl Unrolled {
@@ -306,18 +306,9 @@ impl Unrolled {
                 if hidden == 0 {
                     return Err(Error::invalid("unrolled: update.hidden must be at least 1"));
                 }
-                let mut uniform = |rows: usize, cols: usize| -> Result<Tensor> {
-                    let bound = 1.0 / (hidden as f64).sqrt();
-                    let v: Vec<f64> = (0..rows * cols)
-                        .map(|_| rand::Rng::random_range(&mut *rng, -bound..bound))
-                        .collect();
-                    Ok(Tensor::from_vec(v, (rows, cols), device)?.to_dtype(dtype)?)
-                };
-                let wx = params.add("gru.wx", uniform(2, 3 * hidden)?)?;
-                let wh = params.add("gru.wh", uniform(hidden, 3 * hidden)?)?;
-                let b = params.add("gru.b", Tensor::zeros(3 * hidden, dtype, device)?)?;
+                let cell = GruCell::new(&mut params, "gru", 2, hidden, dtype, rng, device)?;
                 let wo = params.add("gru.wo", Tensor::zeros((hidden, 1), dtype, device)?)?;
-                Some((wx, wh, b, wo))
+                Some((cell, wo))
             }
         };
         Ok(Unrolled {
@@ -539,30 +530,18 @@ fn safeguarded_step(
 /// One coordinate-wise GRU step: every coordinate of every row is one sequence, with input
 /// (gradient, value); returns the read-out `(n, d)` and the new hidden state `(n·d, H)`.
 fn gru_step(
-    (wx, wh, b, wo): &(Var, Var, Var, Var),
+    (cell, wo): &(GruCell, Var),
     g: &Tensor,
     y: &Tensor,
     hidden: Option<Tensor>,
 ) -> Result<(Tensor, Tensor)> {
     let (n, d) = g.dims2()?;
-    let h_dim = wh.dim(0)?;
     let input = Tensor::cat(&[g.reshape((n * d, 1))?, y.reshape((n * d, 1))?], 1)?;
     let h = match hidden {
         Some(h) => h,
-        None => Tensor::zeros((n * d, h_dim), g.dtype(), g.device())?,
+        None => Tensor::zeros((n * d, cell.hidden()), g.dtype(), g.device())?,
     };
-    let gx = input.matmul(wx.as_tensor())?.broadcast_add(b.as_tensor())?;
-    let gh = h.matmul(wh.as_tensor())?;
-    let z = sigmoid(&gx.narrow(1, 0, h_dim)?.add(&gh.narrow(1, 0, h_dim)?)?)?;
-    let r = sigmoid(
-        &gx.narrow(1, h_dim, h_dim)?
-            .add(&gh.narrow(1, h_dim, h_dim)?)?,
-    )?;
-    let candidate = gx
-        .narrow(1, 2 * h_dim, h_dim)?
-        .add(&r.mul(&gh.narrow(1, 2 * h_dim, h_dim)?)?)?
-        .tanh()?;
-    let h_new = z.affine(-1.0, 1.0)?.mul(&h)?.add(&z.mul(&candidate)?)?;
+    let h_new = cell.step(&input, &h)?;
     let delta = h_new.matmul(wo.as_tensor())?.reshape((n, d))?;
     Ok((delta, h_new))
 }

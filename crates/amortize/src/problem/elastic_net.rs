@@ -19,7 +19,9 @@ use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use super::fixed_point::{normalised_residual, solve_fixed_point, FixedPointMap};
+use super::fixed_point::{
+    fixed_point_residual, normalised_residual, solve_fixed_point, FixedPointMap,
+};
 use super::Problem;
 use crate::linalg::spectral_norm_squared;
 use crate::{Error, Result};
@@ -195,7 +197,7 @@ impl Problem for ElasticNetIsta {
 
     /// The fixed-point residual ‖g(y) − y‖ (unnormalised).
     fn residual(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
-        Ok(self.apply(y, x)?.sub(y)?.sqr()?.sum(1)?.sqrt()?)
+        fixed_point_residual(self, y, x)
     }
 
     fn fixed_point_map(&self) -> Option<&dyn FixedPointMap> {

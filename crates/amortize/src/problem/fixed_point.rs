@@ -26,6 +26,11 @@ impl<T: FixedPointMap + ?Sized> FixedPointMap for &T {
     }
 }
 
+/// ‖g(y; x) − y‖ per row, `(n,)`: the optimality residual of a fixed-point family.
+pub fn fixed_point_residual(map: &dyn FixedPointMap, y: &Tensor, x: &Tensor) -> Result<Tensor> {
+    Ok(map.apply(y, x)?.sub(y)?.sqr()?.sum(1)?.sqrt()?)
+}
+
 /// Floor of the normalising residual ‖R(0)‖ (an instance already solved at 0).
 const NORM_FLOOR: f64 = 1e-12;
 

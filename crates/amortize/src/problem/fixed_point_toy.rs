@@ -9,7 +9,9 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::fixed_point::{normalised_residual, solve_fixed_point, FixedPointMap};
+use super::fixed_point::{
+    fixed_point_residual, normalised_residual, solve_fixed_point, FixedPointMap,
+};
 use super::Problem;
 use crate::{Error, Result};
 
@@ -86,7 +88,7 @@ impl Problem for FixedPointToy {
 
     /// |g(y) − y|.
     fn residual(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
-        Ok(self.apply(y, x)?.sub(y)?.abs()?.sum(1)?)
+        fixed_point_residual(self, y, x)
     }
 
     fn fixed_point_map(&self) -> Option<&dyn FixedPointMap> {

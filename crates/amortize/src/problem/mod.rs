@@ -17,7 +17,9 @@ mod sphere;
 mod toy1d;
 
 pub use elastic_net::{ElasticNetConfig, ElasticNetIsta};
-pub use fixed_point::{normalised_residual, solve_fixed_point, FixedPointMap};
+pub use fixed_point::{
+    fixed_point_residual, normalised_residual, solve_fixed_point, FixedPointMap,
+};
 pub use fixed_point_toy::{FixedPointToy, FixedPointToyConfig};
 pub use lasso::{Lasso, LassoConfig, Signals};
 pub use least_squares::LeastSquares;

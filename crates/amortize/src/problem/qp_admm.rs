@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use super::fixed_point::{normalised_residual, FixedPointMap};
+use super::fixed_point::{fixed_point_residual, normalised_residual, FixedPointMap};
 use super::Problem;
 use crate::linalg::Cholesky;
 use crate::solver::qp::{Admm, AdmmSettings, QpClass, QpProblem, QpStatus};
@@ -250,7 +250,7 @@ impl Problem for QpAdmm {
 
     /// ‖g(s) − s‖.
     fn residual(&self, s: &Tensor, x: &Tensor) -> Result<Tensor> {
-        Ok(self.apply(s, x)?.sub(s)?.sqr()?.sum(1)?.sqrt()?)
+        fixed_point_residual(self, s, x)
     }
 
     fn fixed_point_map(&self) -> Option<&dyn FixedPointMap> {

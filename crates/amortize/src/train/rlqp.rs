@@ -133,31 +133,17 @@ pub fn iterations(
     policy: Option<&dyn RhoPolicy>,
     threads: usize,
 ) -> Result<Vec<f64>> {
-    let admm = Admm::new(settings)?;
-    let solve = |qp: &QpProblem| -> Result<f64> {
-        let s = admm.solve_with_policy(qp, None, policy)?;
-        Ok(if s.status == QpStatus::Solved {
-            s.iters as f64
-        } else {
-            2.0 * settings.max_iters as f64
+    Ok(Admm::new(settings)?
+        .solve_batch_with_policy(qps, threads, policy)?
+        .iter()
+        .map(|s| {
+            if s.status == QpStatus::Solved {
+                s.iters as f64
+            } else {
+                2.0 * settings.max_iters as f64
+            }
         })
-    };
-    let threads = threads.clamp(1, qps.len().max(1));
-    let chunk = qps.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = qps
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(solve).collect::<Result<Vec<_>>>()))
-            .collect();
-        let mut all = Vec::with_capacity(qps.len());
-        for h in handles {
-            all.extend(
-                h.join()
-                    .map_err(|_| Error::invalid("an ADMM thread panicked"))??,
-            );
-        }
-        Ok(all)
-    })
+        .collect())
 }
 
 /// One record of RLQP training.

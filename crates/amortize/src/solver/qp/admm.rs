@@ -255,9 +255,23 @@ impl Admm {
 
     /// Solves every QP of a batch, split over `threads` ≥ 1 threads, in order.
     pub fn solve_batch(&self, qps: &[QpProblem], threads: usize) -> Result<Vec<QpSolution>> {
+        self.solve_batch_with_policy(qps, threads, None)
+    }
+
+    /// [`Admm::solve_batch`] with the step sizes chosen by `policy`
+    /// ([`Admm::solve_with_policy`]).
+    pub fn solve_batch_with_policy(
+        &self,
+        qps: &[QpProblem],
+        threads: usize,
+        policy: Option<&dyn RhoPolicy>,
+    ) -> Result<Vec<QpSolution>> {
         let threads = threads.clamp(1, qps.len().max(1));
         if threads == 1 {
-            return qps.iter().map(|qp| self.solve(qp, None)).collect();
+            return qps
+                .iter()
+                .map(|qp| self.solve_with_policy(qp, None, policy))
+                .collect();
         }
         let chunk = qps.len().div_ceil(threads);
         std::thread::scope(|scope| {
@@ -266,7 +280,7 @@ impl Admm {
                 .map(|part| {
                     scope.spawn(move || {
                         part.iter()
-                            .map(|qp| self.solve(qp, None))
+                            .map(|qp| self.solve_with_policy(qp, None, policy))
                             .collect::<Result<Vec<_>>>()
                     })
                 })
