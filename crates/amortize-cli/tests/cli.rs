@@ -509,13 +509,14 @@ fn reproduced_nmse_at_16(name: &str) -> f64 {
     model_nmse_at(&dir.join(name), 16)
 }
 
-/// Full reproduction (about 2.5 minutes): ALISTA trained layer by layer on noiseless 256×512
-/// sparse recovery reaches −60 dB NMSE at 16 layers (measured −65.6 dB).
+/// Full reproduction (about 2 minutes): ALISTA with momentum and adaptive thresholds, trained
+/// layer by layer on noiseless 256×512 sparse recovery, reaches −66 dB NMSE at 16 layers
+/// (measured −70.2 dB; −67.8 dB with seed 1).
 #[test]
 #[ignore = "reproduction run, minutes: cargo test --release -- --ignored"]
 fn reproduce_alista() {
     let nmse = reproduced_nmse_at_16("alista");
-    assert!(nmse <= -60.0, "ALISTA-16 NMSE {nmse} dB");
+    assert!(nmse <= -66.0, "ALISTA-16 NMSE {nmse} dB");
 }
 
 /// Full reproduction (about 30 minutes on one core): untied LISTA-16 trained layer by layer

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::lista::{shrink_selected, support_kept};
+use super::lista::{shrink_selected, support_kept, SupportRule};
 use super::{Model, ModelConfig, Params, Prediction};
 use crate::linalg::Cholesky;
 use crate::problem::{Lasso, Problem};
@@ -21,6 +21,15 @@ pub struct AlistaConfig {
     pub support_step: f64,
     /// The cap of that percentage (default 13).
     pub support_max: f64,
+    /// Which of the largest entries pass unthresholded (default: all of them).
+    pub support_rule: SupportRule,
+    /// A learned momentum βₖ per layer (heavy ball, as in HyperLISTA, Chen et al. 2021),
+    /// started at 0 so the untrained model is plain ALISTA (default false).
+    pub momentum: bool,
+    /// Thresholds scaled per instance by the relative residual ‖x − Wzᵏ‖/‖x‖ (HyperLISTA's
+    /// adaptive thresholds, Chen et al. 2021): layer 0 is unchanged, and each instance's
+    /// threshold then shrinks as fast as its own residual does (default false).
+    pub adaptive_threshold: bool,
 }
 
 impl Default for AlistaConfig {
@@ -29,6 +38,9 @@ impl Default for AlistaConfig {
             layers: 16,
             support_step: 1.2,
             support_max: 13.0,
+            support_rule: SupportRule::default(),
+            momentum: false,
+            adaptive_threshold: false,
         }
     }
 }
@@ -39,10 +51,15 @@ impl Default for AlistaConfig {
 /// w̃ᵢ = (WWᵀ)⁻¹wᵢ / (wᵢᵀ(WWᵀ)⁻¹wᵢ), and h^{ss} is the shrinkage except on the largest pₖ% of
 /// |vᵏ| per row (support selection), which pass unchanged. θ = {γₖ, θₖ}: 2K numbers, started
 /// at γ = 1/‖W̃ᵀW‖₂ and θ = γα.
+///
+/// With momentum, the gradient step starts from the extrapolated zᵏ = ŷᵏ + βₖ(ŷᵏ − ŷᵏ⁻¹)
+/// instead of ŷᵏ (ŷ⁻¹ = ŷ⁰), and βₖ (started at 0) is learned too: 3K numbers. With adaptive
+/// thresholds, instance i is shrunk by θₖ‖x_i − W zᵏ_i‖/‖x_i‖ instead of θₖ.
 pub struct Alista {
     config: AlistaConfig,
     params: Params,
     layers: Vec<(Var, Var)>,
+    momentum: Vec<Var>,
     w: Tensor,
     w_tilde: Tensor,
 }
@@ -112,6 +129,7 @@ impl Alista {
         let gamma = 1.0 / spectral_norm(&w64, &w_tilde64)?;
         let mut params = Params::new();
         let mut layers = Vec::with_capacity(config.layers);
+        let mut momentum = Vec::new();
         for k in 0..config.layers {
             let g = Tensor::full(gamma, 1, device)?.to_dtype(dtype)?;
             let t = Tensor::full(gamma * lasso.alpha(), 1, device)?.to_dtype(dtype)?;
@@ -119,11 +137,16 @@ impl Alista {
                 params.add(format!("layer{k}.gamma"), g)?,
                 params.add(format!("layer{k}.theta"), t)?,
             ));
+            if config.momentum {
+                let b = Tensor::zeros(1, dtype, device)?;
+                momentum.push(params.add(format!("layer{k}.momentum"), b)?);
+            }
         }
         Ok(Alista {
             config,
             params,
             layers,
+            momentum,
             w: w64.to_dtype(dtype)?.to_device(device)?,
             w_tilde: w_tilde64.to_dtype(dtype)?.to_device(device)?,
         })
@@ -146,13 +169,26 @@ impl Alista {
                 x.dim(1)?
             )));
         }
+        let x_norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.affine(1.0, 1e-12)?;
         let mut y = Tensor::zeros((x.dim(0)?, n), x.dtype(), x.device())?;
+        let mut previous = y.clone();
         let mut iterates = vec![y.clone()];
         for (k, (gamma, theta)) in self.layers.iter().enumerate().take(depth) {
-            let r = y.matmul(&self.w.t()?)?.sub(&x)?;
-            let v = y.sub(&r.matmul(&self.w_tilde)?.broadcast_mul(gamma.as_tensor())?)?;
+            let z = match self.momentum.get(k) {
+                Some(beta) => y.add(&y.sub(&previous)?.broadcast_mul(beta.as_tensor())?)?,
+                None => y.clone(),
+            };
+            let r = z.matmul(&self.w.t()?)?.sub(&x)?;
+            let v = z.sub(&r.matmul(&self.w_tilde)?.broadcast_mul(gamma.as_tensor())?)?;
             let keep = support_kept(k, self.config.support_step, self.config.support_max, n);
-            y = shrink_selected(&v, theta.as_tensor(), keep)?;
+            let threshold = if self.config.adaptive_threshold {
+                let relative = r.sqr()?.sum_keepdim(1)?.sqrt()?.broadcast_div(&x_norm)?;
+                relative.broadcast_mul(theta.as_tensor())?
+            } else {
+                theta.as_tensor().clone()
+            };
+            previous = y;
+            y = shrink_selected(&v, &threshold, keep, self.config.support_rule)?;
             iterates.push(y.clone());
         }
         Ok(Prediction {
@@ -175,7 +211,11 @@ impl Model for Alista {
     fn layer_params(&self, layer: usize) -> Vec<Var> {
         self.layers
             .get(layer)
-            .map(|(g, t)| vec![g.clone(), t.clone()])
+            .map(|(g, t)| {
+                let mut vars = vec![g.clone(), t.clone()];
+                vars.extend(self.momentum.get(layer).cloned());
+                vars
+            })
             .unwrap_or_default()
     }
 

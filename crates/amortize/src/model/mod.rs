@@ -18,7 +18,7 @@ pub use fused::{FusedMlp, StepStats};
 pub use gru::GruCell;
 pub use hyper_aa::{HyperAa, HyperAaConfig, HyperAaWeights};
 pub use hypernet::{HyperNet, HyperNetConfig};
-pub use lista::{shrink, shrink_selected, Lista, ListaConfig};
+pub use lista::{shrink, shrink_selected, Lista, ListaConfig, SupportRule};
 pub use mlp::{Activation, Mlp, MlpConfig};
 pub use neural_fp::{NeuralFp, NeuralFpConfig};
 pub use params::Params;

@@ -597,7 +597,8 @@ impl<'a> Trainer<'a> {
 /// Stage-wise training of an unrolled model with K layers (Chen et al. 2018 §4; Liu et al.
 /// 2019), as written in `[train] layerwise = { }`.
 ///
-/// The steps are split evenly into K stages. Stage t fits the loss at layer t (only layers
+/// The steps are split evenly into K stages (or, with `last_stage` = s > 0, the last stage takes
+/// the share s of all steps and the first K − 1 split the rest evenly). Stage t fits the loss at layer t (only layers
 /// 1 … t run). It has phases, each starting with fresh Adam moments: first the new layer t
 /// alone at the base rate for `new_layer_fraction` of the stage's steps, then layers 1 … t
 /// together at the base rate times each `fine_tune` factor in turn, splitting the rest of the
@@ -610,6 +611,9 @@ pub struct Layerwise {
     pub new_layer_fraction: f64,
     /// Rate factors of the phases that train all layers so far (default [0.2, 0.02]).
     pub fine_tune: Vec<f64>,
+    /// Share of all steps for the last stage, the one that fits the whole model (default 0:
+    /// an even split).
+    pub last_stage: f64,
 }
 
 impl Default for Layerwise {
@@ -617,6 +621,7 @@ impl Default for Layerwise {
         Layerwise {
             new_layer_fraction: 1.0 / 3.0,
             fine_tune: vec![0.2, 0.02],
+            last_stage: 0.0,
         }
     }
 }
@@ -650,6 +655,11 @@ impl Layerwise {
                 "train.layerwise.fine_tune factors must be finite and > 0",
             ));
         }
+        if !(0.0..1.0).contains(&self.last_stage) {
+            return Err(Error::invalid(
+                "train.layerwise.last_stage must lie in [0, 1)",
+            ));
+        }
         if self.fine_tune.is_empty() && f < 1.0 {
             return Err(Error::invalid(
                 "train.layerwise: with no fine_tune phases, new_layer_fraction must be 1",
@@ -661,7 +671,20 @@ impl Layerwise {
     /// The phase of step `step` (0-based) of `steps` for a model with `layers` layers.
     pub fn phase(&self, step: usize, steps: usize, layers: usize) -> LayerwisePhase {
         let layers = layers.max(1);
-        let bound = |j: usize| (j * steps).div_ceil(layers);
+        // Steps before the last stage, split evenly over the first K − 1 stages.
+        let early = if self.last_stage > 0.0 && layers > 1 {
+            ((1.0 - self.last_stage) * steps as f64).round() as usize
+        } else {
+            steps
+        };
+        let early_stages = if early == steps { layers } else { layers - 1 };
+        let bound = |j: usize| {
+            if j > early_stages {
+                steps
+            } else {
+                (j * early).div_ceil(early_stages)
+            }
+        };
         let t = (0..layers)
             .find(|&j| step < bound(j + 1))
             .unwrap_or(layers - 1);

@@ -395,9 +395,19 @@ fn layerwise_plan_covers_every_step_in_stages_and_phases() -> Result<()> {
     let plain = Layerwise {
         new_layer_fraction: 0.0,
         fine_tune: vec![1.0],
+        last_stage: 0.0,
     };
     let stages: Vec<usize> = (0..10).map(|s| plain.phase(s, 10, 4).depth).collect();
     assert_eq!(stages, [1, 1, 1, 2, 2, 3, 3, 3, 4, 4]);
+    // Half the steps for the last stage; the first three split the other five.
+    let long_last = Layerwise {
+        last_stage: 0.5,
+        ..plain.clone()
+    };
+    let stages: Vec<usize> = (0..10).map(|s| long_last.phase(s, 10, 4).depth).collect();
+    assert_eq!(stages, [1, 1, 2, 2, 3, 4, 4, 4, 4, 4]);
+    assert_eq!(long_last.phase(7, 10, 4).first, 5);
+    assert_eq!(long_last.phase(7, 10, 4).len, 5);
     for bad in [
         Layerwise {
             new_layer_fraction: 1.5,
@@ -406,10 +416,16 @@ fn layerwise_plan_covers_every_step_in_stages_and_phases() -> Result<()> {
         Layerwise {
             new_layer_fraction: 0.5,
             fine_tune: vec![],
+            ..Layerwise::default()
+        },
+        Layerwise {
+            last_stage: 1.0,
+            ..Layerwise::default()
         },
         Layerwise {
             new_layer_fraction: 0.5,
             fine_tune: vec![f64::NAN],
+            ..Layerwise::default()
         },
     ] {
         let err = bad.validate().expect_err("bad layerwise settings");
