@@ -511,7 +511,7 @@ fn reproduced_nmse_at_16(name: &str) -> f64 {
 
 /// Full reproduction (about 2 minutes): ALISTA with momentum and adaptive thresholds, trained
 /// layer by layer on noiseless 256×512 sparse recovery, reaches −66 dB NMSE at 16 layers
-/// (measured −70.2 dB; −67.8 dB with seed 1).
+/// (measured −70.2 dB; −67.8 and −68.9 dB with seeds 1 and 2).
 #[test]
 #[ignore = "reproduction run, minutes: cargo test --release -- --ignored"]
 fn reproduce_alista() {
