@@ -509,14 +509,14 @@ fn reproduced_nmse_at_16(name: &str) -> f64 {
     model_nmse_at(&dir.join(name), 16)
 }
 
-/// Full reproduction (about 2 minutes): ALISTA with momentum and adaptive thresholds, trained
-/// layer by layer on noiseless 256×512 sparse recovery, reaches −66 dB NMSE at 16 layers
-/// (measured −70.2 dB; −67.8 and −68.9 dB with seeds 1 and 2).
+/// Full reproduction (about 6 minutes): ALISTA with momentum and adaptive thresholds, trained
+/// layer by layer and then end to end on noiseless 256×512 sparse recovery, reaches the
+/// issue's −70 dB NMSE at 16 layers (measured −72.8 dB; −71.9 and −72.0 dB with seeds 1, 2).
 #[test]
 #[ignore = "reproduction run, minutes: cargo test --release -- --ignored"]
 fn reproduce_alista() {
     let nmse = reproduced_nmse_at_16("alista");
-    assert!(nmse <= -66.0, "ALISTA-16 NMSE {nmse} dB");
+    assert!(nmse <= -70.0, "ALISTA-16 NMSE {nmse} dB");
 }
 
 /// Full reproduction (about 30 minutes on one core): untied LISTA-16 trained layer by layer

@@ -15,6 +15,6 @@ pub use rlqp::{
 };
 pub use smoothing::{es_gradient, smoothed_1d, GradientEstimator};
 pub use trainer::{
-    composite_step, exact_labels, held_out_contexts, DataConfig, Layerwise, LayerwisePhase,
+    composite_step, exact_labels, held_out_contexts, DataConfig, Finish, Layerwise, LayerwisePhase,
     TrainConfig, TrainSummary, Trainer,
 };

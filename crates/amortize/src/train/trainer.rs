@@ -226,12 +226,13 @@ impl Batches {
         &mut self,
         problem: &dyn Problem,
         cfg: &TrainConfig,
+        batch_size: usize,
         rng: &mut StdRng,
         device: &Device,
     ) -> Result<(Tensor, Option<Tensor>)> {
         if cfg.data == DataConfig::Generated {
             let (x, y) = problem
-                .sample_with_solutions(cfg.batch_size, rng, device)?
+                .sample_with_solutions(batch_size, rng, device)?
                 .ok_or_else(|| {
                     Error::invalid(format!(
                         "train.data = generated needs a sampler that knows its solutions; \
@@ -242,7 +243,7 @@ impl Batches {
             return Ok((x, Some(y)));
         }
         let Some((fx, fl)) = &self.fixed else {
-            let x = problem.sample_contexts(cfg.batch_size, rng, device)?;
+            let x = problem.sample_contexts(batch_size, rng, device)?;
             let labels = if cfg.loss.needs_labels() {
                 Some(exact_labels(problem, &x)?)
             } else {
@@ -251,7 +252,7 @@ impl Batches {
             return Ok((x, labels));
         };
         let size = fx.dim(0)?;
-        let b = cfg.batch_size.min(size);
+        let b = batch_size.min(size);
         if self.cursor.saturating_add(b) > size {
             self.order = (0..size).collect();
             rand::seq::SliceRandom::shuffle(self.order.as_mut_slice(), rng);
@@ -447,11 +448,15 @@ impl<'a> Trainer<'a> {
         // The ES perturbations have their own stream, so batches do not depend on them.
         let mut es_rng = StdRng::seed_from_u64(self.seed ^ 0xE5_5EED);
         for step in 0..cfg.steps {
-            let (x, labels) = batches.next(problem, &cfg, &mut rng, &self.device)?;
             let phase = cfg
                 .layerwise
                 .as_ref()
                 .map(|lw| lw.phase(step, cfg.steps, layers));
+            let batch_size = phase
+                .as_ref()
+                .and_then(|p| p.batch_size)
+                .unwrap_or(cfg.batch_size);
+            let (x, labels) = batches.next(problem, &cfg, batch_size, &mut rng, &self.device)?;
             let lr = match &phase {
                 Some(p) => cfg
                     .schedule
@@ -597,13 +602,14 @@ impl<'a> Trainer<'a> {
 /// Stage-wise training of an unrolled model with K layers (Chen et al. 2018 §4; Liu et al.
 /// 2019), as written in `[train] layerwise = { }`.
 ///
-/// The steps are split evenly into K stages (or, with `last_stage` = s > 0, the last stage takes
-/// the share s of all steps and the first K − 1 split the rest evenly). Stage t fits the loss at layer t (only layers
+/// The steps are split evenly into K stages (with a `finish`, its share of the steps comes
+/// last and the stages split the rest). Stage t fits the loss at layer t (only layers
 /// 1 … t run). It has phases, each starting with fresh Adam moments: first the new layer t
 /// alone at the base rate for `new_layer_fraction` of the stage's steps, then layers 1 … t
 /// together at the base rate times each `fine_tune` factor in turn, splitting the rest of the
 /// stage evenly. The schedule runs within each phase (a cosine schedule decays once per
-/// phase).
+/// phase). The finish trains all K layers together, end to end, at its own rate factor and
+/// batch size: a long, low-noise last pass over the whole model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Layerwise {
@@ -611,9 +617,26 @@ pub struct Layerwise {
     pub new_layer_fraction: f64,
     /// Rate factors of the phases that train all layers so far (default [0.2, 0.02]).
     pub fine_tune: Vec<f64>,
-    /// Share of all steps for the last stage, the one that fits the whole model (default 0:
-    /// an even split).
-    pub last_stage: f64,
+    /// An end-to-end phase after the K stages (default none).
+    pub finish: Option<Finish>,
+}
+
+/// The end-to-end phase that closes layer-wise training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finish {
+    /// Its share of all training steps, in (0, 1).
+    pub fraction: f64,
+    /// Factor of the base learning rate (default 0.1).
+    #[serde(default = "default_finish_rate")]
+    pub rate: f64,
+    /// Batch size of its steps (default: `train.batch_size`).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+}
+
+fn default_finish_rate() -> f64 {
+    0.1
 }
 
 impl Default for Layerwise {
@@ -621,7 +644,7 @@ impl Default for Layerwise {
         Layerwise {
             new_layer_fraction: 1.0 / 3.0,
             fine_tune: vec![0.2, 0.02],
-            last_stage: 0.0,
+            finish: None,
         }
     }
 }
@@ -639,6 +662,8 @@ pub struct LayerwisePhase {
     pub only_new_layer: bool,
     /// The factor of the base learning rate.
     pub rate: f64,
+    /// The batch size, when it is not `train.batch_size` (the finish's).
+    pub batch_size: Option<usize>,
 }
 
 impl Layerwise {
@@ -655,10 +680,22 @@ impl Layerwise {
                 "train.layerwise.fine_tune factors must be finite and > 0",
             ));
         }
-        if !(0.0..1.0).contains(&self.last_stage) {
-            return Err(Error::invalid(
-                "train.layerwise.last_stage must lie in [0, 1)",
-            ));
+        if let Some(f) = &self.finish {
+            if !(f.fraction > 0.0 && f.fraction < 1.0) {
+                return Err(Error::invalid(
+                    "train.layerwise.finish.fraction must lie in (0, 1)",
+                ));
+            }
+            if !(f.rate.is_finite() && f.rate > 0.0) {
+                return Err(Error::invalid(
+                    "train.layerwise.finish.rate must be finite and > 0",
+                ));
+            }
+            if f.batch_size == Some(0) {
+                return Err(Error::invalid(
+                    "train.layerwise.finish.batch_size must be at least 1",
+                ));
+            }
         }
         if self.fine_tune.is_empty() && f < 1.0 {
             return Err(Error::invalid(
@@ -671,20 +708,27 @@ impl Layerwise {
     /// The phase of step `step` (0-based) of `steps` for a model with `layers` layers.
     pub fn phase(&self, step: usize, steps: usize, layers: usize) -> LayerwisePhase {
         let layers = layers.max(1);
-        // Steps before the last stage, split evenly over the first K − 1 stages.
-        let early = if self.last_stage > 0.0 && layers > 1 {
-            ((1.0 - self.last_stage) * steps as f64).round() as usize
-        } else {
-            steps
+        // The stages' steps; the finish takes the rest.
+        let staged = match &self.finish {
+            Some(f) => (((1.0 - f.fraction) * steps as f64).round() as usize).max(layers),
+            None => steps,
         };
-        let early_stages = if early == steps { layers } else { layers - 1 };
-        let bound = |j: usize| {
-            if j > early_stages {
-                steps
-            } else {
-                (j * early).div_ceil(early_stages)
-            }
-        };
+        if step >= staged {
+            let f = self
+                .finish
+                .as_ref()
+                .expect("steps past the stages belong to the finish");
+            return LayerwisePhase {
+                depth: layers,
+                first: staged,
+                len: steps - staged,
+                only_new_layer: false,
+                rate: f.rate,
+                batch_size: f.batch_size,
+            };
+        }
+        let steps = staged;
+        let bound = |j: usize| (j * steps).div_ceil(layers);
         let t = (0..layers)
             .find(|&j| step < bound(j + 1))
             .unwrap_or(layers - 1);
@@ -711,6 +755,7 @@ impl Layerwise {
                     len: end - first,
                     only_new_layer,
                     rate,
+                    batch_size: None,
                 };
             }
             first = end;

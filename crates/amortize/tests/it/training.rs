@@ -395,19 +395,29 @@ fn layerwise_plan_covers_every_step_in_stages_and_phases() -> Result<()> {
     let plain = Layerwise {
         new_layer_fraction: 0.0,
         fine_tune: vec![1.0],
-        last_stage: 0.0,
+        finish: None,
     };
     let stages: Vec<usize> = (0..10).map(|s| plain.phase(s, 10, 4).depth).collect();
     assert_eq!(stages, [1, 1, 1, 2, 2, 3, 3, 3, 4, 4]);
-    // Half the steps for the last stage; the first three split the other five.
-    let long_last = Layerwise {
-        last_stage: 0.5,
+    // A finish of 40% of 20 steps: the 4 stages split the first 12, then all 4 layers train
+    // together for 8 steps at 0.1× the rate and batch 256.
+    let finished = Layerwise {
+        finish: Some(amortize::train::Finish {
+            fraction: 0.4,
+            rate: 0.1,
+            batch_size: Some(256),
+        }),
         ..plain.clone()
     };
-    let stages: Vec<usize> = (0..10).map(|s| long_last.phase(s, 10, 4).depth).collect();
-    assert_eq!(stages, [1, 1, 2, 2, 3, 4, 4, 4, 4, 4]);
-    assert_eq!(long_last.phase(7, 10, 4).first, 5);
-    assert_eq!(long_last.phase(7, 10, 4).len, 5);
+    let stages: Vec<usize> = (0..20).map(|s| finished.phase(s, 20, 4).depth).collect();
+    assert_eq!(
+        stages,
+        [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4]
+    );
+    assert_eq!(finished.phase(11, 20, 4).batch_size, None);
+    let last = finished.phase(15, 20, 4);
+    assert_eq!((last.first, last.len, last.rate), (12, 8, 0.1));
+    assert_eq!((last.only_new_layer, last.batch_size), (false, Some(256)));
     for bad in [
         Layerwise {
             new_layer_fraction: 1.5,
@@ -419,7 +429,11 @@ fn layerwise_plan_covers_every_step_in_stages_and_phases() -> Result<()> {
             ..Layerwise::default()
         },
         Layerwise {
-            last_stage: 1.0,
+            finish: Some(amortize::train::Finish {
+                fraction: 1.0,
+                rate: 0.1,
+                batch_size: None,
+            }),
             ..Layerwise::default()
         },
         Layerwise {
