@@ -169,7 +169,12 @@ impl Alista {
                 x.dim(1)?
             )));
         }
-        let x_norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.affine(1.0, 1e-12)?;
+        // ‖x_i‖ per instance, for adaptive thresholds only.
+        let x_norm = if self.config.adaptive_threshold {
+            Some(x.sqr()?.sum_keepdim(1)?.sqrt()?.affine(1.0, 1e-12)?)
+        } else {
+            None
+        };
         let mut y = Tensor::zeros((x.dim(0)?, n), x.dtype(), x.device())?;
         let mut previous = y.clone();
         let mut iterates = vec![y.clone()];
@@ -181,11 +186,12 @@ impl Alista {
             let r = z.matmul(&self.w.t()?)?.sub(&x)?;
             let v = z.sub(&r.matmul(&self.w_tilde)?.broadcast_mul(gamma.as_tensor())?)?;
             let keep = support_kept(k, self.config.support_step, self.config.support_max, n);
-            let threshold = if self.config.adaptive_threshold {
-                let relative = r.sqr()?.sum_keepdim(1)?.sqrt()?.broadcast_div(&x_norm)?;
-                relative.broadcast_mul(theta.as_tensor())?
-            } else {
-                theta.as_tensor().clone()
+            let threshold = match &x_norm {
+                Some(x_norm) => {
+                    let relative = r.sqr()?.sum_keepdim(1)?.sqrt()?.broadcast_div(x_norm)?;
+                    relative.broadcast_mul(theta.as_tensor())?
+                }
+                None => theta.as_tensor().clone(),
             };
             previous = y;
             y = shrink_selected(&v, &threshold, keep, self.config.support_rule)?;

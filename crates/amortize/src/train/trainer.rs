@@ -713,11 +713,7 @@ impl Layerwise {
             Some(f) => (((1.0 - f.fraction) * steps as f64).round() as usize).max(layers),
             None => steps,
         };
-        if step >= staged {
-            let f = self
-                .finish
-                .as_ref()
-                .expect("steps past the stages belong to the finish");
+        if let Some(f) = self.finish.as_ref().filter(|_| step >= staged) {
             return LayerwisePhase {
                 depth: layers,
                 first: staged,

@@ -7,6 +7,17 @@ use amortize::train::{DataConfig, Layerwise, TrainConfig, Trainer};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+/// The small family's settings without signal noise (planted codes are exact solutions of
+/// x = W y).
+fn small_noiseless() -> LassoConfig {
+    LassoConfig {
+        signal_dim: 16,
+        code_dim: 32,
+        noise: 0.0,
+        ..LassoConfig::default()
+    }
+}
+
 fn small() -> Result<Lasso> {
     Lasso::new(LassoConfig {
         signal_dim: 16,
@@ -337,12 +348,7 @@ fn analytic_weight_is_feasible_and_better_than_the_dictionary() -> Result<()> {
 fn alista_learns_from_planted_codes() -> Result<()> {
     use amortize::eval::nmse_db;
     use amortize::model::AlistaConfig;
-    let cfg = LassoConfig {
-        signal_dim: 16,
-        code_dim: 32,
-        noise: 0.0,
-        ..LassoConfig::default()
-    };
+    let cfg = small_noiseless();
     let p = Lasso::new(cfg.clone())?;
     let model = ModelConfig::Alista(AlistaConfig {
         layers: 6,
@@ -395,22 +401,18 @@ fn alista_learns_from_planted_codes() -> Result<()> {
 #[test]
 fn alista_momentum_starts_as_alista_and_extrapolates() -> Result<()> {
     use amortize::model::{Alista, AlistaConfig};
-    let cfg = LassoConfig {
-        signal_dim: 16,
-        code_dim: 32,
-        noise: 0.0,
-        ..LassoConfig::default()
-    };
+    let cfg = small_noiseless();
     let p = Lasso::new(cfg)?;
-    let build = |momentum| {
+    let build = |momentum, adaptive_threshold| {
         let config = AlistaConfig {
             layers: 3,
             momentum,
+            adaptive_threshold,
             ..AlistaConfig::default()
         };
         Alista::new(config, &p, candle_core::DType::F64, &Device::Cpu)
     };
-    let (plain, heavy) = (build(false)?, build(true)?);
+    let (plain, heavy) = (build(false, false)?, build(true, false)?);
     assert_eq!(heavy.params().numel(), 9);
     let (x, _) = planted(&p, 8, 3)?;
     let a = plain.forward(&x, &p)?;
@@ -437,16 +439,7 @@ fn alista_momentum_starts_as_alista_and_extrapolates() -> Result<()> {
 
     // Adaptive thresholds: layer 1 sees r = −x, so it is unchanged; layer 2 shrinks instance i
     // by θ₂‖x_i − W ŷ¹_i‖/‖x_i‖.
-    let adaptive = Alista::new(
-        AlistaConfig {
-            layers: 3,
-            adaptive_threshold: true,
-            ..AlistaConfig::default()
-        },
-        &p,
-        candle_core::DType::F64,
-        &Device::Cpu,
-    )?;
+    let adaptive = build(false, true)?;
     let c = adaptive.forward(&x, &p)?;
     assert!(max_abs_diff(&c.iterates[1], &a.iterates[1])? < 1e-12);
     let y1 = &c.iterates[1];
