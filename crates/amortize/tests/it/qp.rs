@@ -224,6 +224,22 @@ fn bad_qps_are_refused_with_clear_errors() {
         vec![1.0],
     ));
     assert!(msg.contains("positive semidefinite"), "{msg}");
+    // A sparse P (diagonal, 8×8) goes through the sparse LDLᵀ check instead.
+    let mut diag = vec![0.0; 64];
+    for i in 0..8 {
+        diag[i * 9] = if i == 5 { -0.5 } else { 1.0 };
+    }
+    let msg = err(QpProblem::from_dense(
+        &diag,
+        vec![0.0; 8],
+        &[1.0; 8],
+        vec![0.0],
+        vec![1.0],
+    ));
+    assert!(msg.contains("positive semidefinite"), "{msg}");
+    diag[45] = 0.0;
+    QpProblem::from_dense(&diag, vec![0.0; 8], &[1.0; 8], vec![0.0], vec![1.0])
+        .expect("a PSD diagonal P with a zero entry is convex");
     let msg = err(QpProblem::from_dense(
         &[1.0, 0.5, 0.0, 1.0],
         vec![0.0; 2],
@@ -317,6 +333,62 @@ fn qp_classes_are_solved_and_agree_with_clarabel() -> Result<()> {
         }
     }
     assert!(QpClass::Svm.generate(1, &mut rng).is_err());
+    Ok(())
+}
+
+/// Both ways of solving the KKT system (sparse quasi-definite LDLᵀ and dense reduced
+/// Cholesky) give the same iterates on every class, with and without ρ changes, and `auto`
+/// picks the reduced form for a dense P and the sparse one for a structured class.
+#[test]
+fn kkt_forms_agree_and_auto_picks_by_density_of_p() -> Result<()> {
+    use amortize::solver::qp::{AdmmWorkspace, KktForm, QpClass};
+    let mut rng = StdRng::seed_from_u64(5);
+    for class in QpClass::ALL {
+        let qp = class.generate(12, &mut rng)?;
+        let settings = |kkt| AdmmSettings {
+            kkt,
+            check_every: 1,
+            ..AdmmSettings::default()
+        };
+        let sparse = Admm::new(settings(KktForm::Sparse))?.solve(&qp, None)?;
+        let reduced = Admm::new(settings(KktForm::Reduced))?.solve(&qp, None)?;
+        assert_eq!(sparse.status, QpStatus::Solved, "{}", class.name());
+        assert_eq!(sparse.iters, reduced.iters, "{}", class.name());
+        assert_eq!(sparse.rho_updates, reduced.rho_updates, "{}", class.name());
+        let dy = sparse
+            .y
+            .iter()
+            .zip(&reduced.y)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            dy < 1e-8,
+            "{}: ‖y_sparse − y_reduced‖∞ = {dy}",
+            class.name()
+        );
+        // A per-constraint ρ through the workspace hook refactors both forms alike.
+        let mut ws = AdmmWorkspace::new(&qp, settings(KktForm::Sparse))?;
+        let mut wr = AdmmWorkspace::new(&qp, settings(KktForm::Reduced))?;
+        assert!(ws.kkt_is_sparse() && !wr.kkt_is_sparse());
+        let rho: Vec<f64> = (0..qp.m()).map(|i| 0.01 * (1 + i % 7) as f64).collect();
+        ws.set_rho_vector(&rho)?;
+        wr.set_rho_vector(&rho)?;
+        for _ in 0..20 {
+            ws.step();
+            wr.step();
+        }
+        let (ps, ds) = ws.current_residuals();
+        let (pr, dr) = wr.current_residuals();
+        assert!(
+            (ps - pr).abs() <= 1e-9 * (1.0 + pr) && (ds - dr).abs() <= 1e-9 * (1.0 + dr),
+            "{}: residuals ({ps}, {ds}) vs ({pr}, {dr})",
+            class.name()
+        );
+    }
+    let auto = AdmmSettings::default();
+    let random = QpClass::Random.generate(20, &mut rng)?;
+    assert!(!AdmmWorkspace::new(&random, auto)?.kkt_is_sparse());
+    let huber = QpClass::Huber.generate(20, &mut rng)?;
+    assert!(AdmmWorkspace::new(&huber, auto)?.kkt_is_sparse());
     Ok(())
 }
 

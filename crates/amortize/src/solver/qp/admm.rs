@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::kkt::Kkt;
 use super::scaling::{equilibrate, Scaled};
 use super::QpProblem;
-use crate::linalg::Cholesky;
 use crate::{Error, Result};
 
 const RHO_MIN: f64 = 1e-6;
@@ -72,6 +72,21 @@ pub struct AdmmSettings {
     /// Iterations between termination checks (default 25, OSQP's; the first iteration is
     /// always checked, so that a warm start at a solution stops at once).
     pub check_every: usize,
+    /// How the KKT system is solved (default `auto`: the cheaper form per QP).
+    pub kkt: KktForm,
+}
+
+/// How ADMM solves its KKT system (module `kkt`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KktForm {
+    /// The sparse form when its factor is much smaller than the reduced form's work.
+    #[default]
+    Auto,
+    /// Sparse LDLᵀ of the quasi-definite (n+m)×(n+m) matrix.
+    Sparse,
+    /// Dense Cholesky of the reduced n×n matrix P + σI + AᵀRA.
+    Reduced,
 }
 
 impl Default for AdmmSettings {
@@ -91,6 +106,7 @@ impl Default for AdmmSettings {
             adaptive_rho_interval: 25,
             adaptive_rho_tolerance: 5.0,
             check_every: 25,
+            kkt: KktForm::Auto,
         }
     }
 }
@@ -184,7 +200,8 @@ pub struct QpSolution {
 /// yᵗ⁺¹ = αỹ + (1−α)yᵗ,  zᵗ⁺¹ = Π_[l,u](αz̃ + (1−α)zᵗ + λᵗ/ρ),
 /// λᵗ⁺¹ = λᵗ + ρ∘(αz̃ + (1−α)zᵗ − zᵗ⁺¹),
 ///
-/// the reduced form of the KKT system of eq. 58, whose n×n matrix is factored once per ρ.
+/// with ỹ and z̃ from the quasi-definite KKT system of eq. 58 (module `kkt`: a sparse LDLᵀ,
+/// ordered and analysed once, refactored numerically whenever ρ changes).
 /// Equality rows get 10³ρ and free rows 10⁻⁶; every `adaptive_rho_interval` iterations ρ is
 /// re-estimated as ρ·√((‖Ay − z‖/max(‖Ay‖, ‖z‖)) / (‖Py + q + Aᵀλ‖/max(‖Py‖, ‖Aᵀλ‖, ‖q‖)))
 /// and the matrix refactored when that moves ρ by more than `adaptive_rho_tolerance`; when an
@@ -304,7 +321,7 @@ pub struct AdmmWorkspace<'a> {
     data: Scaled,
     rho: f64,
     rho_vec: Vec<f64>,
-    kkt: Cholesky,
+    kkt: Kkt,
     y: Vec<f64>,
     z: Vec<f64>,
     lambda: Vec<f64>,
@@ -336,6 +353,17 @@ struct Residuals {
     eps_dual: f64,
 }
 
+/// ρᵢ for base `rho`: free rows get 1e-6, equality rows 1e3·ρ, the others ρ.
+fn base_rho(d: &Scaled, i: usize, rho: f64) -> f64 {
+    if d.l[i] == f64::NEG_INFINITY && d.u[i] == f64::INFINITY {
+        RHO_MIN
+    } else if d.u[i] - d.l[i] < EQUALITY_TOL {
+        (RHO_EQUALITY_FACTOR * rho).min(RHO_MAX)
+    } else {
+        rho
+    }
+}
+
 fn inf_norm(v: &[f64]) -> f64 {
     v.iter().fold(0.0, |m, x| m.max(x.abs()))
 }
@@ -346,13 +374,16 @@ impl<'a> AdmmWorkspace<'a> {
         settings.validate()?;
         let data = equilibrate(qp, settings.scaling);
         let (n, m) = (qp.n(), qp.m());
-        let mut w = AdmmWorkspace {
+        let rho = settings.rho.clamp(RHO_MIN, RHO_MAX);
+        let rho_vec: Vec<f64> = (0..m).map(|i| base_rho(&data, i, rho)).collect();
+        let kkt = Kkt::new(&data.p, &data.a, settings.sigma, &rho_vec, settings.kkt)?;
+        Ok(AdmmWorkspace {
             qp,
             settings,
             data,
-            rho: settings.rho.clamp(RHO_MIN, RHO_MAX),
-            rho_vec: vec![0.0; m],
-            kkt: Cholesky::factor(&[1.0], 1).expect("1 > 0"),
+            rho,
+            rho_vec,
+            kkt,
             y: vec![0.0; n],
             z: vec![0.0; m],
             lambda: vec![0.0; m],
@@ -371,9 +402,7 @@ impl<'a> AdmmWorkspace<'a> {
             rho_interval: settings.adaptive_rho_interval,
             last_rho_direction: 0.0,
             policy: None,
-        };
-        w.set_base_rho(w.rho)?;
-        Ok(w)
+        })
     }
 
     /// Starts from (y, λ) in the original units instead of zero; z = Π_[l,u](Ay).
@@ -405,6 +434,11 @@ impl<'a> AdmmWorkspace<'a> {
         Ok(())
     }
 
+    /// Whether the KKT system is solved in its sparse quasi-definite form (else reduced).
+    pub fn kkt_is_sparse(&self) -> bool {
+        self.kkt.is_sparse()
+    }
+
     /// The per-constraint step sizes ρ (scaled units).
     pub fn rho_vector(&self) -> &[f64] {
         &self.rho_vec
@@ -434,23 +468,11 @@ impl<'a> AdmmWorkspace<'a> {
         self.policy = policy;
     }
 
-    /// ρᵢ for base `rho`: free rows get 1e-6, equality rows 1e3·ρ, the others ρ.
-    fn base_rho_of(&self, i: usize, rho: f64) -> f64 {
-        let d = &self.data;
-        if d.l[i] == f64::NEG_INFINITY && d.u[i] == f64::INFINITY {
-            RHO_MIN
-        } else if d.u[i] - d.l[i] < EQUALITY_TOL {
-            (RHO_EQUALITY_FACTOR * rho).min(RHO_MAX)
-        } else {
-            rho
-        }
-    }
-
     /// Sets the base ρ: free rows get 1e-6, equality rows 1e3·ρ, the others ρ.
     fn set_base_rho(&mut self, rho: f64) -> Result<()> {
         self.rho = rho.clamp(RHO_MIN, RHO_MAX);
         for i in 0..self.rho_vec.len() {
-            self.rho_vec[i] = self.base_rho_of(i, self.rho);
+            self.rho_vec[i] = base_rho(&self.data, i, self.rho);
         }
         self.factor()
     }
@@ -501,7 +523,7 @@ impl<'a> AdmmWorkspace<'a> {
                 } else {
                     0.0
                 };
-                (self.base_rho_of(i, estimate) * 10f64.powf(di)).clamp(RHO_MIN, RHO_MAX)
+                (base_rho(&self.data, i, estimate) * 10f64.powf(di)).clamp(RHO_MIN, RHO_MAX)
             })
             .collect();
         self.rho = estimate;
@@ -517,32 +539,22 @@ impl<'a> AdmmWorkspace<'a> {
     }
 
     fn factor(&mut self) -> Result<()> {
-        let n = self.qp.n();
-        let mut k = self.data.p.to_dense();
-        for j in 0..n {
-            k[j * n + j] += self.settings.sigma;
-        }
-        self.data.a.add_gram(&self.rho_vec, &mut k);
-        self.kkt = Cholesky::factor(&k, n).ok_or_else(|| {
-            Error::invalid("ADMM: the KKT matrix could not be factored (non-finite data?)")
-        })?;
-        Ok(())
+        self.kkt.set_rho(&self.data.a, &self.rho_vec)
     }
 
     /// One ADMM iteration (eq. 58–59 with over-relaxation).
     pub fn step(&mut self) {
         let (n, m) = (self.qp.n(), self.qp.m());
-        let (alpha, sigma) = (self.settings.alpha, self.settings.sigma);
+        let alpha = self.settings.alpha;
         let d = &self.data;
-        for i in 0..m {
-            self.work_m[i] = self.rho_vec[i] * self.z[i] - self.lambda[i];
-        }
-        d.a.mul_transpose_vec(&self.work_m, &mut self.rhs);
-        for j in 0..n {
-            self.rhs[j] += sigma * self.y[j] - d.q[j];
-        }
-        self.kkt.solve_in_place(&mut self.rhs);
-        d.a.mul_vec(&self.rhs, &mut self.z_tilde);
+        self.kkt.solve(
+            &d.a,
+            &d.q,
+            &self.rho_vec,
+            (&self.y, &self.z, &self.lambda),
+            &mut self.rhs,
+            &mut self.z_tilde,
+        );
         for j in 0..n {
             let next = alpha * self.rhs[j] + (1.0 - alpha) * self.y[j];
             self.delta_y[j] = next - self.y[j];

@@ -6,9 +6,12 @@
 
 mod admm;
 mod classes;
+mod kkt;
 mod scaling;
 
-pub use admm::{Admm, AdmmSettings, AdmmWorkspace, QpSolution, QpStatus, RhoPolicy, RHO_FEATURES};
+pub use admm::{
+    Admm, AdmmSettings, AdmmWorkspace, KktForm, QpSolution, QpStatus, RhoPolicy, RHO_FEATURES,
+};
 pub use classes::QpClass;
 
 use rand::rngs::StdRng;
@@ -17,7 +20,7 @@ use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::linalg::{Cholesky, CsrMatrix};
+use crate::linalg::CsrMatrix;
 use crate::{Error, Result};
 
 /// Bounds at or beyond ±1e30 are infinite (OSQP's convention); ±∞ is accepted too.
@@ -83,11 +86,7 @@ impl QpProblem {
                 }
             }
         }
-        let mut shifted = dense;
-        for i in 0..n {
-            shifted[i * n + i] += 1e-9 * scale;
-        }
-        if Cholesky::factor(&shifted, n).is_none() {
+        if !kkt::shifted_is_positive_definite(&p, 1e-9 * scale) {
             return Err(Error::invalid(
                 "QP: P is not positive semidefinite (the problem is not convex)",
             ));
