@@ -22,7 +22,7 @@ pub use lista::{shrink, shrink_selected, Lista, ListaConfig, SupportRule};
 pub use mlp::{Activation, Mlp, MlpConfig};
 pub use neural_fp::{NeuralFp, NeuralFpConfig};
 pub use params::Params;
-pub use rho_policy::{FrozenRhoPolicy, RhoPolicyConfig, RhoPolicyNet};
+pub use rho_policy::{FrozenRhoPolicy, PolicyActivation, RhoPolicyConfig, RhoPolicyNet};
 pub use unrolled::{Adjoint, InitConfig, RateConfig, Unrolled, UnrolledConfig, UpdateRule};
 
 use candle_core::{Device, Tensor};

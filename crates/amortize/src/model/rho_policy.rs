@@ -16,18 +16,44 @@ use crate::{Error, Result};
 pub struct RhoPolicyConfig {
     /// Hidden widths (default [16, 16]).
     pub hidden: Vec<usize>,
+    /// The hidden layers' activation (default `tanh`).
+    pub activation: PolicyActivation,
+}
+
+/// The activation of the policy's hidden layers. The policy runs on every constraint at every
+/// consultation, inside the solver loop, so its cost counts in ADMM's wall-clock: softsign
+/// x/(1 + |x|) costs one division where tanh costs an exponential (about 3× the whole
+/// forward pass of a 16-16 network).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyActivation {
+    /// tanh(x).
+    #[default]
+    Tanh,
+    /// x / (1 + |x|).
+    Softsign,
+}
+
+impl PolicyActivation {
+    fn apply(self, x: f64) -> f64 {
+        match self {
+            PolicyActivation::Tanh => x.tanh(),
+            PolicyActivation::Softsign => x / (1.0 + x.abs()),
+        }
+    }
 }
 
 impl Default for RhoPolicyConfig {
     fn default() -> Self {
         RhoPolicyConfig {
             hidden: vec![16, 16],
+            activation: PolicyActivation::Tanh,
         }
     }
 }
 
 /// # RLQP's policy π_θ
-/// Δᵢ = π_θ(sᵢ), a tanh MLP applied to each constraint's features sᵢ
+/// Δᵢ = π_θ(sᵢ), an MLP (tanh or softsign) applied to each constraint's features sᵢ
 /// ([`crate::solver::qp::RHO_FEATURES`]); ADMM then uses ρᵢ = ρ̂ᵢ·10^Δᵢ around OSQP's own
 /// choice ρ̂ᵢ ([`RhoPolicy`]). The output layer starts at zero, so the untrained policy is
 /// OSQP's rule. θ lives in candle variables (for checkpoints and the ES trainer) and is read
@@ -45,6 +71,7 @@ type Plain = Vec<(Vec<f64>, Vec<f64>, usize, usize)>;
 /// no tensor reads inside the solver loop ([`RhoPolicyNet::frozen`]).
 pub struct FrozenRhoPolicy {
     layers: Plain,
+    activation: PolicyActivation,
 }
 
 impl RhoPolicyNet {
@@ -115,6 +142,7 @@ impl RhoPolicyNet {
     pub fn frozen(&self) -> Result<FrozenRhoPolicy> {
         Ok(FrozenRhoPolicy {
             layers: self.plain()?,
+            activation: self.config.activation,
         })
     }
 
@@ -152,7 +180,8 @@ impl FrozenRhoPolicy {
                     }
                 }
                 if l < last {
-                    next.iter_mut().for_each(|v| *v = v.tanh());
+                    let act = self.activation;
+                    next.iter_mut().for_each(|v| *v = act.apply(*v));
                 }
                 std::mem::swap(&mut cur, &mut next);
             }

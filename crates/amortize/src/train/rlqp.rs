@@ -46,6 +46,9 @@ pub struct RlqpConfig {
     pub learning_rate: f64,
     /// Iterations between the policy's ρ updates (default 10; OSQP's rule uses 25).
     pub interval: usize,
+    /// Double the interval after every change of ρ (default true; see
+    /// `AdmmSettings::policy_backoff`).
+    pub backoff: bool,
     /// Iteration budget of every solve (default 4000).
     pub max_iters: usize,
     /// Threads solving a batch (default 2).
@@ -67,6 +70,7 @@ impl Default for RlqpConfig {
             samples: 8,
             learning_rate: 0.02,
             interval: 10,
+            backoff: true,
             max_iters: 4000,
             threads: 2,
             policy: RhoPolicyConfig::default(),
@@ -109,6 +113,7 @@ impl RlqpConfig {
     pub fn policy_settings(&self) -> AdmmSettings {
         AdmmSettings {
             adaptive_rho_interval: self.interval,
+            policy_backoff: self.backoff,
             ..self.baseline_settings()
         }
     }

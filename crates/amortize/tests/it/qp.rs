@@ -523,3 +523,55 @@ fn rlqp_training_beats_osqp_rule_and_policy_checkpoints_round_trip() -> Result<(
     .is_err());
     Ok(())
 }
+
+/// The policy's forward pass against hand-computed values, for both hidden activations.
+#[test]
+fn rho_policy_forward_matches_hand_computation_for_both_activations() -> Result<()> {
+    use amortize::model::{PolicyActivation, RhoPolicyConfig, RhoPolicyNet};
+    use amortize::solver::qp::RHO_FEATURES;
+    use candle_core::{Device, Tensor};
+    use std::collections::HashMap;
+    for (activation, act) in [
+        (PolicyActivation::Tanh, f64::tanh as fn(f64) -> f64),
+        (PolicyActivation::Softsign, |x: f64| x / (1.0 + x.abs())),
+    ] {
+        let config = RhoPolicyConfig {
+            hidden: vec![2],
+            activation,
+        };
+        let net = RhoPolicyNet::new(config, &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+        // Hidden unit 0 reads feature 0, unit 1 reads 2 × feature 1.
+        let mut w0 = vec![0.0f64; RHO_FEATURES * 2];
+        w0[0] = 1.0;
+        w0[3] = 2.0;
+        let map = HashMap::from([
+            (
+                "layer0.weight".to_string(),
+                Tensor::from_vec(w0, (RHO_FEATURES, 2), &Device::Cpu)?,
+            ),
+            (
+                "layer0.bias".to_string(),
+                Tensor::new(&[0.1f64, -0.2], &Device::Cpu)?,
+            ),
+            (
+                "layer1.weight".to_string(),
+                Tensor::from_vec(vec![1.5f64, -0.5], (2, 1), &Device::Cpu)?,
+            ),
+            (
+                "layer1.bias".to_string(),
+                Tensor::new(&[0.05f64], &Device::Cpu)?,
+            ),
+        ]);
+        net.params().load_map(&map)?;
+        let mut features = vec![0.7; RHO_FEATURES];
+        features[0] = 0.4;
+        features[1] = -0.3;
+        let out = net.forward_rows(&features, 1)?[0];
+        let expected = 1.5 * act(0.5) - 0.5 * act(-0.8) + 0.05;
+        assert!(
+            (out - expected).abs() < 1e-12,
+            "{activation:?}: {out} vs {expected}"
+        );
+    }
+    Ok(())
+}

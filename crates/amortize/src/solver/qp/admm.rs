@@ -74,6 +74,10 @@ pub struct AdmmSettings {
     pub check_every: usize,
     /// How the KKT system is solved (default `auto`: the cheaper form per QP).
     pub kkt: KktForm,
+    /// With a ρ policy: double the interval between consultations after every change
+    /// (default true, O(log N) refactorisations per solve); false consults it every
+    /// `adaptive_rho_interval` iterations.
+    pub policy_backoff: bool,
 }
 
 /// How ADMM solves its KKT system (module `kkt`).
@@ -107,6 +111,7 @@ impl Default for AdmmSettings {
             adaptive_rho_tolerance: 5.0,
             check_every: 25,
             kkt: KktForm::Auto,
+            policy_backoff: true,
         }
     }
 }
@@ -714,11 +719,13 @@ impl<'a> AdmmWorkspace<'a> {
             if at_rho && self.policy.is_some() {
                 let policy = self.policy.expect("checked");
                 match self.apply_policy(policy) {
-                    // Each change refactors the KKT matrix, so the next consultation waits
-                    // twice as long: O(log N) factorizations per solve.
+                    // Each change refactors the KKT matrix, so by default the next
+                    // consultation waits twice as long: O(log N) factorizations per solve.
                     Ok(true) => {
                         self.rho_updates += 1;
-                        self.rho_interval *= 2;
+                        if self.settings.policy_backoff {
+                            self.rho_interval *= 2;
+                        }
                     }
                     Ok(false) => {}
                     Err(_) => return Some(QpStatus::NumericalError),
