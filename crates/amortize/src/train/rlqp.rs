@@ -49,6 +49,9 @@ pub struct RlqpConfig {
     /// Double the interval after every change of ρ (default true; see
     /// `AdmmSettings::policy_backoff`).
     pub backoff: bool,
+    /// Also consult the policy before the first iteration (default false; see
+    /// `AdmmSettings::policy_at_start`).
+    pub at_start: bool,
     /// Iteration budget of every solve (default 4000).
     pub max_iters: usize,
     /// Threads solving a batch (default 2).
@@ -71,6 +74,7 @@ impl Default for RlqpConfig {
             learning_rate: 0.02,
             interval: 10,
             backoff: true,
+            at_start: false,
             max_iters: 4000,
             threads: 2,
             policy: RhoPolicyConfig::default(),
@@ -114,6 +118,7 @@ impl RlqpConfig {
         AdmmSettings {
             adaptive_rho_interval: self.interval,
             policy_backoff: self.backoff,
+            policy_at_start: self.at_start,
             ..self.baseline_settings()
         }
     }

@@ -411,17 +411,18 @@ fn rho_policy_never_reports_solved_above_tolerance() -> Result<()> {
                 .collect()
         }
     }
-    let settings = AdmmSettings {
-        check_every: 1,
-        adaptive_rho_interval: 3,
-        max_iters: 300,
-        ..AdmmSettings::default()
-    };
-    let admm = Admm::new(settings)?;
     let mut rng = StdRng::seed_from_u64(5);
     let mut solved = 0;
     for class in QpClass::ALL {
-        for _ in 0..3 {
+        for k in 0..4 {
+            // Half the solves also let the policy set ρ before the first iteration.
+            let admm = Admm::new(AdmmSettings {
+                check_every: 1,
+                adaptive_rho_interval: 3,
+                max_iters: 300,
+                policy_at_start: k % 2 == 1,
+                ..AdmmSettings::default()
+            })?;
             let qp = class.generate(8, &mut rng)?;
             let s = admm.solve_with_policy(&qp, None, Some(&Wild))?;
             if s.status != QpStatus::Solved {
@@ -573,5 +574,60 @@ fn rho_policy_forward_matches_hand_computation_for_both_activations() -> Result<
             "{activation:?}: {out} vs {expected}"
         );
     }
+    Ok(())
+}
+
+/// Consulting the policy before the first iteration sets ρ from the starting point: a policy
+/// that answers Δ = 1 for inequality rows and 0 for equality rows (read from the equality
+/// feature) multiplies the former's ρ by 10 and leaves the latter's at 10³ρ.
+#[test]
+fn rho_policy_consulted_at_start_sets_rho_before_the_first_iteration() -> Result<()> {
+    use amortize::solver::qp::{QpClass, RhoPolicy, RHO_FEATURES};
+    struct InequalitiesUp;
+    impl RhoPolicy for InequalitiesUp {
+        fn adjust(&self, features: &[f64], m: usize) -> Vec<f64> {
+            (0..m)
+                .map(|i| 1.0 - features[i * RHO_FEATURES + 6])
+                .collect()
+        }
+    }
+    let qp = QpClass::Lasso.generate(6, &mut StdRng::seed_from_u64(2))?;
+    let settings = AdmmSettings::default();
+    let mut w = AdmmWorkspace::new(&qp, settings)?;
+    let before = w.rho_vector().to_vec();
+    w.consult_at_start(&InequalitiesUp)?;
+    let after = w.rho_vector();
+    let equalities = (0..qp.m())
+        .filter(|&i| qp.u()[i] - qp.l()[i] < 1e-4)
+        .count();
+    assert!(equalities > 0 && equalities < qp.m());
+    for i in 0..qp.m() {
+        let expected = if qp.u()[i] - qp.l()[i] < 1e-4 {
+            before[i]
+        } else {
+            10.0 * before[i]
+        };
+        assert!(
+            (after[i] - expected).abs() <= 1e-12 * expected,
+            "row {i}: ρ {} → {}, expected {expected}",
+            before[i],
+            after[i]
+        );
+    }
+    // Through the solver: the start consultation counts as a ρ update (the first iteration
+    // runs with the new ρ), and termination stays OSQP's.
+    let at_start = Admm::new(AdmmSettings {
+        policy_at_start: true,
+        max_iters: 1,
+        ..settings
+    })?
+    .solve_with_policy(&qp, None, Some(&InequalitiesUp))?;
+    assert_eq!(at_start.rho_updates, 1);
+    let solved = Admm::new(AdmmSettings {
+        policy_at_start: true,
+        ..settings
+    })?
+    .solve_with_policy(&qp, None, Some(&InequalitiesUp))?;
+    assert_eq!(solved.status, QpStatus::Solved);
     Ok(())
 }

@@ -78,6 +78,8 @@ pub struct AdmmSettings {
     /// (default true, O(log N) refactorisations per solve); false consults it every
     /// `adaptive_rho_interval` iterations.
     pub policy_backoff: bool,
+    /// With a ρ policy: also consult it before the first iteration (default false).
+    pub policy_at_start: bool,
 }
 
 /// How ADMM solves its KKT system (module `kkt`).
@@ -112,6 +114,7 @@ impl Default for AdmmSettings {
             check_every: 25,
             kkt: KktForm::Auto,
             policy_backoff: true,
+            policy_at_start: false,
         }
     }
 }
@@ -263,6 +266,9 @@ impl Admm {
         w.policy = policy;
         if let Some((y, lambda)) = warm {
             w.warm_start(y, lambda)?;
+        }
+        if let (Some(policy), true) = (policy, self.settings.policy_at_start) {
+            w.consult_at_start(policy)?;
         }
         let status = loop {
             w.step();
@@ -468,6 +474,17 @@ impl<'a> AdmmWorkspace<'a> {
         self.factor()
     }
 
+    /// Lets `policy` set ρ before the first iteration, from the starting point's features (at
+    /// zero: the bounds, through the slack and equality features), keeping the base ρ (there
+    /// is no residual balance to estimate yet).
+    pub fn consult_at_start(&mut self, policy: &dyn RhoPolicy) -> Result<()> {
+        self.residuals();
+        if self.apply_policy(policy, self.rho)? {
+            self.rho_updates += 1;
+        }
+        Ok(())
+    }
+
     /// Uses `policy` for ρ from now on (RLQP); `None` restores OSQP's rule.
     pub fn set_policy(&mut self, policy: Option<&'a dyn RhoPolicy>) {
         self.policy = policy;
@@ -510,9 +527,8 @@ impl<'a> AdmmWorkspace<'a> {
 
     /// The policy's ρ at an adaptation point; refactors (and changes ρ) only when some ρᵢ
     /// moves by more than `adaptive_rho_tolerance`, as OSQP's rule does.
-    fn apply_policy(&mut self, policy: &dyn RhoPolicy) -> Result<bool> {
+    fn apply_policy(&mut self, policy: &dyn RhoPolicy, estimate: f64) -> Result<bool> {
         let m = self.qp.m();
-        let estimate = self.rho_estimate();
         let features = self.rho_features(estimate);
         let delta = policy.adjust(&features, m);
         if delta.len() != m {
@@ -718,7 +734,8 @@ impl<'a> AdmmWorkspace<'a> {
             }
             if at_rho && self.policy.is_some() {
                 let policy = self.policy.expect("checked");
-                match self.apply_policy(policy) {
+                let estimate = self.rho_estimate();
+                match self.apply_policy(policy, estimate) {
                     // Each change refactors the KKT matrix, so by default the next
                     // consultation waits twice as long: O(log N) factorizations per solve.
                     Ok(true) => {
