@@ -131,24 +131,37 @@ pub struct Cell {
     pub osqp_solved: f64,
     /// Fraction solved to eps 1e-3, learned policy.
     pub learned_solved: f64,
+    /// Mean numeric KKT factorisations per solve (the first included), OSQP's rule.
+    pub osqp_factorisations: f64,
+    /// Mean numeric KKT factorisations per solve, learned policy.
+    pub learned_factorisations: f64,
 }
 
-/// (iterations, seconds, solved) for every QP, solved one after another on this thread.
+/// One solve's outcome.
+struct Outcome {
+    iters: f64,
+    seconds: f64,
+    solved: bool,
+    factorisations: f64,
+}
+
+/// The outcome of every QP, solved one after another on this thread.
 fn solve_all(
     qps: &[QpProblem],
     settings: AdmmSettings,
     policy: Option<&dyn RhoPolicy>,
-) -> Result<Vec<(f64, f64, bool)>> {
+) -> Result<Vec<Outcome>> {
     let admm = Admm::new(settings)?;
     qps.iter()
         .map(|qp| {
             let t0 = Instant::now();
             let s = admm.solve_with_policy(qp, None, policy)?;
-            Ok((
-                s.iters as f64,
-                t0.elapsed().as_secs_f64(),
-                s.status == QpStatus::Solved,
-            ))
+            Ok(Outcome {
+                seconds: t0.elapsed().as_secs_f64(),
+                iters: s.iters as f64,
+                solved: s.status == QpStatus::Solved,
+                factorisations: s.factorisations as f64,
+            })
         })
         .collect()
 }
@@ -200,28 +213,31 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
             let base = solve_all(&qps, cfg.baseline_settings(), None)?;
             let learned = solve_all(&qps, cfg.policy_settings(), Some(&frozen))?;
             let k = qps.len() as f64;
-            let mean = |v: &[(f64, f64, bool)], f: &dyn Fn(&(f64, f64, bool)) -> f64| {
-                v.iter().map(f).sum::<f64>() / k
-            };
+            let mean =
+                |v: &[Outcome], f: &dyn Fn(&Outcome) -> f64| v.iter().map(f).sum::<f64>() / k;
             let ratio = (base
                 .iter()
                 .zip(&learned)
-                .map(|(b, l)| (b.0.max(1.0) / l.0.max(1.0)).ln())
+                .map(|(b, l)| (b.iters.max(1.0) / l.iters.max(1.0)).ln())
                 .sum::<f64>()
                 / k)
                 .exp();
-            let (osqp_seconds, learned_seconds) = (mean(&base, &|r| r.1), mean(&learned, &|r| r.1));
+            let seconds = |r: &Outcome| r.seconds;
+            let (osqp_seconds, learned_seconds) = (mean(&base, &seconds), mean(&learned, &seconds));
+            let solved = |r: &Outcome| f64::from(u8::from(r.solved));
             cells.push(Cell {
                 class,
                 n,
-                osqp_iters: mean(&base, &|r| r.0),
-                learned_iters: mean(&learned, &|r| r.0),
+                osqp_iters: mean(&base, &|r| r.iters),
+                learned_iters: mean(&learned, &|r| r.iters),
                 iteration_ratio: ratio,
                 osqp_seconds,
                 learned_seconds,
                 time_ratio: osqp_seconds / learned_seconds,
-                osqp_solved: mean(&base, &|r| f64::from(u8::from(r.2))),
-                learned_solved: mean(&learned, &|r| f64::from(u8::from(r.2))),
+                osqp_solved: mean(&base, &solved),
+                learned_solved: mean(&learned, &solved),
+                osqp_factorisations: mean(&base, &|r| r.factorisations),
+                learned_factorisations: mean(&learned, &|r| r.factorisations),
             });
             bar.inc(1);
         }
@@ -232,11 +248,11 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
     }
 
     let mut table = String::from(
-        "class,n,osqp_iters,learned_iters,iteration_ratio,osqp_seconds,learned_seconds,time_ratio,osqp_solved,learned_solved\n",
+        "class,n,osqp_iters,learned_iters,iteration_ratio,osqp_seconds,learned_seconds,time_ratio,osqp_solved,learned_solved,osqp_factorisations,learned_factorisations\n",
     );
     for c in &cells {
         table.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
             c.class.name(),
             c.n,
             c.osqp_iters,
@@ -246,7 +262,9 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
             c.learned_seconds,
             c.time_ratio,
             c.osqp_solved,
-            c.learned_solved
+            c.learned_solved,
+            c.osqp_factorisations,
+            c.learned_factorisations
         ));
     }
     write_atomic(&dir.join("rlqp.csv"), table.as_bytes())?;
@@ -295,12 +313,12 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
 
     let mut md = format!(
         "# Run `{}`\n\nES training: {} updates of {} QPs ({} antithetic pairs) in {:.0} s.\n\n\
-         | class | n | OSQP ρ iters | learned iters | ratio | OSQP s/QP | learned s/QP | time ratio | solved (OSQP / learned) |\n|---|---|---|---|---|---|---|---|---|\n",
+         | class | n | OSQP ρ iters | learned iters | ratio | OSQP s/QP | learned s/QP | time ratio | solved (OSQP / learned) | factorisations (OSQP / learned) |\n|---|---|---|---|---|---|---|---|---|---|\n",
         exp.name, cfg.steps, cfg.batch, cfg.samples, train_seconds
     );
     for c in &cells {
         md.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2e} | {:.2e} | {:.2} | {:.0}% / {:.0}% |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2e} | {:.2e} | {:.2} | {:.0}% / {:.0}% | {:.1} / {:.1} |\n",
             c.class.name(),
             c.n,
             c.osqp_iters,
@@ -310,7 +328,9 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
             c.learned_seconds,
             c.time_ratio,
             100.0 * c.osqp_solved,
-            100.0 * c.learned_solved
+            100.0 * c.learned_solved,
+            c.osqp_factorisations,
+            c.learned_factorisations
         ));
     }
     md.push_str("\n## Figures\n\n");

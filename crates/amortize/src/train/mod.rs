@@ -11,7 +11,8 @@ pub use checkpoint::{write_atomic, Checkpoint, CheckpointMeta, Loaded, CHECKPOIN
 pub use implicit::implicit_gradient;
 pub use observer::{JsonlWriter, Observer, Record};
 pub use rlqp::{
-    iterations as qp_iterations, load_policy, save_policy, train_rho_policy, RlqpConfig, RlqpRecord,
+    iterations as qp_iterations, load_policy, save_policy, solve_costs, train_rho_policy,
+    RlqpConfig, RlqpRecord,
 };
 pub use smoothing::{es_gradient, smoothed_1d, GradientEstimator};
 pub use trainer::{

@@ -9,7 +9,9 @@
 //! with N the ADMM iterations to OSQP's termination criterion (checked every iteration) and
 //! N_OSQP those of OSQP's own adaptive ρ on the same QP: the RL reward "−1 per iteration until
 //! solved", relative to the baseline so that QPs of every size count alike. An unsolved QP
-//! counts as twice the iteration budget.
+//! counts as twice the iteration budget. With `refactor_cost` κ > 0, N counts
+//! iterations + κ·(KKT factorisations) on both sides, a model of wall-clock: a policy that
+//! changes ρ often saves iterations but pays a refactorisation each time.
 
 use std::path::Path;
 
@@ -52,8 +54,14 @@ pub struct RlqpConfig {
     /// Also consult the policy before the first iteration (default false; see
     /// `AdmmSettings::policy_at_start`).
     pub at_start: bool,
+    /// Stop consulting the policy after this many changes of ρ (default none; see
+    /// `AdmmSettings::policy_max_changes`).
+    pub max_changes: Option<usize>,
     /// Iteration budget of every solve (default 4000).
     pub max_iters: usize,
+    /// The loss counts every KKT factorisation as this many iterations (default 0: the RL
+    /// reward "−1 per iteration"; a positive value makes the loss a wall-clock model).
+    pub refactor_cost: f64,
     /// Threads solving a batch (default 2).
     pub threads: usize,
     /// The policy network (default [16, 16]).
@@ -75,7 +83,9 @@ impl Default for RlqpConfig {
             interval: 10,
             backoff: true,
             at_start: false,
+            max_changes: None,
             max_iters: 4000,
+            refactor_cost: 0.0,
             threads: 2,
             policy: RhoPolicyConfig::default(),
             seed: 0,
@@ -96,6 +106,9 @@ impl RlqpConfig {
         let positive = |v: f64| v.is_finite() && v > 0.0;
         if !(positive(self.sigma) && positive(self.learning_rate)) {
             return bad("sigma and learning_rate must be finite and > 0");
+        }
+        if !(self.refactor_cost.is_finite() && self.refactor_cost >= 0.0) {
+            return bad("refactor_cost must be finite and >= 0");
         }
         if self.max_iters < 2 * self.interval {
             return bad("max_iters must be at least twice the interval");
@@ -119,6 +132,7 @@ impl RlqpConfig {
             adaptive_rho_interval: self.interval,
             policy_backoff: self.backoff,
             policy_at_start: self.at_start,
+            policy_max_changes: self.max_changes,
             ..self.baseline_settings()
         }
     }
@@ -143,12 +157,24 @@ pub fn iterations(
     policy: Option<&dyn RhoPolicy>,
     threads: usize,
 ) -> Result<Vec<f64>> {
+    solve_costs(qps, settings, policy, threads, 0.0)
+}
+
+/// [`iterations`] plus `refactor_cost` iterations' worth for every numeric factorisation of
+/// the KKT matrix (the first included): a model of wall-clock in units of one iteration.
+pub fn solve_costs(
+    qps: &[QpProblem],
+    settings: AdmmSettings,
+    policy: Option<&dyn RhoPolicy>,
+    threads: usize,
+    refactor_cost: f64,
+) -> Result<Vec<f64>> {
     Ok(Admm::new(settings)?
         .solve_batch_with_policy(qps, threads, policy)?
         .iter()
         .map(|s| {
             if s.status == QpStatus::Solved {
-                s.iters as f64
+                s.iters as f64 + refactor_cost * s.factorisations as f64
             } else {
                 2.0 * settings.max_iters as f64
             }
@@ -183,7 +209,10 @@ pub fn train_rho_policy(
     let mut records = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
         let qps = cfg.sample(cfg.batch, &mut rng)?;
-        let base = iterations(&qps, cfg.baseline_settings(), None, cfg.threads)?;
+        let cost = |settings, policy: Option<&dyn RhoPolicy>| {
+            solve_costs(&qps, settings, policy, cfg.threads, cfg.refactor_cost)
+        };
+        let base = cost(cfg.baseline_settings(), None)?;
         let loss_of = |iters: &[f64]| -> f64 {
             iters
                 .iter()
@@ -194,12 +223,7 @@ pub fn train_rho_policy(
         };
         let loss_at_theta = || -> Result<f64> {
             let frozen = policy.frozen()?;
-            Ok(loss_of(&iterations(
-                &qps,
-                cfg.policy_settings(),
-                Some(&frozen),
-                cfg.threads,
-            )?))
+            Ok(loss_of(&cost(cfg.policy_settings(), Some(&frozen))?))
         };
         let current = loss_at_theta()?;
         let (grads, _) = es_gradient(&vars, cfg.sigma, cfg.samples, &mut es_rng, loss_at_theta)?;

@@ -414,13 +414,13 @@ fn rho_policy_never_reports_solved_above_tolerance() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(5);
     let mut solved = 0;
     for class in QpClass::ALL {
-        for k in 0..4 {
+        for k in 0..4usize {
             // Half the solves also let the policy set ρ before the first iteration.
             let admm = Admm::new(AdmmSettings {
                 check_every: 1,
                 adaptive_rho_interval: 3,
                 max_iters: 300,
-                policy_at_start: k % 2 == 1,
+                policy_at_start: !k.is_multiple_of(2),
                 ..AdmmSettings::default()
             })?;
             let qp = class.generate(8, &mut rng)?;
@@ -629,5 +629,59 @@ fn rho_policy_consulted_at_start_sets_rho_before_the_first_iteration() -> Result
     })?
     .solve_with_policy(&qp, None, Some(&InequalitiesUp))?;
     assert_eq!(solved.status, QpStatus::Solved);
+    Ok(())
+}
+
+/// Factorisations are counted (the first one included, none wasted when the policy sets ρ
+/// before the first iteration), and `policy_max_changes` stops the policy after that many
+/// changes of ρ.
+#[test]
+fn factorisations_are_counted_and_policy_changes_can_be_capped() -> Result<()> {
+    use amortize::solver::qp::{QpClass, RhoPolicy};
+    use amortize::train::{solve_costs, RlqpConfig};
+    /// Alternates ρ between 10× and 0.1× OSQP's choice at every consultation.
+    struct Flip(std::sync::atomic::AtomicUsize);
+    impl RhoPolicy for Flip {
+        fn adjust(&self, _features: &[f64], m: usize) -> Vec<f64> {
+            let k = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            vec![if k.is_multiple_of(2) { 1.0 } else { -1.0 }; m]
+        }
+    }
+    let qp = QpClass::Lasso.generate(10, &mut StdRng::seed_from_u64(4))?;
+    let base = AdmmSettings {
+        check_every: 1,
+        adaptive_rho_interval: 2,
+        policy_backoff: false,
+        max_iters: 400,
+        ..AdmmSettings::default()
+    };
+    let osqp = Admm::new(base)?.solve(&qp, None)?;
+    assert_eq!(osqp.factorisations, 1 + osqp.rho_updates);
+    let flip = |settings: AdmmSettings| {
+        Admm::new(settings)?.solve_with_policy(&qp, None, Some(&Flip(0.into())))
+    };
+    let free = flip(AdmmSettings {
+        policy_at_start: true,
+        ..base
+    })?;
+    assert!(free.rho_updates > 3, "{} changes", free.rho_updates);
+    // The start consultation changed ρ, so the factorisation for OSQP's first ρ was skipped.
+    assert_eq!(free.factorisations, free.rho_updates);
+    let capped = flip(AdmmSettings {
+        policy_at_start: true,
+        policy_max_changes: Some(2),
+        ..base
+    })?;
+    assert_eq!(capped.rho_updates, 2);
+    assert_eq!(capped.factorisations, 2);
+    // The training loss's cost: iterations + κ·factorisations.
+    let costs = solve_costs(std::slice::from_ref(&qp), base, None, 1, 10.0)?;
+    assert_eq!(costs[0], (osqp.iters + 10 * osqp.factorisations) as f64);
+    assert!(RlqpConfig {
+        refactor_cost: -1.0,
+        ..RlqpConfig::default()
+    }
+    .validate()
+    .is_err());
     Ok(())
 }

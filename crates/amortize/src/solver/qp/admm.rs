@@ -80,6 +80,10 @@ pub struct AdmmSettings {
     pub policy_backoff: bool,
     /// With a ρ policy: also consult it before the first iteration (default false).
     pub policy_at_start: bool,
+    /// With a ρ policy: stop consulting it after this many changes of ρ (the start's
+    /// included), keeping the last ρ (default none: no limit). Each change is a KKT
+    /// refactorisation.
+    pub policy_max_changes: Option<usize>,
 }
 
 /// How ADMM solves its KKT system (module `kkt`).
@@ -115,6 +119,7 @@ impl Default for AdmmSettings {
             kkt: KktForm::Auto,
             policy_backoff: true,
             policy_at_start: false,
+            policy_max_changes: None,
         }
     }
 }
@@ -195,6 +200,8 @@ pub struct QpSolution {
     pub iters: usize,
     /// How often ρ changed (each change refactors the KKT matrix).
     pub rho_updates: usize,
+    /// Numeric factorisations of the KKT matrix, the first included.
+    pub factorisations: usize,
     /// Wall-clock seconds, set-up (scaling, factorisation) included.
     pub elapsed: f64,
     /// The infeasibility certificate: δλ (primal) or δy (dual), normalised to ‖·‖∞ = 1.
@@ -262,12 +269,15 @@ impl Admm {
         policy: Option<&dyn RhoPolicy>,
     ) -> Result<QpSolution> {
         let start = Instant::now();
-        let mut w = AdmmWorkspace::new(qp, self.settings)?;
+        let at_start = policy.filter(|_| self.settings.policy_at_start);
+        // The start consultation factors for the policy's ρ; factoring for OSQP's first would
+        // be wasted.
+        let mut w = AdmmWorkspace::analysed(qp, self.settings, at_start.is_some())?;
         w.policy = policy;
         if let Some((y, lambda)) = warm {
             w.warm_start(y, lambda)?;
         }
-        if let (Some(policy), true) = (policy, self.settings.policy_at_start) {
+        if let Some(policy) = at_start {
             w.consult_at_start(policy)?;
         }
         let status = loop {
@@ -347,6 +357,7 @@ pub struct AdmmWorkspace<'a> {
     work_m: Vec<f64>,
     iters: usize,
     rho_updates: usize,
+    factorisations: usize,
     /// Iteration of the next ρ estimate; the interval doubles whenever an update reverses the
     /// direction of the previous one (ρ oscillating between two values).
     next_rho_check: usize,
@@ -382,12 +393,25 @@ fn inf_norm(v: &[f64]) -> f64 {
 impl<'a> AdmmWorkspace<'a> {
     /// Scales `qp`, sets ρ per constraint and factors the KKT matrix; starts from zero.
     pub fn new(qp: &'a QpProblem, settings: AdmmSettings) -> Result<Self> {
+        Self::analysed(qp, settings, false)
+    }
+
+    /// [`Self::new`], with the numeric factorisation left to the first ρ change when `defer`
+    /// (the caller must then set ρ before stepping: [`Self::consult_at_start`] does).
+    fn analysed(qp: &'a QpProblem, settings: AdmmSettings, defer: bool) -> Result<Self> {
         settings.validate()?;
         let data = equilibrate(qp, settings.scaling);
         let (n, m) = (qp.n(), qp.m());
         let rho = settings.rho.clamp(RHO_MIN, RHO_MAX);
         let rho_vec: Vec<f64> = (0..m).map(|i| base_rho(&data, i, rho)).collect();
-        let kkt = Kkt::new(&data.p, &data.a, settings.sigma, &rho_vec, settings.kkt)?;
+        let kkt = Kkt::new(
+            &data.p,
+            &data.a,
+            settings.sigma,
+            &rho_vec,
+            settings.kkt,
+            defer,
+        )?;
         Ok(AdmmWorkspace {
             qp,
             settings,
@@ -409,6 +433,7 @@ impl<'a> AdmmWorkspace<'a> {
             work_m: vec![0.0; m],
             iters: 0,
             rho_updates: 0,
+            factorisations: usize::from(!defer),
             next_rho_check: settings.adaptive_rho_interval,
             rho_interval: settings.adaptive_rho_interval,
             last_rho_direction: 0.0,
@@ -481,6 +506,8 @@ impl<'a> AdmmWorkspace<'a> {
         self.residuals();
         if self.apply_policy(policy, self.rho)? {
             self.rho_updates += 1;
+        } else if !self.kkt.is_factored() {
+            self.factor()?;
         }
         Ok(())
     }
@@ -560,6 +587,7 @@ impl<'a> AdmmWorkspace<'a> {
     }
 
     fn factor(&mut self) -> Result<()> {
+        self.factorisations += 1;
         self.kkt.set_rho(&self.data.a, &self.rho_vec)
     }
 
@@ -732,7 +760,14 @@ impl<'a> AdmmWorkspace<'a> {
             if self.dual_infeasible() {
                 return Some(QpStatus::DualInfeasible);
             }
-            if at_rho && self.policy.is_some() {
+            let policy_done = self
+                .settings
+                .policy_max_changes
+                .is_some_and(|cap| self.rho_updates >= cap);
+            if at_rho && self.policy.is_some() && policy_done {
+                // The policy has spent its changes: ρ stays as it is.
+                self.next_rho_check = usize::MAX;
+            } else if at_rho && self.policy.is_some() {
                 let policy = self.policy.expect("checked");
                 let estimate = self.rho_estimate();
                 match self.apply_policy(policy, estimate) {
@@ -803,6 +838,7 @@ impl<'a> AdmmWorkspace<'a> {
             dual_residual: r.dual,
             iters: self.iters,
             rho_updates: self.rho_updates,
+            factorisations: self.factorisations,
             elapsed: 0.0,
             certificate,
         }

@@ -40,6 +40,9 @@ pub(super) struct Kkt {
     n: usize,
     sigma: f64,
     form: Form,
+    /// Whether the numeric factor matches the current ρ (false only between a deferred
+    /// [`Kkt::new`] and the first [`Kkt::set_rho`]).
+    factored: bool,
 }
 
 enum Form {
@@ -53,7 +56,8 @@ enum Form {
         work: Vec<f64>,
     },
     Reduced {
-        factor: Cholesky,
+        /// None until the first factorisation of a deferred analysis.
+        factor: Option<Cholesky>,
         /// P as a dense row-major matrix, the start of every refactorisation.
         p_dense: Vec<f64>,
         /// ρ∘z − λ (m).
@@ -109,13 +113,15 @@ fn assemble(p: &CsrMatrix, a: &CsrMatrix, sigma: f64, rho: &[f64]) -> (CscMatrix
 
 impl Kkt {
     /// Analyses the system for P (n×n, both triangles stored), A (m×n), σ and ρ (m), picks
-    /// the form (`Auto`: the cheaper) and factors it.
+    /// the form (`Auto`: the cheaper) and factors it, unless `defer` (then [`Kkt::set_rho`]
+    /// must come before the first solve: it saves a factorisation when ρ is about to change).
     pub(super) fn new(
         p: &CsrMatrix,
         a: &CsrMatrix,
         sigma: f64,
         rho: &[f64],
         choice: KktForm,
+        defer: bool,
     ) -> Result<Self> {
         let (n, m) = (p.rows(), a.rows());
         debug_assert_eq!(rho.len(), m);
@@ -144,7 +150,9 @@ impl Kkt {
         };
         let form = match analysed {
             Some((mut factor, rho_entries)) => {
-                factor.refactor().map_err(factor_error)?;
+                if !defer {
+                    factor.refactor().map_err(factor_error)?;
+                }
                 Form::Sparse {
                     factor: Box::new(factor),
                     rho_entries,
@@ -154,15 +162,26 @@ impl Kkt {
             }
             None => {
                 let p_dense = p.to_dense();
+                let factor = match defer {
+                    true => None,
+                    false => Some(reduced_factor(&p_dense, a, sigma, rho)?),
+                };
                 Form::Reduced {
-                    factor: reduced_factor(&p_dense, a, sigma, rho)?,
+                    factor,
                     p_dense,
                     work: vec![0.0; m],
                 }
             }
         };
-        let kkt = Kkt { n, sigma, form };
-        kkt.check_inertia()?;
+        let kkt = Kkt {
+            n,
+            sigma,
+            form,
+            factored: !defer,
+        };
+        if kkt.factored {
+            kkt.check_inertia()?;
+        }
         Ok(kkt)
     }
 
@@ -204,12 +223,19 @@ impl Kkt {
             }
             Form::Reduced {
                 factor, p_dense, ..
-            } => *factor = reduced_factor(p_dense, a, self.sigma, rho)?,
+            } => *factor = Some(reduced_factor(p_dense, a, self.sigma, rho)?),
         }
+        self.factored = true;
         self.check_inertia()
     }
 
-    /// ỹ and z̃ = Aỹ of one ADMM iteration from (yᵗ, zᵗ, λᵗ).
+    /// Whether the numeric factor is current (see `defer` in [`Kkt::new`]).
+    pub(super) fn is_factored(&self) -> bool {
+        self.factored
+    }
+
+    /// ỹ and z̃ = Aỹ of one ADMM iteration from (yᵗ, zᵗ, λᵗ). Needs a current factor
+    /// ([`Kkt::is_factored`]); the workspace guarantees it.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn solve(
         &mut self,
@@ -236,6 +262,10 @@ impl Kkt {
                 }
             }
             Form::Reduced { factor, work, .. } => {
+                let Some(factor) = factor else {
+                    debug_assert!(false, "KKT solve before the first factorisation");
+                    return;
+                };
                 for (i, w) in work.iter_mut().enumerate() {
                     *w = rho[i] * z[i] - lambda[i];
                 }
