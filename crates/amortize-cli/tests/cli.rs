@@ -688,6 +688,13 @@ samples = 2
 classes = ["random", "svm"]
 sizes = [6, 8]
 instances = 3
+
+[warm_start]
+states = 3
+train_instances = 40
+steps = 30
+hidden = [16]
+held_out = 5
 "#;
 
 #[test]
@@ -718,6 +725,14 @@ fn run_rlqp_trains_a_policy_and_writes_the_comparison() {
     );
     assert!(run_dir.join("policy/policy.safetensors").exists());
     assert!(run_dir.join("figures/iteration-ratio.png").exists());
+    // The warm-start comparison: cold/warm × OSQP/learned ρ, all solved.
+    let ws = std::fs::read_to_string(run_dir.join("warm-start.csv")).unwrap();
+    assert_eq!(ws.lines().count(), 5, "{ws}");
+    for row in ws.lines().skip(1) {
+        let solved: f64 = row.split(',').nth(4).unwrap().parse().unwrap();
+        assert_eq!(solved, 1.0, "{row}");
+    }
+    assert!(run_dir.join("warm-start/warm-start.safetensors").exists());
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, TINY_RLQP.replace("sizes = [6]", "sizes = []")).unwrap();
     assert_fails_with(

@@ -3,6 +3,7 @@
 mod checkpoint;
 mod implicit;
 mod observer;
+mod qp_warm_start;
 mod rlqp;
 mod smoothing;
 mod trainer;
@@ -10,6 +11,7 @@ mod trainer;
 pub use checkpoint::{write_atomic, Checkpoint, CheckpointMeta, Loaded, CHECKPOINT_FORMAT_VERSION};
 pub use implicit::implicit_gradient;
 pub use observer::{JsonlWriter, Observer, Record};
+pub use qp_warm_start::{QpWarmStart, QpWarmStartConfig, QpWarmStartRecord};
 pub use rlqp::{
     iterations as qp_iterations, load_policy, save_policy, solve_costs, train_rho_policy,
     RlqpConfig, RlqpRecord,

@@ -685,3 +685,124 @@ fn factorisations_are_counted_and_policy_changes_can_be_capped() -> Result<()> {
     .is_err());
     Ok(())
 }
+
+/// The MPC family: the solution of an instance satisfies the dynamics and bounds, its first
+/// state is x₀, and bad initial states are refused with clear errors.
+#[test]
+fn mpc_instances_follow_the_dynamics_and_refuse_bad_initial_states() -> Result<()> {
+    use amortize::solver::qp::{MpcFamily, MPC_HORIZON};
+    let mut rng = StdRng::seed_from_u64(8);
+    let family = MpcFamily::random(4, &mut rng)?;
+    assert_eq!(family.states(), 4);
+    assert_eq!(family.variables(), (MPC_HORIZON + 1) * 4 + MPC_HORIZON * 2);
+    let x0 = family.sample_initial_state(&mut rng);
+    let qp = family.instance(&x0)?;
+    assert_eq!((qp.n(), qp.m()), (family.variables(), family.constraints()));
+    let tight = Admm::new(AdmmSettings {
+        eps_abs: 1e-9,
+        eps_rel: 1e-9,
+        max_iters: 100_000,
+        ..AdmmSettings::default()
+    })?;
+    let s = tight.solve(&qp, None)?;
+    assert_eq!(s.status, QpStatus::Solved);
+    for (i, v) in x0.iter().enumerate() {
+        assert!((s.y[i] - v).abs() < 1e-6, "x_0[{i}] = {} vs {v}", s.y[i]);
+    }
+    // Every constraint row within its bounds (dynamics rows are equalities).
+    let mut ay = vec![0.0; qp.m()];
+    qp.a().mul_vec(&s.y, &mut ay);
+    for i in 0..qp.m() {
+        assert!(
+            ay[i] >= qp.l()[i] - 1e-6 && ay[i] <= qp.u()[i] + 1e-6,
+            "row {i}: {} not in [{}, {}]",
+            ay[i],
+            qp.l()[i],
+            qp.u()[i]
+        );
+    }
+    let (_, obj_ref) = clarabel_solve(&qp);
+    assert!((s.objective - obj_ref).abs() <= 1e-6 * obj_ref.abs().max(1.0));
+    let e = family.instance(&[0.0; 3]).unwrap_err().to_string();
+    assert!(e.contains("3 entries") && e.contains("4 states"), "{e}");
+    let e = family
+        .instance(&[0.0, f64::NAN, 0.0, 0.0])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("NaN"), "{e}");
+    assert!(MpcFamily::random(1, &mut rng).is_err());
+    Ok(())
+}
+
+/// The warm-start model: trained briefly it already cuts ADMM's iterations on held-out
+/// initial states, its checkpoint round-trips, and bad inputs or checkpoints are refused.
+#[test]
+fn qp_warm_start_cuts_iterations_and_its_checkpoint_round_trips() -> Result<()> {
+    use amortize::train::{QpWarmStart, QpWarmStartConfig};
+    let cfg = QpWarmStartConfig {
+        states: 4,
+        train_instances: 500,
+        steps: 1500,
+        hidden: vec![128, 128],
+        held_out: 30,
+        ..QpWarmStartConfig::default()
+    };
+    let (model, records) = QpWarmStart::train(&cfg, |_| {})?;
+    assert!(records.last().unwrap().loss < records[0].loss);
+    let family = cfg.family()?;
+    let x0s = cfg.held_out_states(&family);
+    let predictions = model.predict(&x0s)?;
+    let admm = Admm::new(AdmmSettings {
+        check_every: 1,
+        ..AdmmSettings::default()
+    })?;
+    let (mut cold, mut warm) = (0, 0);
+    for (x0, (y, lambda)) in x0s.iter().zip(&predictions) {
+        assert_eq!(
+            (y.len(), lambda.len()),
+            (family.variables(), family.constraints())
+        );
+        let qp = family.instance(x0)?;
+        cold += admm.solve(&qp, None)?.iters;
+        let s = admm.solve(&qp, Some((y, lambda)))?;
+        assert_eq!(s.status, QpStatus::Solved);
+        warm += s.iters;
+    }
+    assert!(
+        (warm as f64) < 0.9 * cold as f64,
+        "warm {warm} vs cold {cold} iterations"
+    );
+
+    let dir = std::env::temp_dir().join(format!("amortize-test-{}-warm", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    model.save(&dir)?;
+    let loaded = QpWarmStart::load(&dir)?;
+    assert_eq!(loaded.predict(&x0s[..3])?, model.predict(&x0s[..3])?);
+    let e = model.predict(&[vec![0.0; 5]]).unwrap_err().to_string();
+    assert!(e.contains("5 entries"), "{e}");
+    let e = model
+        .predict(&[vec![f64::INFINITY; 4]])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("NaN or infinite"), "{e}");
+    // A checkpoint of another family size does not fit.
+    let json = std::fs::read_to_string(dir.join("warm-start.json")).unwrap();
+    std::fs::write(
+        dir.join("warm-start.json"),
+        json.replace("\"states\": 4", "\"states\": 5"),
+    )
+    .unwrap();
+    let e = QpWarmStart::load(&dir).err().expect("mismatched family");
+    assert!(e.to_string().contains("entries"), "{e}");
+    std::fs::write(dir.join("warm-start.safetensors"), b"garbage").unwrap();
+    let e = QpWarmStart::load(&dir).err().expect("corrupt weights");
+    assert!(e.to_string().contains("corrupt"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(QpWarmStartConfig {
+        steps: 0,
+        ..QpWarmStartConfig::default()
+    }
+    .validate()
+    .is_err());
+    Ok(())
+}

@@ -7,7 +7,7 @@ use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use super::QpProblem;
+use super::{MpcFamily, QpProblem};
 use crate::linalg::CsrMatrix;
 use crate::{Error, Result};
 
@@ -35,17 +35,21 @@ pub enum QpClass {
     /// rows (OSQP's suite: 100n), A 15% dense N(0, 1), b = Av + ε, v ~ N(0, I/n), ε ~ N(0, ¼)
     /// with 5% outliers from U(0, 10).
     Huber,
+    /// Model predictive control ([`super::MpcFamily`]): n states, ⌈n/2⌉ inputs, horizon 10, a
+    /// random system and a random initial state per instance.
+    Control,
 }
 
 impl QpClass {
     /// Every class, for tables.
-    pub const ALL: [QpClass; 6] = [
+    pub const ALL: [QpClass; 7] = [
         QpClass::Random,
         QpClass::Equality,
         QpClass::Portfolio,
         QpClass::Lasso,
         QpClass::Svm,
         QpClass::Huber,
+        QpClass::Control,
     ];
 
     /// The class's name in configs and tables.
@@ -57,6 +61,7 @@ impl QpClass {
             QpClass::Lasso => "lasso",
             QpClass::Svm => "svm",
             QpClass::Huber => "huber",
+            QpClass::Control => "control",
         }
     }
 
@@ -75,6 +80,11 @@ impl QpClass {
             QpClass::Lasso => lasso(n, rng),
             QpClass::Svm => svm(n, rng),
             QpClass::Huber => huber(n, rng),
+            QpClass::Control => {
+                let family = MpcFamily::random(n, rng)?;
+                let x0 = family.sample_initial_state(rng);
+                family.instance(&x0)
+            }
         }
     }
 }

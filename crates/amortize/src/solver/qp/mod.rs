@@ -7,12 +7,14 @@
 mod admm;
 mod classes;
 mod kkt;
+mod mpc;
 mod scaling;
 
 pub use admm::{
     Admm, AdmmSettings, AdmmWorkspace, KktForm, QpSolution, QpStatus, RhoPolicy, RHO_FEATURES,
 };
 pub use classes::QpClass;
+pub use mpc::{MpcFamily, MPC_HORIZON};
 
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
