@@ -48,7 +48,7 @@ pub struct RlqpConfig {
     pub learning_rate: f64,
     /// Iterations between the policy's ρ updates (default 10; OSQP's rule uses 25).
     pub interval: usize,
-    /// Double the interval after every change of ρ (default true; see
+    /// Double the interval after every consultation (default true; see
     /// `AdmmSettings::policy_backoff`).
     pub backoff: bool,
     /// Also consult the policy before the first iteration (default false; see

@@ -74,8 +74,8 @@ pub struct AdmmSettings {
     pub check_every: usize,
     /// How the KKT system is solved (default `auto`: the cheaper form per QP).
     pub kkt: KktForm,
-    /// With a ρ policy: double the interval between consultations after every change
-    /// (default true, O(log N) refactorisations per solve); false consults it every
+    /// With a ρ policy: double the interval after every consultation (default true:
+    /// O(log N) consultations and refactorisations per solve); false consults it every
     /// `adaptive_rho_interval` iterations.
     pub policy_backoff: bool,
     /// With a ρ policy: also consult it before the first iteration (default false).
@@ -771,16 +771,15 @@ impl<'a> AdmmWorkspace<'a> {
                 let policy = self.policy.expect("checked");
                 let estimate = self.rho_estimate();
                 match self.apply_policy(policy, estimate) {
-                    // Each change refactors the KKT matrix, so by default the next
-                    // consultation waits twice as long: O(log N) factorizations per solve.
-                    Ok(true) => {
-                        self.rho_updates += 1;
-                        if self.settings.policy_backoff {
-                            self.rho_interval *= 2;
-                        }
-                    }
+                    Ok(true) => self.rho_updates += 1,
                     Ok(false) => {}
                     Err(_) => return Some(QpStatus::NumericalError),
+                }
+                // A change refactors the KKT matrix and a consultation evaluates the policy on
+                // every constraint, so by default the next one waits twice as long: O(log N)
+                // consultations and factorisations per solve.
+                if self.settings.policy_backoff {
+                    self.rho_interval *= 2;
                 }
                 self.next_rho_check = self.iters + self.rho_interval;
             } else if at_rho {
