@@ -167,6 +167,14 @@ impl CsrMatrix {
             .zip(self.values[range].iter().copied())
     }
 
+    /// Entry (r, c), 0 where none is stored (a binary search in row r, whose columns are
+    /// sorted).
+    pub fn get(&self, r: usize, c: usize) -> f64 {
+        let range = self.indptr[r]..self.indptr[r + 1];
+        let (idx, val) = (&self.indices[range.clone()], &self.values[range]);
+        idx.binary_search(&c).map_or(0.0, |k| val[k])
+    }
+
     /// The dense row-major copy.
     pub fn to_dense(&self) -> Vec<f64> {
         let mut d = vec![0.0; self.rows * self.cols];

@@ -75,15 +75,19 @@ impl QpProblem {
                 l[i], u[i]
             )));
         }
-        let dense = p.to_dense();
-        let scale = (0..n).fold(1.0f64, |s, i| s.max(dense[i * n + i].abs()));
+        let entry = |i: usize, j: usize| p.get(i, j);
+        let scale = (0..n).fold(1.0f64, |s, i| s.max(entry(i, i).abs()));
         for i in 0..n {
-            for j in 0..i {
-                if (dense[i * n + j] - dense[j * n + i]).abs() > 1e-9 * scale {
+            for (j, v) in p.row(i) {
+                if j < i && (v - entry(j, i)).abs() > 1e-9 * scale {
                     return Err(Error::invalid(format!(
-                        "QP: P is not symmetric (P[{i}][{j}] = {} but P[{j}][{i}] = {})",
-                        dense[i * n + j],
-                        dense[j * n + i]
+                        "QP: P is not symmetric (P[{i}][{j}] = {v} but P[{j}][{i}] = {})",
+                        entry(j, i)
+                    )));
+                }
+                if j > i && entry(j, i) == 0.0 && v.abs() > 1e-9 * scale {
+                    return Err(Error::invalid(format!(
+                        "QP: P is not symmetric (P[{i}][{j}] = {v} but P[{j}][{i}] = 0)"
                     )));
                 }
             }
