@@ -155,17 +155,34 @@ struct Outcome {
     factorisations: f64,
 }
 
-/// The outcome of every QP, solved one after another on this thread.
+/// The mean of `f` over `outcomes`.
+fn mean(outcomes: &[Outcome], f: impl Fn(&Outcome) -> f64) -> f64 {
+    outcomes.iter().map(f).sum::<f64>() / outcomes.len() as f64
+}
+
+/// 1 for a solved QP, else 0 (its mean is the solved fraction).
+fn solved(r: &Outcome) -> f64 {
+    f64::from(u8::from(r.solved))
+}
+
+/// A warm start (y, λ) per QP.
+type WarmStarts = [(Vec<f64>, Vec<f64>)];
+
+/// The outcome of every QP, solved one after another on this thread, from zero or from its
+/// warm start.
 fn solve_all(
     qps: &[QpProblem],
     settings: AdmmSettings,
     policy: Option<&dyn RhoPolicy>,
+    warm: Option<&WarmStarts>,
 ) -> Result<Vec<Outcome>> {
     let admm = Admm::new(settings)?;
     qps.iter()
-        .map(|qp| {
+        .enumerate()
+        .map(|(i, qp)| {
+            let start = warm.map(|w| (w[i].0.as_slice(), w[i].1.as_slice()));
             let t0 = Instant::now();
-            let s = admm.solve_with_policy(qp, None, policy)?;
+            let s = admm.solve_with_policy(qp, start, policy)?;
             Ok(Outcome {
                 seconds: t0.elapsed().as_secs_f64(),
                 iters: s.iters as f64,
@@ -220,11 +237,9 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
                     exported.push('\n');
                 }
             }
-            let base = solve_all(&qps, cfg.baseline_settings(), None)?;
-            let learned = solve_all(&qps, cfg.policy_settings(), Some(&frozen))?;
+            let base = solve_all(&qps, cfg.baseline_settings(), None, None)?;
+            let learned = solve_all(&qps, cfg.policy_settings(), Some(&frozen), None)?;
             let k = qps.len() as f64;
-            let mean =
-                |v: &[Outcome], f: &dyn Fn(&Outcome) -> f64| v.iter().map(f).sum::<f64>() / k;
             let ratio = (base
                 .iter()
                 .zip(&learned)
@@ -233,21 +248,20 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
                 / k)
                 .exp();
             let seconds = |r: &Outcome| r.seconds;
-            let (osqp_seconds, learned_seconds) = (mean(&base, &seconds), mean(&learned, &seconds));
-            let solved = |r: &Outcome| f64::from(u8::from(r.solved));
+            let (osqp_seconds, learned_seconds) = (mean(&base, seconds), mean(&learned, seconds));
             cells.push(Cell {
                 class,
                 n,
-                osqp_iters: mean(&base, &|r| r.iters),
-                learned_iters: mean(&learned, &|r| r.iters),
+                osqp_iters: mean(&base, |r| r.iters),
+                learned_iters: mean(&learned, |r| r.iters),
                 iteration_ratio: ratio,
                 osqp_seconds,
                 learned_seconds,
                 time_ratio: osqp_seconds / learned_seconds,
-                osqp_solved: mean(&base, &solved),
-                learned_solved: mean(&learned, &solved),
-                osqp_factorisations: mean(&base, &|r| r.factorisations),
-                learned_factorisations: mean(&learned, &|r| r.factorisations),
+                osqp_solved: mean(&base, solved),
+                learned_solved: mean(&learned, solved),
+                osqp_factorisations: mean(&base, |r| r.factorisations),
+                learned_factorisations: mean(&learned, |r| r.factorisations),
             });
             bar.inc(1);
         }
@@ -422,22 +436,19 @@ fn warm_start_section(
             ("OSQP", cfg.baseline_settings(), None),
             ("learned", cfg.policy_settings(), Some(policy)),
         ] {
-            let admm = Admm::new(settings)?;
-            let (mut iters, mut seconds, mut solved) = (0.0, 0.0, 0.0);
-            for (qp, (y, lambda)) in qps.iter().zip(&predictions) {
-                let t = Instant::now();
-                let s = admm.solve_with_policy(qp, warm.then_some((y, lambda)), policy)?;
-                seconds += t.elapsed().as_secs_f64() + if warm { predict_seconds } else { 0.0 };
-                iters += s.iters as f64;
-                solved += f64::from(u8::from(s.status == QpStatus::Solved));
-            }
-            let k = qps.len() as f64;
+            let outcomes = solve_all(
+                &qps,
+                settings,
+                policy,
+                warm.then_some(predictions.as_slice()),
+            )?;
+            let predict = if warm { predict_seconds } else { 0.0 };
             rows.push(WarmStartRow {
                 start,
                 rho,
-                iters: iters / k,
-                seconds: seconds / k,
-                solved: solved / k,
+                iters: mean(&outcomes, |r| r.iters),
+                seconds: mean(&outcomes, |r| r.seconds) + predict,
+                solved: mean(&outcomes, solved),
             });
         }
     }

@@ -68,6 +68,87 @@ pub fn save_tensors_atomic(
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// The two files of a small model outside the trainer (RLQP's policy, the QP warm start):
+/// `<stem>.safetensors` (θ and any other tensors) and `<stem>.json` (a metadata struct with a
+/// format tag) in one folder, both written atomically; loading names the file and the problem.
+pub(crate) struct ModelFiles<'a> {
+    dir: &'a Path,
+    stem: &'a str,
+}
+
+impl<'a> ModelFiles<'a> {
+    /// The files `<stem>.*` in `dir`.
+    pub(crate) fn new(dir: &'a Path, stem: &'a str) -> Self {
+        ModelFiles { dir, stem }
+    }
+
+    /// Creates the folder and writes both files.
+    pub(crate) fn save<M: Serialize>(
+        &self,
+        meta: &M,
+        tensors: &HashMap<String, candle_core::Tensor>,
+    ) -> Result<()> {
+        fs::create_dir_all(self.dir).map_err(|e| Error::io(self.dir, e))?;
+        save_tensors_atomic(
+            &self.dir.join(format!("{}.safetensors", self.stem)),
+            tensors,
+        )?;
+        write_atomic(
+            &self.dir.join(format!("{}.json", self.stem)),
+            serde_json::to_string_pretty(meta)?.as_bytes(),
+        )
+    }
+
+    /// A checkpoint error for this folder.
+    pub(crate) fn refuse(&self, reason: String) -> Error {
+        Error::Checkpoint {
+            path: self.dir.to_path_buf(),
+            reason,
+        }
+    }
+
+    /// The metadata, refusing a missing or malformed file and a format tag other than
+    /// `expected` (`format_of` reads the tag).
+    pub(crate) fn load_meta<M: serde::de::DeserializeOwned>(
+        &self,
+        expected: &str,
+        format_of: impl Fn(&M) -> &str,
+    ) -> Result<M> {
+        let name = format!("{}.json", self.stem);
+        let text = fs::read_to_string(self.dir.join(&name))
+            .map_err(|e| self.refuse(format!("cannot read {name}: {e}")))?;
+        let meta: M = serde_json::from_str(&text)
+            .map_err(|e| self.refuse(format!("{name} is malformed: {e}")))?;
+        let found = format_of(&meta);
+        if found != expected {
+            return Err(self.refuse(format!("format '{found}' is not '{expected}'")));
+        }
+        Ok(meta)
+    }
+
+    /// The tensors, refusing a missing or corrupt file.
+    pub(crate) fn load_tensors(&self) -> Result<HashMap<String, candle_core::Tensor>> {
+        let name = format!("{}.safetensors", self.stem);
+        candle_core::safetensors::load(self.dir.join(&name), &Device::Cpu)
+            .map_err(|e| self.refuse(format!("{name} is missing or corrupt: {e}")))
+    }
+
+    /// Fills `params` from `tensors`, refusing tensors that do not fit (`what`: the model).
+    pub(crate) fn fill(
+        &self,
+        params: &crate::model::Params,
+        tensors: &HashMap<String, candle_core::Tensor>,
+        what: &str,
+    ) -> Result<()> {
+        params.load_map(tensors).map_err(|e| {
+            self.refuse(format!(
+                "{}.safetensors does not fit the {what}: {e}",
+                self.stem
+            ))
+        })
+    }
+}
+
 /// A loaded checkpoint: its metadata, the rebuilt problem and the model with θ filled in.
 pub struct Loaded {
     /// The metadata.

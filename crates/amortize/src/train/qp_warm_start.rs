@@ -9,7 +9,6 @@
 //! Labels are standardised per coordinate (mean and standard deviation over the training set)
 //! and the loss is the mean squared error of the standardised prediction.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -17,8 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::save_tensors_atomic;
-use super::write_atomic;
+use super::checkpoint::ModelFiles;
 use crate::model::{Activation, Mlp, MlpConfig, Model};
 use crate::optim::Adam;
 use crate::solver::qp::{Admm, AdmmSettings, MpcFamily, QpStatus};
@@ -144,6 +142,21 @@ fn labels(family: &MpcFamily, x0s: &[Vec<f64>], eps: f64) -> Result<Vec<Vec<f64>
         .collect()
 }
 
+/// The MLP x₀ ↦ (y, λ) (standardised) for `family`, θ drawn from `rng`.
+fn network(cfg: &QpWarmStartConfig, family: &MpcFamily, rng: &mut StdRng) -> Result<Mlp> {
+    Mlp::new(
+        MlpConfig {
+            hidden: cfg.hidden.clone(),
+            activation: Activation::Relu,
+            project_output: false,
+        },
+        family.states(),
+        family.variables() + family.constraints(),
+        rng,
+        &Device::Cpu,
+    )
+}
+
 fn rows_tensor(rows: &[&[f64]], device: &Device) -> Result<Tensor> {
     let cols = rows.first().map_or(0, |r| r.len());
     let flat: Vec<f32> = rows
@@ -190,17 +203,7 @@ impl QpWarmStart {
             })
             .collect();
         let device = Device::Cpu;
-        let mlp = Mlp::new(
-            MlpConfig {
-                hidden: cfg.hidden.clone(),
-                activation: Activation::Relu,
-                project_output: false,
-            },
-            family.states(),
-            dim,
-            &mut rng,
-            &device,
-        )?;
+        let mlp = network(cfg, &family, &mut rng)?;
         let vars: Vec<candle_core::Var> = mlp.params().vars().cloned().collect();
         let adam = Adam::default();
         let tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
@@ -299,10 +302,6 @@ impl QpWarmStart {
     /// Saves θ and the label statistics (`warm-start.safetensors`) and the settings
     /// (`warm-start.json`) into `dir`, both atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
         let mut map = self.mlp.params().to_map();
         let device = Device::Cpu;
         map.insert(
@@ -313,52 +312,24 @@ impl QpWarmStart {
             "label.std".into(),
             Tensor::new(self.std.as_slice(), &device)?,
         );
-        save_tensors_atomic(&dir.join("warm-start.safetensors"), &map)?;
         let meta = WarmStartMeta {
             format: WARM_START_FORMAT.into(),
             config: self.config.clone(),
         };
-        write_atomic(
-            &dir.join("warm-start.json"),
-            serde_json::to_string_pretty(&meta)?.as_bytes(),
-        )
+        ModelFiles::new(dir, "warm-start").save(&meta, &map)
     }
 
     /// Loads a model saved by [`QpWarmStart::save`], refusing a missing, corrupt or
     /// mismatched one with a message naming the problem.
     pub fn load(dir: &Path) -> Result<Self> {
-        let refuse = |reason: String| Error::Checkpoint {
-            path: dir.to_path_buf(),
-            reason,
-        };
-        let text = std::fs::read_to_string(dir.join("warm-start.json"))
-            .map_err(|e| refuse(format!("cannot read warm-start.json: {e}")))?;
-        let meta: WarmStartMeta = serde_json::from_str(&text)
-            .map_err(|e| refuse(format!("warm-start.json is malformed: {e}")))?;
-        if meta.format != WARM_START_FORMAT {
-            return Err(refuse(format!(
-                "format '{}' is not '{WARM_START_FORMAT}'",
-                meta.format
-            )));
-        }
+        let files = ModelFiles::new(dir, "warm-start");
+        let refuse = |reason: String| files.refuse(reason);
+        let meta: WarmStartMeta =
+            files.load_meta(WARM_START_FORMAT, |m: &WarmStartMeta| &m.format)?;
         let family = meta.config.family()?;
         let dim = family.variables() + family.constraints();
-        let device = Device::Cpu;
-        let mlp = Mlp::new(
-            MlpConfig {
-                hidden: meta.config.hidden.clone(),
-                activation: Activation::Relu,
-                project_output: false,
-            },
-            family.states(),
-            dim,
-            &mut StdRng::seed_from_u64(0),
-            &device,
-        )?;
-        let mut tensors: HashMap<String, Tensor> =
-            candle_core::safetensors::load(dir.join("warm-start.safetensors"), &device).map_err(
-                |e| refuse(format!("warm-start.safetensors is missing or corrupt: {e}")),
-            )?;
+        let mlp = network(&meta.config, &family, &mut StdRng::seed_from_u64(0))?;
+        let mut tensors = files.load_tensors()?;
         let mut stat = |name: &str| -> Result<Vec<f32>> {
             let t = tensors
                 .remove(name)
@@ -373,11 +344,7 @@ impl QpWarmStart {
             Ok(v)
         };
         let (mean, std) = (stat("label.mean")?, stat("label.std")?);
-        mlp.params().load_map(&tensors).map_err(|e| {
-            refuse(format!(
-                "warm-start.safetensors does not fit the model: {e}"
-            ))
-        })?;
+        files.fill(mlp.params(), &tensors, "model")?;
         Ok(QpWarmStart {
             config: meta.config,
             mlp,

@@ -20,9 +20,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::save_tensors_atomic;
+use super::checkpoint::ModelFiles;
 use super::smoothing::es_gradient;
-use super::write_atomic;
 use crate::model::{RhoPolicyConfig, RhoPolicyNet};
 use crate::optim::Adam;
 use crate::solver::qp::{Admm, AdmmSettings, QpClass, QpProblem, QpStatus, RhoPolicy};
@@ -256,44 +255,19 @@ const POLICY_FORMAT: &str = "amortize-rho-policy-1";
 /// Saves θ (`policy.safetensors`) and its configuration (`policy.json`) into `dir`, both
 /// written atomically.
 pub fn save_policy(dir: &Path, policy: &RhoPolicyNet) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    save_tensors_atomic(&dir.join("policy.safetensors"), &policy.params().to_map())?;
     let meta = PolicyMeta {
         format: POLICY_FORMAT.into(),
         policy: policy.config().clone(),
     };
-    write_atomic(
-        &dir.join("policy.json"),
-        serde_json::to_string_pretty(&meta)?.as_bytes(),
-    )
+    ModelFiles::new(dir, "policy").save(&meta, &policy.params().to_map())
 }
 
 /// Loads a policy saved by [`save_policy`], refusing a missing, corrupt or mismatched one with
 /// a message naming the problem.
 pub fn load_policy(dir: &Path) -> Result<RhoPolicyNet> {
-    let refuse = |reason: String| Error::Checkpoint {
-        path: dir.to_path_buf(),
-        reason,
-    };
-    let text = std::fs::read_to_string(dir.join("policy.json"))
-        .map_err(|e| refuse(format!("cannot read policy.json: {e}")))?;
-    let meta: PolicyMeta = serde_json::from_str(&text)
-        .map_err(|e| refuse(format!("policy.json is malformed: {e}")))?;
-    if meta.format != POLICY_FORMAT {
-        return Err(refuse(format!(
-            "format '{}' is not '{POLICY_FORMAT}'",
-            meta.format
-        )));
-    }
+    let files = ModelFiles::new(dir, "policy");
+    let meta: PolicyMeta = files.load_meta(POLICY_FORMAT, |m: &PolicyMeta| &m.format)?;
     let policy = RhoPolicyNet::new(meta.policy, &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
-    let tensors = candle_core::safetensors::load(dir.join("policy.safetensors"), &Device::Cpu)
-        .map_err(|e| refuse(format!("policy.safetensors is missing or corrupt: {e}")))?;
-    policy
-        .params()
-        .load_map(&tensors)
-        .map_err(|e| refuse(format!("policy.safetensors does not fit the policy: {e}")))?;
+    files.fill(policy.params(), &files.load_tensors()?, "policy")?;
     Ok(policy)
 }

@@ -90,7 +90,7 @@ pub struct AdmmSettings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KktForm {
-    /// The sparse form when its factor is much smaller than the reduced form's work.
+    /// The reduced form when P is dense (≥ ¼ of its entries), else the sparse one.
     #[default]
     Auto,
     /// Sparse LDLᵀ of the quasi-definite (n+m)×(n+m) matrix.
@@ -216,7 +216,8 @@ pub struct QpSolution {
 /// λᵗ⁺¹ = λᵗ + ρ∘(αz̃ + (1−α)zᵗ − zᵗ⁺¹),
 ///
 /// with ỹ and z̃ from the quasi-definite KKT system of eq. 58 (module `kkt`: a sparse LDLᵀ,
-/// ordered and analysed once, refactored numerically whenever ρ changes).
+/// ordered and analysed once and refactored numerically whenever ρ changes, or for a dense P
+/// the dense Cholesky of its reduced n×n form).
 /// Equality rows get 10³ρ and free rows 10⁻⁶; every `adaptive_rho_interval` iterations ρ is
 /// re-estimated as ρ·√((‖Ay − z‖/max(‖Ay‖, ‖z‖)) / (‖Py + q + Aᵀλ‖/max(‖Py‖, ‖Aᵀλ‖, ‖q‖)))
 /// and the matrix refactored when that moves ρ by more than `adaptive_rho_tolerance`; when an
@@ -586,6 +587,32 @@ impl<'a> AdmmWorkspace<'a> {
         Ok(moved)
     }
 
+    /// A scheduled consultation of `policy` (after the start): ρ changes when the policy
+    /// moves it far enough, and the next consultation is scheduled.
+    fn consult_policy(&mut self, policy: &dyn RhoPolicy) -> Result<()> {
+        if self
+            .settings
+            .policy_max_changes
+            .is_some_and(|cap| self.rho_updates >= cap)
+        {
+            // The policy has spent its changes: ρ stays as it is.
+            self.next_rho_check = usize::MAX;
+            return Ok(());
+        }
+        let estimate = self.rho_estimate();
+        if self.apply_policy(policy, estimate)? {
+            self.rho_updates += 1;
+        }
+        // A change refactors the KKT matrix and a consultation evaluates the policy on every
+        // constraint, so by default the next one waits twice as long: O(log N) consultations
+        // and factorisations per solve.
+        if self.settings.policy_backoff {
+            self.rho_interval *= 2;
+        }
+        self.next_rho_check = self.iters + self.rho_interval;
+        Ok(())
+    }
+
     fn factor(&mut self) -> Result<()> {
         self.factorisations += 1;
         self.kkt.set_rho(&self.data.a, &self.rho_vec)
@@ -760,28 +787,10 @@ impl<'a> AdmmWorkspace<'a> {
             if self.dual_infeasible() {
                 return Some(QpStatus::DualInfeasible);
             }
-            let policy_done = self
-                .settings
-                .policy_max_changes
-                .is_some_and(|cap| self.rho_updates >= cap);
-            if at_rho && self.policy.is_some() && policy_done {
-                // The policy has spent its changes: ρ stays as it is.
-                self.next_rho_check = usize::MAX;
-            } else if at_rho && self.policy.is_some() {
-                let policy = self.policy.expect("checked");
-                let estimate = self.rho_estimate();
-                match self.apply_policy(policy, estimate) {
-                    Ok(true) => self.rho_updates += 1,
-                    Ok(false) => {}
-                    Err(_) => return Some(QpStatus::NumericalError),
+            if let (true, Some(policy)) = (at_rho, self.policy) {
+                if self.consult_policy(policy).is_err() {
+                    return Some(QpStatus::NumericalError);
                 }
-                // A change refactors the KKT matrix and a consultation evaluates the policy on
-                // every constraint, so by default the next one waits twice as long: O(log N)
-                // consultations and factorisations per solve.
-                if self.settings.policy_backoff {
-                    self.rho_interval *= 2;
-                }
-                self.next_rho_check = self.iters + self.rho_interval;
             } else if at_rho {
                 let estimate = self.rho_estimate();
                 let tol = self.settings.adaptive_rho_tolerance;

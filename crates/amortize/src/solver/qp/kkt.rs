@@ -35,6 +35,12 @@ use crate::{Error, Result};
 /// keep the sparse factor far smaller than n² (60× faster on Huber fitting at n = 200).
 const DENSE_P_SHARE: f64 = 0.25;
 
+/// Whether P has at least [`DENSE_P_SHARE`] of its n² entries.
+fn is_dense(p: &CsrMatrix) -> bool {
+    let n = p.rows();
+    p.nnz() as f64 >= DENSE_P_SHARE * (n * n) as f64
+}
+
 /// The factored KKT system of one QP for the current ρ.
 pub(super) struct Kkt {
     n: usize,
@@ -113,7 +119,7 @@ fn assemble(p: &CsrMatrix, a: &CsrMatrix, sigma: f64, rho: &[f64]) -> (CscMatrix
 
 impl Kkt {
     /// Analyses the system for P (n×n, both triangles stored), A (m×n), σ and ρ (m), picks
-    /// the form (`Auto`: the cheaper) and factors it, unless `defer` (then [`Kkt::set_rho`]
+    /// the form (`Auto`: reduced exactly when P is dense) and factors it, unless `defer` (then [`Kkt::set_rho`]
     /// must come before the first solve: it saves a factorisation when ρ is about to change).
     pub(super) fn new(
         p: &CsrMatrix,
@@ -125,52 +131,42 @@ impl Kkt {
     ) -> Result<Self> {
         let (n, m) = (p.rows(), a.rows());
         debug_assert_eq!(rho.len(), m);
-        let p_dense_enough = p.nnz() as f64 >= DENSE_P_SHARE * (n * n) as f64;
         let sparse = match choice {
-            KktForm::Auto => !p_dense_enough,
+            KktForm::Auto => !is_dense(p),
             KktForm::Sparse => true,
             KktForm::Reduced => false,
         };
-        let analysed = match sparse {
-            false => None,
-            true => {
-                let (matrix, rho_entries) = assemble(p, a, sigma, rho);
-                let mut signs = vec![1i8; n];
-                signs.resize(n + m, -1);
-                let settings = QDLDLSettingsBuilder::default()
-                    .Dsigns(signs)
-                    .regularize_enable(false)
-                    .logical(true)
-                    .build()
-                    .map_err(factor_error)?;
-                let factor =
-                    QDLDLFactorisation::new(&matrix, Some(settings)).map_err(factor_error)?;
-                Some((factor, rho_entries))
+        let form = if sparse {
+            let (matrix, rho_entries) = assemble(p, a, sigma, rho);
+            let mut signs = vec![1i8; n];
+            signs.resize(n + m, -1);
+            let settings = QDLDLSettingsBuilder::default()
+                .Dsigns(signs)
+                .regularize_enable(false)
+                .logical(true)
+                .build()
+                .map_err(factor_error)?;
+            let mut factor =
+                QDLDLFactorisation::new(&matrix, Some(settings)).map_err(factor_error)?;
+            if !defer {
+                factor.refactor().map_err(factor_error)?;
             }
-        };
-        let form = match analysed {
-            Some((mut factor, rho_entries)) => {
-                if !defer {
-                    factor.refactor().map_err(factor_error)?;
-                }
-                Form::Sparse {
-                    factor: Box::new(factor),
-                    rho_entries,
-                    rho_values: Vec::with_capacity(m),
-                    work: vec![0.0; n + m],
-                }
+            Form::Sparse {
+                factor: Box::new(factor),
+                rho_entries,
+                rho_values: Vec::with_capacity(m),
+                work: vec![0.0; n + m],
             }
-            None => {
-                let p_dense = p.to_dense();
-                let factor = match defer {
-                    true => None,
-                    false => Some(reduced_factor(&p_dense, a, sigma, rho)?),
-                };
-                Form::Reduced {
-                    factor,
-                    p_dense,
-                    work: vec![0.0; m],
-                }
+        } else {
+            let p_dense = p.to_dense();
+            let factor = match defer {
+                true => None,
+                false => Some(reduced_factor(&p_dense, a, sigma, rho)?),
+            };
+            Form::Reduced {
+                factor,
+                p_dense,
+                work: vec![0.0; m],
             }
         };
         let kkt = Kkt {
@@ -236,7 +232,6 @@ impl Kkt {
 
     /// ỹ and z̃ = Aỹ of one ADMM iteration from (yᵗ, zᵗ, λᵗ). Needs a current factor
     /// ([`Kkt::is_factored`]); the workspace guarantees it.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn solve(
         &mut self,
         a: &CsrMatrix,
@@ -296,7 +291,7 @@ fn reduced_factor(p_dense: &[f64], a: &CsrMatrix, sigma: f64, rho: &[f64]) -> Re
 /// Cholesky when P is dense, else a sparse LDLᵀ (all pivots must be positive).
 pub(super) fn shifted_is_positive_definite(p: &CsrMatrix, shift: f64) -> bool {
     let n = p.rows();
-    if p.nnz() as f64 >= DENSE_P_SHARE * (n * n) as f64 {
+    if is_dense(p) {
         let mut dense = p.to_dense();
         for i in 0..n {
             dense[i * n + i] += shift;
