@@ -311,12 +311,7 @@ fn qp_table(instances: usize, baselines: bool, quiet: bool) -> Result<()> {
         Vec::new()
     };
     let admm = Admm::default();
-    let reference = Admm::new(AdmmSettings {
-        eps_abs: 1e-8,
-        eps_rel: 1e-8,
-        max_iters: 200_000,
-        ..AdmmSettings::default()
-    })?;
+    let reference = Admm::new(AdmmSettings::accurate(1e-8))?;
     println!("random QPs (OSQP's class, m = 10n, density 0.15), {instances} instances per size, eps_abs = eps_rel = 1e-3, one thread, solved one after another");
     println!("| n | solver | solved | iters mean | median | max | total time (set-up + solve) | mean rel. objective error | ours / OSQP time | ours / OSQP iters |");
     println!("|---|---|---|---|---|---|---|---|---|---|");

@@ -208,12 +208,7 @@ impl Problem for QpAdmm {
         self.check_contexts(x)?;
         let (n, m) = (self.n, self.m);
         let rows: Vec<Vec<f64>> = x.to_dtype(DType::F64)?.to_vec2()?;
-        let admm = Admm::new(AdmmSettings {
-            eps_abs: 1e-9,
-            eps_rel: 1e-9,
-            max_iters: 200_000,
-            ..AdmmSettings::default()
-        })?;
+        let admm = Admm::new(AdmmSettings::accurate(1e-9))?;
         let mut out = Vec::with_capacity(rows.len() * self.solution_dim());
         for (i, row) in rows.iter().enumerate() {
             let p0 = &row[n * n..2 * n * n];

@@ -49,12 +49,7 @@ fn clarabel_solve(qp: &QpProblem) -> (Vec<f64>, f64) {
 #[test]
 fn admm_matches_clarabel_on_random_qps() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(3);
-    let tight = Admm::new(AdmmSettings {
-        eps_abs: 1e-9,
-        eps_rel: 1e-9,
-        max_iters: 50_000,
-        ..AdmmSettings::default()
-    })?;
+    let tight = Admm::new(AdmmSettings::accurate(1e-9))?;
     let default = Admm::default();
     for n in [5, 10, 30] {
         for _ in 0..3 {
@@ -98,12 +93,7 @@ fn admm_solves_an_equality_constrained_qp_exactly() -> Result<()> {
         vec![1.0, f64::NEG_INFINITY],
         vec![1.0, f64::INFINITY],
     )?;
-    let s = Admm::new(AdmmSettings {
-        eps_abs: 1e-10,
-        eps_rel: 1e-10,
-        ..AdmmSettings::default()
-    })?
-    .solve(&qp, None)?;
+    let s = Admm::new(AdmmSettings::accurate(1e-10))?.solve(&qp, None)?;
     assert_eq!(s.status, QpStatus::Solved);
     let shift = (1.0 - c.iter().sum::<f64>()) / n as f64;
     for (yi, ci) in s.y.iter().zip(c) {
@@ -306,12 +296,7 @@ fn bad_qps_are_refused_with_clear_errors() {
 fn qp_classes_are_solved_and_agree_with_clarabel() -> Result<()> {
     use amortize::solver::qp::QpClass;
     let mut rng = StdRng::seed_from_u64(11);
-    let tight = Admm::new(AdmmSettings {
-        eps_abs: 1e-8,
-        eps_rel: 1e-8,
-        max_iters: 50_000,
-        ..AdmmSettings::default()
-    })?;
+    let tight = Admm::new(AdmmSettings::accurate(1e-8))?;
     for class in QpClass::ALL {
         for _ in 0..2 {
             let qp = class.generate(6, &mut rng)?;
@@ -698,12 +683,7 @@ fn mpc_instances_follow_the_dynamics_and_refuse_bad_initial_states() -> Result<(
     let x0 = family.sample_initial_state(&mut rng);
     let qp = family.instance(&x0)?;
     assert_eq!((qp.n(), qp.m()), (family.variables(), family.constraints()));
-    let tight = Admm::new(AdmmSettings {
-        eps_abs: 1e-9,
-        eps_rel: 1e-9,
-        max_iters: 100_000,
-        ..AdmmSettings::default()
-    })?;
+    let tight = Admm::new(AdmmSettings::accurate(1e-9))?;
     let s = tight.solve(&qp, None)?;
     assert_eq!(s.status, QpStatus::Solved);
     for (i, v) in x0.iter().enumerate() {

@@ -99,6 +99,19 @@ pub enum KktForm {
     Reduced,
 }
 
+impl AdmmSettings {
+    /// OSQP's defaults with eps_abs = eps_rel = `eps` and a budget of 200,000 iterations: the
+    /// settings for reference solutions and training labels (tight `eps` such as 1e-9).
+    pub fn accurate(eps: f64) -> Self {
+        AdmmSettings {
+            eps_abs: eps,
+            eps_rel: eps,
+            max_iters: 200_000,
+            ..AdmmSettings::default()
+        }
+    }
+}
+
 impl Default for AdmmSettings {
     fn default() -> Self {
         AdmmSettings {
