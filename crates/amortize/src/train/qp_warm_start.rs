@@ -122,7 +122,10 @@ pub struct QpWarmStartRecord {
 
 /// Labels (y*, λ*) of every initial state, concatenated, by ADMM at `eps`.
 fn labels(family: &MpcFamily, x0s: &[Vec<f64>], eps: f64) -> Result<Vec<Vec<f64>>> {
-    let admm = Admm::new(AdmmSettings::accurate(eps))?;
+    let admm = Admm::new(AdmmSettings {
+        max_iters: 100_000,
+        ..AdmmSettings::accurate(eps)
+    })?;
     x0s.iter()
         .map(|x0| {
             let s = admm.solve(&family.instance(x0)?, None)?;

@@ -453,7 +453,10 @@ fn qp_admm_fixed_point_solves_the_qp() -> Result<()> {
         assert!(*r < 1e-6 * sc.max(1.0), "‖g(s*) − s*‖ = {r}");
     }
     let y = rows_of(&family.primal(&s)?)?;
-    let tight = Admm::new(AdmmSettings::accurate(1e-10))?;
+    let tight = Admm::new(AdmmSettings {
+        max_iters: 100_000,
+        ..AdmmSettings::accurate(1e-10)
+    })?;
     for (i, qp) in qps.iter().enumerate() {
         let reference = tight.solve(qp, None)?;
         let err = y[i]

@@ -49,7 +49,10 @@ fn clarabel_solve(qp: &QpProblem) -> (Vec<f64>, f64) {
 #[test]
 fn admm_matches_clarabel_on_random_qps() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(3);
-    let tight = Admm::new(AdmmSettings::accurate(1e-9))?;
+    let tight = Admm::new(AdmmSettings {
+        max_iters: 50_000,
+        ..AdmmSettings::accurate(1e-9)
+    })?;
     let default = Admm::default();
     for n in [5, 10, 30] {
         for _ in 0..3 {
@@ -93,7 +96,11 @@ fn admm_solves_an_equality_constrained_qp_exactly() -> Result<()> {
         vec![1.0, f64::NEG_INFINITY],
         vec![1.0, f64::INFINITY],
     )?;
-    let s = Admm::new(AdmmSettings::accurate(1e-10))?.solve(&qp, None)?;
+    let s = Admm::new(AdmmSettings {
+        max_iters: AdmmSettings::default().max_iters,
+        ..AdmmSettings::accurate(1e-10)
+    })?
+    .solve(&qp, None)?;
     assert_eq!(s.status, QpStatus::Solved);
     let shift = (1.0 - c.iter().sum::<f64>()) / n as f64;
     for (yi, ci) in s.y.iter().zip(c) {
@@ -296,7 +303,10 @@ fn bad_qps_are_refused_with_clear_errors() {
 fn qp_classes_are_solved_and_agree_with_clarabel() -> Result<()> {
     use amortize::solver::qp::QpClass;
     let mut rng = StdRng::seed_from_u64(11);
-    let tight = Admm::new(AdmmSettings::accurate(1e-8))?;
+    let tight = Admm::new(AdmmSettings {
+        max_iters: 50_000,
+        ..AdmmSettings::accurate(1e-8)
+    })?;
     for class in QpClass::ALL {
         for _ in 0..2 {
             let qp = class.generate(6, &mut rng)?;
@@ -683,7 +693,10 @@ fn mpc_instances_follow_the_dynamics_and_refuse_bad_initial_states() -> Result<(
     let x0 = family.sample_initial_state(&mut rng);
     let qp = family.instance(&x0)?;
     assert_eq!((qp.n(), qp.m()), (family.variables(), family.constraints()));
-    let tight = Admm::new(AdmmSettings::accurate(1e-9))?;
+    let tight = Admm::new(AdmmSettings {
+        max_iters: 100_000,
+        ..AdmmSettings::accurate(1e-9)
+    })?;
     let s = tight.solve(&qp, None)?;
     assert_eq!(s.status, QpStatus::Solved);
     for (i, v) in x0.iter().enumerate() {
