@@ -30,6 +30,10 @@ pub struct ListaConfig {
     pub support_max: f64,
     /// Which of the largest entries pass unthresholded (default: all of them).
     pub support_rule: SupportRule,
+    /// A learned momentum bₖ per layer: layer k starts from zᵏ = ŷᵏ + bₖ(ŷᵏ − ŷᵏ⁻¹) instead
+    /// of ŷᵏ, with bₖ initialised to FISTA's (tₖ − 1)/tₖ₊₁, so the untrained model is FISTA
+    /// (default false).
+    pub momentum: bool,
 }
 
 impl Default for ListaConfig {
@@ -42,6 +46,7 @@ impl Default for ListaConfig {
             support_step: 0.0,
             support_max: 13.0,
             support_rule: SupportRule::default(),
+            momentum: false,
         }
     }
 }
@@ -58,12 +63,18 @@ impl Default for ListaConfig {
 /// (LISTA-SS) passes the largest entries of each code unthresholded. Both together are
 /// LISTA-CPSS, of which [`super::Alista`] is the analytic-weight version.
 ///
+/// With `momentum`, layer k applies to zᵏ = ŷᵏ + bₖ(ŷᵏ − ŷᵏ⁻¹) (ŷ⁻¹ = ŷ⁰) with a learned bₖ
+/// per layer, initialised to FISTA's (tₖ − 1)/tₖ₊₁ (t₀ = 1, tₖ₊₁ = (1 + √(1 + 4tₖ²))/2), so the
+/// untrained model is FISTA without restart (Beck & Teboulle 2009), as HyperLISTA adds momentum
+/// to ALISTA.
+///
 /// The prediction's `iterates` are ŷ⁰ … ŷᴷ (and the continuation's), for the iterate-summed
 /// loss and per-layer evaluation.
 pub struct Lista {
     config: ListaConfig,
     params: Params,
     layers: Vec<(Var, Option<Var>, Var)>,
+    momentum: Vec<Var>,
     ista: (Tensor, Tensor, f64),
     w: Tensor,
 }
@@ -153,10 +164,21 @@ impl Lista {
             };
             layers.push((fk, gk, params.add(format!("layer{k}.beta"), beta.clone())?));
         }
+        let mut momentum = Vec::new();
+        if config.momentum {
+            let mut t = 1.0f64;
+            for k in 0..config.layers {
+                let t_next = (1.0 + (1.0 + 4.0 * t * t).sqrt()) / 2.0;
+                let b = Tensor::full((t - 1.0) / t_next, 1, device)?.to_dtype(dtype)?;
+                momentum.push(params.add(format!("layer{k}.momentum"), b)?);
+                t = t_next;
+            }
+        }
         Ok(Lista {
             config,
             params,
             layers,
+            momentum,
             ista: (f, g, lasso.alpha() / l),
             w,
         })
@@ -194,18 +216,24 @@ impl Lista {
             )));
         }
         let mut y = Tensor::zeros((x.dim(0)?, n), dtype, x.device())?;
+        let mut previous = y.clone();
         let mut iterates = vec![y.clone()];
         for k in 0..depth {
             let (f, g, beta) = &self.layers[k.min(self.layers.len() - 1)];
+            let z = match self.momentum.get(k) {
+                Some(b) => y.add(&y.sub(&previous)?.broadcast_mul(b.as_tensor())?)?,
+                None => y.clone(),
+            };
             let v = match g {
-                Some(g) => x.matmul(f.as_tensor())?.add(&y.matmul(g.as_tensor())?)?,
+                Some(g) => x.matmul(f.as_tensor())?.add(&z.matmul(g.as_tensor())?)?,
                 None => {
-                    let r = y.matmul(&self.w.t()?)?.sub(&x)?;
-                    y.sub(&r.matmul(f.as_tensor())?)?
+                    let r = z.matmul(&self.w.t()?)?.sub(&x)?;
+                    z.sub(&r.matmul(f.as_tensor())?)?
                 }
             };
             let keep = support_kept(k, self.config.support_step, self.config.support_max, n);
-            y = shrink_selected(&v, beta.as_tensor(), keep, self.config.support_rule)?;
+            let next = shrink_selected(&v, beta.as_tensor(), keep, self.config.support_rule)?;
+            previous = std::mem::replace(&mut y, next);
             iterates.push(y.clone());
         }
         let (f, g, beta) = &self.ista;
@@ -237,6 +265,7 @@ impl Model for Lista {
         let mut v = vec![f.clone()];
         v.extend(g.clone());
         v.push(beta.clone());
+        v.extend(self.momentum.get(layer).cloned());
         v
     }
 

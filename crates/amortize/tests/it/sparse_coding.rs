@@ -197,6 +197,49 @@ fn lista_from_ista_is_ista() -> Result<()> {
     Ok(())
 }
 
+/// LISTA with momentum starts from FISTA's momentum schedule, so untrained (plain or coupled)
+/// it reproduces FISTA's iterates without restart exactly (f64), and trains a momentum per layer.
+#[test]
+fn lista_with_momentum_from_fista_is_fista() -> Result<()> {
+    let p = small()?;
+    let x = p
+        .sample_contexts(5, &mut StdRng::seed_from_u64(3), &Device::Cpu)?
+        .to_dtype(DType::F64)?;
+    let fista = ProximalGradient::fista(p.least_squares(), p.prox(), 1.0 / p.lipschitz())?
+        .with_restart(false);
+    for coupled in [false, true] {
+        let cfg = ListaConfig {
+            layers: 6,
+            coupled,
+            momentum: true,
+            ..ListaConfig::default()
+        };
+        let lista = Lista::new(cfg, &p, DType::F64, &Device::Cpu)?;
+        let pred = lista.forward(&x, &p)?;
+        let mut s = fista.init(&Tensor::zeros((5, 32), DType::F64, &Device::Cpu)?, &x)?;
+        for (k, it) in pred.iterates.iter().enumerate().skip(1) {
+            s = fista.step(s, &x)?;
+            let e = max_abs_diff(it, fista.iterate(&s))?;
+            assert!(e < 1e-12, "layer {k} (coupled {coupled}): off FISTA by {e}");
+        }
+        // Momentum changes the answer: FISTA-6 differs from ISTA-6 here.
+        let ista = Lista::new(
+            ListaConfig {
+                layers: 6,
+                coupled,
+                ..ListaConfig::default()
+            },
+            &p,
+            DType::F64,
+            &Device::Cpu,
+        )?;
+        assert!(max_abs_diff(&pred.y, &ista.forward(&x, &p)?.y)? > 1e-6);
+        assert_eq!(lista.params().len(), if coupled { 18 } else { 24 });
+        assert_eq!(lista.layer_params(2).len(), if coupled { 3 } else { 4 });
+    }
+    Ok(())
+}
+
 /// A short regression training of LISTA-4 beats FISTA at 4 iterations on held-out signals.
 #[test]
 fn trained_lista_beats_fista_at_equal_depth() -> Result<()> {
