@@ -529,9 +529,10 @@ fn reproduce_alista() {
     assert!(nmse <= -70.0, "ALISTA-16 NMSE {nmse} dB");
 }
 
-/// Full reproduction (about 8 minutes on one thread, faster than two at batch 64): LISTA-CP-16 with learned momentum, trained on the
-/// Lasso objective (64×256, α = 0.1), reaches the mean relative gap ≤ 3e-3 at 16
-/// layers (measured 0.0020; FISTA-16: 0.105).
+/// Full reproduction (about 8 minutes on one thread, which is faster than two at this size):
+/// LISTA-CP-16 with learned momentum, trained on the Lasso objective (64×256, α = 0.1),
+/// reaches the mean relative gap ≤ 3e-3 at 16 layers (measured 0.0020; FISTA-16:
+/// 0.105).
 #[test]
 #[ignore = "reproduction run, minutes: cargo test --release -- --ignored"]
 fn reproduce_lista_lasso_paper() {
@@ -549,7 +550,7 @@ fn reproduce_lista_lasso_paper() {
 /// layer by layer on noiseless 256×512 sparse recovery reaches −20 dB NMSE (measured −21.9 dB;
 /// the published −35 dB is not reached in this budget).
 #[test]
-#[ignore = "reproduction run, half an hour: cargo test --release -- --ignored"]
+#[ignore = "reproduction run, half an hour or more: cargo test --release -- --ignored"]
 fn reproduce_lista_paper() {
     let nmse = reproduced_nmse_at_16("lista-paper", 2);
     assert!(nmse <= -20.0, "LISTA-16 NMSE {nmse} dB");

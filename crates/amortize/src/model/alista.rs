@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::lista::{shrink_selected, support_kept, SupportRule};
+use super::lista::{extrapolate, shrink_selected, support_kept, SupportRule};
 use super::{Model, ModelConfig, Params, Prediction};
 use crate::linalg::Cholesky;
 use crate::problem::{Lasso, Problem};
@@ -179,10 +179,7 @@ impl Alista {
         let mut previous = y.clone();
         let mut iterates = vec![y.clone()];
         for (k, (gamma, theta)) in self.layers.iter().enumerate().take(depth) {
-            let z = match self.momentum.get(k) {
-                Some(beta) => y.add(&y.sub(&previous)?.broadcast_mul(beta.as_tensor())?)?,
-                None => y.clone(),
-            };
+            let z = extrapolate(&y, &previous, self.momentum.get(k))?;
             let r = z.matmul(&self.w.t()?)?.sub(&x)?;
             let v = z.sub(&r.matmul(&self.w_tilde)?.broadcast_mul(gamma.as_tensor())?)?;
             let keep = support_kept(k, self.config.support_step, self.config.support_max, n);

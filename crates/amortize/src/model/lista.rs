@@ -133,6 +133,15 @@ pub fn shrink(v: &Tensor, beta: &Tensor) -> Result<Tensor> {
     Ok(pos.sub(&neg)?)
 }
 
+/// The heavy-ball extrapolation z = ŷ + b(ŷ − ŷ_prev) of a layer with a learned momentum b
+/// (a 1-element parameter), or ŷ itself without one.
+pub(crate) fn extrapolate(y: &Tensor, previous: &Tensor, momentum: Option<&Var>) -> Result<Tensor> {
+    match momentum {
+        Some(b) => Ok(y.add(&y.sub(previous)?.broadcast_mul(b.as_tensor())?)?),
+        None => Ok(y.clone()),
+    }
+}
+
 impl Lista {
     /// LISTA for `lasso`, initialised from ISTA, with parameters of `dtype`.
     pub fn new(config: ListaConfig, lasso: &Lasso, dtype: DType, device: &Device) -> Result<Self> {
@@ -220,10 +229,7 @@ impl Lista {
         let mut iterates = vec![y.clone()];
         for k in 0..depth {
             let (f, g, beta) = &self.layers[k.min(self.layers.len() - 1)];
-            let z = match self.momentum.get(k) {
-                Some(b) => y.add(&y.sub(&previous)?.broadcast_mul(b.as_tensor())?)?,
-                None => y.clone(),
-            };
+            let z = extrapolate(&y, &previous, self.momentum.get(k))?;
             let v = match g {
                 Some(g) => x.matmul(f.as_tensor())?.add(&z.matmul(g.as_tensor())?)?,
                 None => {

@@ -97,8 +97,9 @@ fn admm_solves_an_equality_constrained_qp_exactly() -> Result<()> {
         vec![1.0, f64::INFINITY],
     )?;
     let s = Admm::new(AdmmSettings {
-        max_iters: AdmmSettings::default().max_iters,
-        ..AdmmSettings::accurate(1e-10)
+        eps_abs: 1e-10,
+        eps_rel: 1e-10,
+        ..AdmmSettings::default()
     })?
     .solve(&qp, None)?;
     assert_eq!(s.status, QpStatus::Solved);

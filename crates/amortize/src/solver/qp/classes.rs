@@ -294,8 +294,8 @@ fn huber(n: usize, rng: &mut StdRng) -> Result<QpProblem> {
 }
 
 /// A diagonal vars×vars matrix with the given (index, value) entries, the rest zero: the P of
-/// the portfolio and data-fitting classes, built sparse (a dense P of the Huber class at n = 200 would hold
-/// 1,400² entries).
+/// the portfolio and data-fitting classes, built sparse (a dense P of the Huber class at
+/// n = 200 would hold 1,400² entries).
 fn diagonal(vars: usize, entries: impl Iterator<Item = (usize, f64)>) -> Result<CsrMatrix> {
     let triplets: Vec<(usize, usize, f64)> = entries.map(|(i, v)| (i, i, v)).collect();
     CsrMatrix::from_triplets(vars, vars, &triplets)
