@@ -274,7 +274,7 @@ fn diverging_training_fails_cleanly_and_keeps_a_loadable_checkpoint() {
     let dir = tmpdir("diverge");
     let text = TINY
         .replace("name = \"sphere\"", "name = \"quadratic\"")
-        .replace("steps = 60", "steps = 400\nlearning_rate = 1e6");
+        .replace("steps = 60", "steps = 400\nlearning_rate = 1e20");
     let cfg = dir.join("d.toml");
     std::fs::write(&cfg, text).unwrap();
     let o = run(bin().arg("--out").arg(&dir).arg("run").arg(&cfg));

@@ -884,38 +884,24 @@ fn apply_present(
     cfg: &TrainConfig,
     vars: &[candle_core::Var],
     state: &mut AdamState,
-    mut grads: Vec<Option<Tensor>>,
+    grads: Vec<Option<Tensor>>,
     lr: f64,
     loss_value: f64,
 ) -> Result<(f64, f64)> {
     let mut sq = 0f64;
     for g in grads.iter().flatten() {
-        sq += g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
+        sq += crate::optim::sum_of_squares(g)?;
     }
     let grad_norm = sq.sqrt();
     if !(loss_value.is_finite() && grad_norm.is_finite()) {
         return Ok((loss_value, grad_norm));
     }
-    if let Some(max) = cfg.clip_grad_norm {
-        if grad_norm > max {
-            for g in grads.iter_mut().flatten() {
-                *g = g.affine(max / grad_norm, 0.0)?;
-            }
-        }
-    }
-    let current: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let refs: Vec<&Tensor> = current.iter().collect();
+    let scale = match cfg.clip_grad_norm {
+        Some(max) if grad_norm > max => max / grad_norm,
+        _ => 1.0,
+    };
     let grads: Vec<Option<&Tensor>> = grads.iter().map(Option::as_ref).collect();
-    let new = cfg.adam.update_present(lr, &refs, &grads, state)?;
-    for ((v, t), g) in vars.iter().zip(new).zip(&grads) {
-        if g.is_some() {
-            v.set(&t.detach())?;
-        }
-    }
+    cfg.adam.update_vars(lr, vars, &grads, scale, state)?;
     Ok((loss_value, grad_norm))
 }
 
