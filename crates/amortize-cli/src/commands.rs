@@ -302,6 +302,38 @@ fn solve_command(req: &SolveRequest) -> Result<serde_json::Value> {
     }))
 }
 
+/// Trains the experiment `spec` that `exp` starts from (`init_from`), on `exp`'s seed, into
+/// its own folder under `out`, and returns its trained model. The source must be on the same
+/// problem and must not have an `init_from` of its own.
+fn train_source(exp: &Experiment, spec: &str, out: &Path, quiet: bool) -> Result<Box<dyn Model>> {
+    let mut source =
+        Experiment::resolve(spec).with_context(|| format!("{}: init_from", exp.name))?;
+    if source.name == exp.name {
+        bail!(
+            "{}: init_from '{spec}' names this experiment itself",
+            exp.name
+        );
+    }
+    if source.init_from.is_some() {
+        bail!(
+            "{}: init_from '{spec}' has an init_from of its own; chains are not supported",
+            exp.name
+        );
+    }
+    if source.problem != exp.problem {
+        bail!(
+            "{}: init_from '{spec}' is trained on another problem ({:?} there, {:?} here)",
+            exp.name,
+            source.problem,
+            exp.problem
+        );
+    }
+    source.seed = exp.seed;
+    let dir = run_experiment(&source, out, quiet, false)?;
+    let loaded = Checkpoint::load_for(&dir.join("checkpoint"), &exp.problem, &Device::Cpu)?;
+    Ok(loaded.model)
+}
+
 fn load_experiment(spec: &str, seed: Option<u64>, steps: Option<usize>) -> Result<Experiment> {
     let mut exp = Experiment::resolve(spec)?;
     if let Some(s) = seed {
@@ -408,6 +440,12 @@ pub fn run_experiment(
         &mut StdRng::seed_from_u64(exp.seed),
         &device,
     )?;
+    if let Some(spec) = &exp.init_from {
+        let source = train_source(exp, spec, out, quiet)?;
+        model
+            .init_from(source.as_ref())
+            .with_context(|| format!("{}: init_from '{spec}'", exp.name))?;
+    }
 
     // Contexts whose predictions are followed along training (the sphere figure).
     let track_x = problem.sample_contexts(

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The built-in experiments: (name, TOML text).
-pub const BUILTIN: [(&str, &str); 19] = [
+pub const BUILTIN: [(&str, &str); 20] = [
     ("sphere", include_str!("../../../configs/sphere.toml")),
     ("toy1d", include_str!("../../../configs/toy1d.toml")),
     ("lista", include_str!("../../../configs/lista.toml")),
@@ -25,6 +25,10 @@ pub const BUILTIN: [(&str, &str); 19] = [
     (
         "lista-paper",
         include_str!("../../../configs/lista-paper.toml"),
+    ),
+    (
+        "lista-paper-start",
+        include_str!("../../../configs/lista-paper-start.toml"),
     ),
     (
         "lista-lasso-paper",
@@ -119,6 +123,13 @@ pub struct Experiment {
     /// The model.
     #[serde(default)]
     pub model: ModelConfig,
+    /// Another experiment (a built-in name or a TOML path) to train first, on the same problem
+    /// and seed, whose trained model this one starts from ([`Model::init_from`]: a copy of θ
+    /// for the same model, or an exact conversion such as LISTA from ALISTA). Default none.
+    ///
+    /// [`Model::init_from`]: amortize::model::Model::init_from
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
     /// Training.
     #[serde(default)]
     pub train: TrainConfig,

@@ -156,6 +156,37 @@ impl Alista {
     pub fn analytic(&self) -> &Tensor {
         &self.w_tilde
     }
+
+    /// The dictionary W (m×n).
+    pub fn dictionary(&self) -> &Tensor {
+        &self.w
+    }
+
+    /// The configuration.
+    pub fn alista_config(&self) -> &AlistaConfig {
+        &self.config
+    }
+
+    /// The learned numbers of each layer: (γₖ, θₖ, βₖ), βₖ only with momentum.
+    pub fn layer_values(&self) -> Result<Vec<(f64, f64, Option<f64>)>> {
+        let scalar = |v: &Var| -> Result<f64> {
+            Ok(v.as_tensor()
+                .to_dtype(DType::F64)?
+                .flatten_all()?
+                .to_vec1::<f64>()?[0])
+        };
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(k, (g, t))| {
+                let b = match self.momentum.get(k) {
+                    Some(b) => Some(scalar(b)?),
+                    None => None,
+                };
+                Ok((scalar(g)?, scalar(t)?, b))
+            })
+            .collect()
+    }
 }
 
 impl Alista {
@@ -237,5 +268,9 @@ impl Model for Alista {
 
     fn config(&self) -> ModelConfig {
         ModelConfig::Alista(self.config.clone())
+    }
+
+    fn as_alista(&self) -> Option<&Alista> {
+        Some(self)
     }
 }

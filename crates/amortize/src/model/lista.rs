@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
-use super::{Model, ModelConfig, Params, Prediction};
+use super::{copy_params, Alista, Model, ModelConfig, Params, Prediction};
 use crate::problem::{Lasso, Problem};
 use crate::{Error, Result};
 
@@ -198,6 +198,91 @@ impl Lista {
         &self.config
     }
 
+    /// θ ← the LISTA that computes exactly what the trained ALISTA `source` computes, so that
+    /// LISTA's training starts where ALISTA's ended (the analytic start). ALISTA's layer
+    /// vᵏ = zᵏ − γₖ(zᵏWᵀ − x)W̃ (Liu et al. 2019) is xFₖ + zᵏGₖ with Fₖ = γₖW̃ and
+    /// Gₖ = I − γₖWᵀW̃ (a coupled LISTA keeps only Fₖ; its Gₖ = I − WᵀFₖ is the same), and its
+    /// threshold θₖ becomes βₖ = θₖ·1. ALISTA's momentum, where present, is LISTA's bₖ.
+    /// The two must agree on depth, momentum and support selection, and share the dictionary;
+    /// ALISTA's adaptive thresholds have no LISTA form, and a tied LISTA of more than one
+    /// layer cannot hold per-layer steps.
+    pub fn init_from_alista(&self, source: &Alista) -> Result<()> {
+        let a = source.alista_config();
+        let c = &self.config;
+        let refuse = |why: String| -> Result<()> {
+            Err(Error::invalid(format!(
+                "lista: cannot start from the given alista model: {why}"
+            )))
+        };
+        if a.layers != c.layers {
+            return refuse(format!(
+                "it has {} layers, this model {}",
+                a.layers, c.layers
+            ));
+        }
+        if c.tied && c.layers > 1 {
+            return refuse("a tied LISTA cannot hold per-layer step sizes".into());
+        }
+        if a.adaptive_threshold {
+            return refuse("its adaptive thresholds have no LISTA form".into());
+        }
+        if a.momentum != c.momentum {
+            return refuse("momentum must be on in both models or in neither".into());
+        }
+        let (m, n) = self.w.dims2()?;
+        let keeps = |step, max| {
+            (0..c.layers)
+                .map(move |k| support_kept(k, step, max, n))
+                .collect::<Vec<_>>()
+        };
+        let (ours, theirs) = (
+            keeps(c.support_step, c.support_max),
+            keeps(a.support_step, a.support_max),
+        );
+        if ours != theirs || (ours.iter().any(|&k| k > 0) && a.support_rule != c.support_rule) {
+            return refuse(format!(
+                "support selection differs (entries kept per layer: {theirs:?} there, {ours:?} here)"
+            ));
+        }
+        let w = self.w.to_dtype(DType::F64)?;
+        let their_w = source.dictionary().to_dtype(DType::F64)?;
+        if their_w.dims2()? != (m, n) {
+            return refuse(format!(
+                "its dictionary is {:?}, this problem's {m}×{n}",
+                their_w.dims2()?
+            ));
+        }
+        let diff: f64 = (&w - &their_w)?.abs()?.max_all()?.to_scalar()?;
+        if diff.is_nan() || diff > 1e-5 {
+            return refuse(format!(
+                "its dictionary differs from this problem's (max |difference| {diff:.3e})"
+            ));
+        }
+        let dtype = self.ista.0.dtype();
+        let device = self.w.device();
+        let w_tilde = source.analytic().to_dtype(DType::F64)?;
+        let wt_w = w.t()?.matmul(&w_tilde)?;
+        let eye = Tensor::eye(n, DType::F64, w.device())?;
+        for (k, (gamma, theta, b)) in source.layer_values()?.into_iter().enumerate() {
+            let (f, g, beta) = &self.layers[k];
+            f.set(
+                &w_tilde
+                    .affine(gamma, 0.0)?
+                    .to_dtype(dtype)?
+                    .to_device(device)?,
+            )?;
+            if let Some(g) = g {
+                let gk = eye.sub(&wt_w.affine(gamma, 0.0)?)?;
+                g.set(&gk.to_dtype(dtype)?.to_device(device)?)?;
+            }
+            beta.set(&Tensor::full(theta, n, device)?.to_dtype(dtype)?)?;
+            if let (Some(b), Some(var)) = (b, self.momentum.get(k)) {
+                var.set(&Tensor::full(b, 1, device)?.to_dtype(dtype)?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The same model with another number of continuation steps.
     pub fn with_continuation(mut self, steps: usize) -> Self {
         self.config.continuation = steps;
@@ -290,5 +375,14 @@ impl Model for Lista {
 
     fn config(&self) -> ModelConfig {
         ModelConfig::Lista(self.config.clone())
+    }
+
+    /// From an [`Alista`] by [`Lista::init_from_alista`]; from a LISTA of the same
+    /// configuration by copying θ.
+    fn init_from(&self, source: &dyn Model) -> Result<()> {
+        match source.as_alista() {
+            Some(a) => self.init_from_alista(a),
+            None => copy_params(self, source),
+        }
     }
 }

@@ -30,7 +30,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::problem::Problem;
-use crate::Result;
+use crate::{Error, Result};
 
 /// What a model predicts for a batch of contexts.
 #[derive(Debug, Clone)]
@@ -114,6 +114,32 @@ pub trait Model: Send + Sync {
     fn as_mlp(&self) -> Option<&Mlp> {
         None
     }
+
+    /// This model as an [`Alista`], which [`Lista`] can start from.
+    fn as_alista(&self) -> Option<&Alista> {
+        None
+    }
+
+    /// Sets θ from a trained `source` model, so that training continues from it. By default
+    /// `source` must have the same configuration, and θ is copied (continued training); a
+    /// model may also accept other sources it can represent exactly ([`Lista`] from an
+    /// [`Alista`]). Errors name what does not match.
+    fn init_from(&self, source: &dyn Model) -> Result<()> {
+        copy_params(self, source)
+    }
+}
+
+/// θ of `target` ← θ of `source`, when both have the same configuration.
+pub fn copy_params(target: &(impl Model + ?Sized), source: &dyn Model) -> Result<()> {
+    let (want, have) = (target.config(), source.config());
+    if want != have {
+        return Err(Error::invalid(format!(
+            "cannot start a '{}' model from a '{}' model with another configuration",
+            want.kind(),
+            have.kind()
+        )));
+    }
+    target.params().load_map(&source.params().to_map())
 }
 
 /// The configuration of a built-in model, as written in experiment TOML files
@@ -157,6 +183,19 @@ impl ModelConfig {
         "neural-fp",
         "hyper-aa",
     ];
+
+    /// The model's name as written in `[model] kind = ...`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ModelConfig::Mlp(_) => "mlp",
+            ModelConfig::Lista(_) => "lista",
+            ModelConfig::Alista(_) => "alista",
+            ModelConfig::Unrolled(_) => "unrolled",
+            ModelConfig::HyperNet(_) => "hypernet",
+            ModelConfig::NeuralFp(_) => "neural-fp",
+            ModelConfig::HyperAa(_) => "hyper-aa",
+        }
+    }
 
     /// Builds the model for `problem` with parameters initialised from `rng`.
     pub fn build(

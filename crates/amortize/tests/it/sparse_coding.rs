@@ -714,3 +714,142 @@ fn iterate_summed_loss_weights_the_iterates() -> Result<()> {
     assert!(err.to_string().contains("2 custom weights"), "{err}");
     Ok(())
 }
+
+/// LISTA started from an ALISTA (`Model::init_from`) computes exactly what the ALISTA computes,
+/// per layer, for untied, coupled, support-selecting and momentum variants, once the ALISTA's
+/// numbers are moved off their shared start (so a mix-up of layers would show); and the
+/// combinations LISTA cannot represent are refused with a message naming the reason.
+#[test]
+fn lista_started_from_alista_reproduces_it() -> Result<()> {
+    use amortize::model::{Alista, AlistaConfig};
+    let p = Lasso::new(small_noiseless())?;
+    let f64_ = candle_core::DType::F64;
+    let (x, _) = planted(&p, 16, 5)?;
+    for (coupled, support_step, momentum) in [
+        (false, 0.0, false),
+        (true, 0.0, false),
+        (false, 4.0, false),
+        (false, 0.0, true),
+        (true, 4.0, true),
+    ] {
+        let acfg = AlistaConfig {
+            layers: 4,
+            support_step,
+            support_max: if support_step > 0.0 { 13.0 } else { 0.0 },
+            momentum,
+            ..AlistaConfig::default()
+        };
+        let alista = Alista::new(acfg, &p, f64_, &Device::Cpu)?;
+        for k in 0..4 {
+            for (j, v) in alista.layer_params(k).iter().enumerate() {
+                let scale = 1.0 + 0.1 * k as f64 - 0.05 * j as f64;
+                v.set(&v.as_tensor().affine(scale, 0.02 * (k + j) as f64)?)?;
+            }
+        }
+        let lcfg = ListaConfig {
+            layers: 4,
+            coupled,
+            support_step,
+            support_max: if support_step > 0.0 { 13.0 } else { 0.0 },
+            momentum,
+            ..ListaConfig::default()
+        };
+        let lista = Lista::new(lcfg, &p, f64_, &Device::Cpu)?;
+        let before = lista.forward(&x, &p)?;
+        lista.init_from(&alista)?;
+        let (a, l) = (alista.forward(&x, &p)?, lista.forward(&x, &p)?);
+        for k in 1..=4 {
+            let d = max_abs_diff(&a.iterates[k], &l.iterates[k])?;
+            assert!(
+                d < 1e-10,
+                "{coupled} {support_step} {momentum}: layer {k} differs by {d}"
+            );
+        }
+        assert!(
+            max_abs_diff(&before.y, &l.y)? > 1e-3,
+            "the start must change the model"
+        );
+    }
+    // Refusals: adaptive thresholds, momentum on one side only, another depth, tied layers,
+    // another support selection; and a mismatched dictionary.
+    let base = AlistaConfig {
+        layers: 4,
+        support_max: 0.0,
+        ..AlistaConfig::default()
+    };
+    let untied4 = || {
+        Lista::new(
+            ListaConfig {
+                layers: 4,
+                ..ListaConfig::default()
+            },
+            &p,
+            f64_,
+            &Device::Cpu,
+        )
+    };
+    let lista = untied4()?;
+    let cases: [(AlistaConfig, &str); 4] = [
+        (
+            AlistaConfig {
+                adaptive_threshold: true,
+                ..base.clone()
+            },
+            "adaptive thresholds",
+        ),
+        (
+            AlistaConfig {
+                momentum: true,
+                ..base.clone()
+            },
+            "momentum",
+        ),
+        (
+            AlistaConfig {
+                layers: 3,
+                ..base.clone()
+            },
+            "3 layers",
+        ),
+        (
+            AlistaConfig {
+                support_max: 13.0,
+                ..base.clone()
+            },
+            "support selection differs",
+        ),
+    ];
+    for (acfg, needle) in cases {
+        let alista = Alista::new(acfg, &p, f64_, &Device::Cpu)?;
+        let err = lista.init_from(&alista).unwrap_err().to_string();
+        assert!(err.contains(needle), "expected '{needle}' in: {err}");
+    }
+    let tied = Lista::new(
+        ListaConfig {
+            layers: 4,
+            tied: true,
+            ..ListaConfig::default()
+        },
+        &p,
+        f64_,
+        &Device::Cpu,
+    )?;
+    let alista = Alista::new(base.clone(), &p, f64_, &Device::Cpu)?;
+    let err = tied.init_from(&alista).unwrap_err().to_string();
+    assert!(err.contains("tied"), "{err}");
+    let other = Lasso::new(LassoConfig {
+        dictionary_seed: 9,
+        ..small_noiseless()
+    })?;
+    let foreign = Alista::new(base, &other, f64_, &Device::Cpu)?;
+    let err = lista.init_from(&foreign).unwrap_err().to_string();
+    assert!(err.contains("dictionary differs"), "{err}");
+    // From a LISTA of another configuration: refused; of the same: θ copied.
+    let err = lista.init_from(&tied).unwrap_err().to_string();
+    assert!(err.contains("another configuration"), "{err}");
+    let twin = untied4()?;
+    twin.init_from(&alista)?;
+    lista.init_from(&twin)?;
+    assert!(max_abs_diff(&lista.forward(&x, &p)?.y, &twin.forward(&x, &p)?.y)? == 0.0);
+    Ok(())
+}
