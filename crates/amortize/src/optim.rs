@@ -82,24 +82,57 @@ impl Adam {
         state: &mut AdamState,
     ) -> Result<Vec<Tensor>> {
         state.t += 1;
-        let t = state.t as i32;
-        let c1 = 1.0 - self.beta1.powi(t);
-        let c2 = 1.0 - self.beta2.powi(t);
+        let c = self.step_constants(lr, state.t, 1.0);
         let mut out = Vec::with_capacity(params.len());
         for (i, (p, g)) in params.iter().zip(grads).enumerate() {
             let Some(g) = g else {
                 out.push((*p).clone());
                 continue;
             };
-            let m = ((&state.m[i] * self.beta1)? + (*g * (1.0 - self.beta1))?)?;
-            let v = ((&state.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
-            let denom = (v.affine(1.0 / c2, 0.0)?.sqrt()? + self.eps)?;
-            let step = m.affine(lr / c1, 0.0)?.div(&denom)?;
-            out.push(p.sub(&step)?);
+            let (p_new, m, v) = self.tensor_step(&c, p, g, &state.m[i], &state.v[i])?;
+            out.push(p_new);
             state.m[i] = m;
             state.v[i] = v;
         }
         Ok(out)
+    }
+
+    /// The scalars of step `t` (1-based) at rate `lr`, gradients multiplied by `grad_scale`.
+    fn step_constants(&self, lr: f64, t: usize, grad_scale: f64) -> AdamStep {
+        let t = t as i32;
+        AdamStep {
+            lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            c1: 1.0 - self.beta1.powi(t),
+            c2: 1.0 - self.beta2.powi(t),
+            grad_scale,
+        }
+    }
+
+    /// One tensor's step from tensor ops (any device, differentiable): returns the new
+    /// (p, m, v).
+    fn tensor_step(
+        &self,
+        c: &AdamStep,
+        p: &Tensor,
+        g: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let scaled;
+        let g = if c.grad_scale == 1.0 {
+            g
+        } else {
+            scaled = g.affine(c.grad_scale, 0.0)?;
+            &scaled
+        };
+        let m = ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?;
+        let v = ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+        let denom = (v.affine(1.0 / c.c2, 0.0)?.sqrt()? + self.eps)?;
+        let step = m.affine(c.lr / c.c1, 0.0)?.div(&denom)?;
+        Ok((p.sub(&step)?, m, v))
     }
 }
 
@@ -127,16 +160,7 @@ impl Adam {
             )));
         }
         state.t += 1;
-        let t = state.t as i32;
-        let c = FusedStep {
-            lr,
-            beta1: self.beta1,
-            beta2: self.beta2,
-            eps: self.eps,
-            c1: 1.0 - self.beta1.powi(t),
-            c2: 1.0 - self.beta2.powi(t),
-            grad_scale,
-        };
+        let c = self.step_constants(lr, state.t, grad_scale);
         for (i, (var, g)) in vars.iter().zip(grads).enumerate() {
             let Some(g) = g else { continue };
             let p = var.as_tensor();
@@ -144,14 +168,10 @@ impl Adam {
             if fusable(&[p, g, m, v]) {
                 fused_update(&c, p, g, m, v)?;
             } else {
-                let g = g.affine(grad_scale, 0.0)?;
-                let m_new = ((m * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
-                let v_new = ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
-                let denom = (v_new.affine(1.0 / c.c2, 0.0)?.sqrt()? + self.eps)?;
-                let step = m_new.affine(lr / c.c1, 0.0)?.div(&denom)?;
-                var.set(&p.sub(&step)?.detach())?;
-                state.m[i] = m_new;
-                state.v[i] = v_new;
+                let (p_new, m, v) = self.tensor_step(&c, p, g, m, v)?;
+                var.set(&p_new.detach())?;
+                state.m[i] = m;
+                state.v[i] = v;
             }
         }
         Ok(())
@@ -196,8 +216,9 @@ fn lane_sum_of_squares<T: Copy>(d: &[T], to_f64: impl Fn(T) -> f64) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// The scalars of one fused Adam step.
-struct FusedStep {
+/// The scalars of one Adam step: rate, β₁, β₂, ε, the bias corrections c₁ = 1 − β₁ᵗ and
+/// c₂ = 1 − β₂ᵗ, and the gradient scale (clipping).
+struct AdamStep {
     lr: f64,
     beta1: f64,
     beta2: f64,
@@ -259,7 +280,7 @@ fn range(layout: &Layout) -> candle_core::Result<std::ops::Range<usize>> {
 }
 
 /// p, m, v ← Adam's new values from g, in place.
-fn fused_update(c: &FusedStep, p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<()> {
+fn fused_update(c: &AdamStep, p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<()> {
     let (g_storage, g_layout) = g.storage_and_layout();
     let candle_core::Storage::Cpu(g_cpu) = &*g_storage else {
         return Err(Error::invalid("fused adam: gradient is not on the CPU"));
@@ -276,7 +297,7 @@ fn fused_update(c: &FusedStep, p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -
                         CpuStorage::F32(m),
                         CpuStorage::F32(v),
                     ) => {
-                        adam_kernel_f32(c, &mut p[pr], &g[g_range], &mut m[mr], &mut v[vr]);
+                        adam_in_place(c, &mut p[pr], &g[g_range], &mut m[mr], &mut v[vr]);
                         Ok(())
                     }
                     (
@@ -285,7 +306,7 @@ fn fused_update(c: &FusedStep, p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -
                         CpuStorage::F64(m),
                         CpuStorage::F64(v),
                     ) => {
-                        adam_kernel_f64(c, &mut p[pr], &g[g_range], &mut m[mr], &mut v[vr]);
+                        adam_in_place(c, &mut p[pr], &g[g_range], &mut m[mr], &mut v[vr]);
                         Ok(())
                     }
                     _ => Err(candle_core::Error::Msg(
@@ -298,32 +319,42 @@ fn fused_update(c: &FusedStep, p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -
     Ok(())
 }
 
-/// The fused loop in f32, with the scalars rounded once (as candle's f32 ops do).
-fn adam_kernel_f32(c: &FusedStep, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-    let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
-    let (one_b1, one_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
+/// The float types of the in-place kernel.
+trait AdamFloat: candle_core::WithDType {
+    fn sqrt(self) -> Self;
+}
+
+impl AdamFloat for f32 {
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+}
+
+impl AdamFloat for f64 {
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+}
+
+/// p, m, v ← one Adam step from g, in place over plain slices, with the scalars rounded once
+/// to T (as candle's ops of that dtype do): m ← β₁m + (1−β₁)sg, v ← β₂v + (1−β₂)(sg)²,
+/// p ← p − (lr/c₁)·m/(√(v/c₂) + ε), the order of candle's ops in [`Adam::update_present`].
+/// The fused MLP path keeps its own f32 loop, which rounds differently (1 − β in f32,
+/// √v·(1/√c₂)); over the sphere run's 100,000 steps that shifts the result, so they stay apart.
+fn adam_in_place<T: AdamFloat>(c: &AdamStep, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+    let (b1, b2) = (T::from_f64(c.beta1), T::from_f64(c.beta2));
+    let (one_b1, one_b2) = (T::from_f64(1.0 - c.beta1), T::from_f64(1.0 - c.beta2));
     let (inv_c2, step, eps, s) = (
-        (1.0 / c.c2) as f32,
-        (c.lr / c.c1) as f32,
-        c.eps as f32,
-        c.grad_scale as f32,
+        T::from_f64(1.0 / c.c2),
+        T::from_f64(c.lr / c.c1),
+        T::from_f64(c.eps),
+        T::from_f64(c.grad_scale),
     );
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
         let g = g * s;
         *m = b1 * *m + one_b1 * g;
         *v = b2 * *v + one_b2 * (g * g);
         *p -= step * *m / ((*v * inv_c2).sqrt() + eps);
-    }
-}
-
-/// The fused loop in f64.
-fn adam_kernel_f64(c: &FusedStep, p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64]) {
-    let (inv_c2, step) = (1.0 / c.c2, c.lr / c.c1);
-    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        let g = g * c.grad_scale;
-        *m = c.beta1 * *m + (1.0 - c.beta1) * g;
-        *v = c.beta2 * *v + (1.0 - c.beta2) * (g * g);
-        *p -= step * *m / ((*v * inv_c2).sqrt() + c.eps);
     }
 }
 
