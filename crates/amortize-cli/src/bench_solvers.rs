@@ -9,6 +9,10 @@
 //! 3. OSQP's random QPs (P = MMᵀ + 10⁻²I, m = 10n, density 0.15): ADMM's iterations, total
 //!    wall-clock of the sequential batch (set-up included) and accuracy, against
 //!    `bench/baselines/osqp_qp.py` (the OSQP C solver, 1,000 sequential solves).
+//! 4. `qp-costs` (only with `--part qp-costs`): what one ADMM solve spends, per QP class and
+//!    size: the set-up (scaling, ordering, symbolic analysis), one numeric KKT factorisation and
+//!    one iteration with its termination check, and from them the ceiling on the wall-clock
+//!    speed-up of any ρ policy that saves iterations (RLQP, tutorial §6.4.5).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -16,7 +20,7 @@ use std::time::Instant;
 use amortize::eval::relative_gaps;
 use amortize::eval::time_median;
 use amortize::problem::{Lasso, LassoConfig, Problem, ProblemConfig};
-use amortize::solver::qp::{Admm, AdmmSettings, QpProblem, QpStatus};
+use amortize::solver::qp::{Admm, AdmmSettings, AdmmWorkspace, QpClass, QpProblem, QpStatus};
 use amortize::solver::{
     solve_named, FusedLasso, ProximalGradient, Settings, Solver, SolverOptions,
 };
@@ -40,9 +44,12 @@ pub fn run(
     quiet: bool,
 ) -> Result<()> {
     if let Some(p) = part {
-        if !["table", "lasso", "qp"].contains(&p) {
-            bail!("unknown --part '{p}' (known: table, lasso, qp)");
+        if !["table", "lasso", "qp", "qp-costs"].contains(&p) {
+            bail!("unknown --part '{p}' (known: table, lasso, qp, qp-costs)");
         }
+    }
+    if part == Some("qp-costs") {
+        return qp_costs(repeats, quiet);
     }
     let wanted = |name: &str| part.is_none_or(|p| p == name);
     if wanted("table") {
@@ -371,4 +378,135 @@ fn qp_table(instances: usize, baselines: bool, quiet: bool) -> Result<()> {
     bar.finish_and_clear();
     println!("(both check termination every 25 iterations; objective errors are against each solver's own run at eps 1e-8 (ours, warm-started) or 1e-9 (OSQP, polished))");
     Ok(())
+}
+
+/// The parts of one ADMM solve, in seconds, for one QP.
+struct SolveCosts {
+    /// Scaling, KKT assembly, ordering and symbolic analysis (the set-up minus its factorisation).
+    setup: f64,
+    /// One numeric factorisation of the KKT matrix.
+    factor: f64,
+    /// One iteration with its termination check (the RLQP comparison checks every iteration).
+    iteration: f64,
+    /// OSQP's rule, checked every iteration: iterations, factorisations, measured seconds.
+    osqp: (f64, f64, f64),
+}
+
+/// Times the parts of a solve of `qp` (medians of `repeats`).
+fn solve_costs(qp: &QpProblem, repeats: usize) -> Result<SolveCosts> {
+    let timing = AdmmSettings {
+        adaptive_rho: false,
+        check_every: 1,
+        ..AdmmSettings::default()
+    };
+    let with_factor = time_median(repeats, || AdmmWorkspace::new(qp, timing).map(|_| ()))?;
+    let mut w = AdmmWorkspace::new(qp, timing)?;
+    let rho = w.rho_vector().to_vec();
+    let factor = time_median(repeats, || w.set_rho_vector(&rho))?;
+    const STEPS: usize = 20;
+    let iteration = time_median(repeats, || {
+        for _ in 0..STEPS {
+            w.step();
+            // The state keeps going past a termination: only the cost is measured.
+            let _ = w.check(0.0);
+        }
+        Ok(())
+    })? / STEPS as f64;
+    let osqp = Admm::new(AdmmSettings {
+        check_every: 1,
+        ..AdmmSettings::default()
+    })?
+    .solve(qp, None)?;
+    Ok(SolveCosts {
+        setup: (with_factor - factor).max(0.0),
+        factor,
+        iteration,
+        osqp: (osqp.iters as f64, osqp.factorisations as f64, osqp.elapsed),
+    })
+}
+
+/// The wall-clock ratio T_OSQP / T_policy under the cost model T = S + f·F + N·c (`costs` =
+/// (S, F, c)) when OSQP's rule takes (N, f_OSQP) = `osqp` and a policy takes N / `fewer`
+/// iterations and `factorisations` factorisations.
+fn speedup_ceiling(
+    (setup, factor, iteration): (f64, f64, f64),
+    (iters, osqp_factorisations): (f64, f64),
+    factorisations: f64,
+    fewer: f64,
+) -> f64 {
+    (setup + osqp_factorisations * factor + iters * iteration)
+        / (setup + factorisations * factor + iters * iteration / fewer)
+}
+
+/// `--part qp-costs`: the cost model of an ADMM solve, T = S + f·F + N·c (set-up S, f numeric
+/// factorisations of cost F, N iterations of cost c), per QP class and size, and the ceiling it
+/// puts on a ρ policy's wall-clock speed-up over OSQP's rule (f_OSQP, N_OSQP):
+/// (S + f_OSQP·F + N_OSQP·c) / (S + f·F + N_OSQP·c / k) for k = 3 times fewer iterations, with
+/// the same number of factorisations (f = f_OSQP) and with a single one (f = 1).
+fn qp_costs(repeats: usize, quiet: bool) -> Result<()> {
+    const SIZES: [usize; 3] = [20, 50, 100];
+    const INSTANCES: usize = 5;
+    println!("ADMM solve costs per QP class and size ({INSTANCES} QPs each, one thread, medians of {repeats}): set-up S (scaling, ordering, symbolic analysis), one numeric KKT factorisation F, one iteration with its termination check c; OSQP's ρ rule with termination checked every iteration: N iterations, f factorisations");
+    println!("| class | n | S | F | c | S / c | F / c | N | f | measured | model S + fF + Nc | ceiling at 3× fewer iterations, f factorisations | … with one factorisation |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let bar = crate::progress::bar((QpClass::ALL.len() * SIZES.len()) as u64, "qp-costs", quiet);
+    for class in QpClass::ALL {
+        for n in SIZES {
+            let mut rng = StdRng::seed_from_u64(n as u64);
+            let mut all = Vec::with_capacity(INSTANCES);
+            for _ in 0..INSTANCES {
+                all.push(solve_costs(&class.generate(n, &mut rng)?, repeats)?);
+            }
+            bar.inc(1);
+            let mean =
+                |f: &dyn Fn(&SolveCosts) -> f64| all.iter().map(f).sum::<f64>() / INSTANCES as f64;
+            let (s, f, c) = (
+                mean(&|x| x.setup),
+                mean(&|x| x.factor),
+                mean(&|x| x.iteration),
+            );
+            let (iters, facts, measured) = (
+                mean(&|x| x.osqp.0),
+                mean(&|x| x.osqp.1),
+                mean(&|x| x.osqp.2),
+            );
+            let model = s + facts * f + iters * c;
+            let ceiling = |factorisations: f64| {
+                speedup_ceiling((s, f, c), (iters, facts), factorisations, 3.0)
+            };
+            println!(
+                "| {} | {n} | {} | {} | {} | {:.0} | {:.1} | {iters:.0} | {facts:.2} | {} | {} | {:.2}× | {:.2}× |",
+                class.name(),
+                fmt_time(Some(s)),
+                fmt_time(Some(f)),
+                fmt_time(Some(c)),
+                s / c,
+                f / c,
+                fmt_time(Some(measured)),
+                fmt_time(Some(model)),
+                ceiling(facts),
+                ceiling(1.0),
+            );
+        }
+    }
+    bar.finish_and_clear();
+    println!("(a policy that saves iterations but refactors more than OSQP's rule stays below the first ceiling; RLQP's ≥ 2× wall-clock target needs it above 2)");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::speedup_ceiling;
+
+    #[test]
+    fn the_speedup_ceiling_follows_the_cost_model() {
+        // Iterations alone: saving 3× of them is 3× faster.
+        assert!((speedup_ceiling((0.0, 0.0, 1.0), (90.0, 2.0), 2.0, 3.0) - 3.0).abs() < 1e-12);
+        // A set-up of 30 iterations and two factorisations of 10: (30 + 20 + 90) / (30 + 20 + 30).
+        let r = speedup_ceiling((30.0, 10.0, 1.0), (90.0, 2.0), 2.0, 3.0);
+        assert!((r - 140.0 / 80.0).abs() < 1e-12);
+        // Refactoring more than OSQP's rule lowers it, refactoring less raises it.
+        assert!(speedup_ceiling((30.0, 10.0, 1.0), (90.0, 2.0), 4.0, 3.0) < r);
+        assert!(speedup_ceiling((30.0, 10.0, 1.0), (90.0, 2.0), 1.0, 3.0) > r);
+    }
 }
