@@ -8,9 +8,11 @@ use rand::Rng;
 use super::Params;
 use crate::Result;
 
-/// σ(v) = 1 / (1 + e^{−v}) from tensor ops (differentiable to any order).
+/// σ(v) = 1 / (1 + e^{−v}) = ½(1 + tanh(v/2)) from tensor ops (differentiable to any
+/// order). The tanh form keeps the gradient finite for large |v|: through 1/(1 + e^{−v}) it is
+/// 0·∞ = NaN once e^{−v} overflows (v < −88 in f32).
 pub fn sigmoid(v: &Tensor) -> Result<Tensor> {
-    Ok(v.neg()?.exp()?.affine(1.0, 1.0)?.recip()?)
+    Ok(v.affine(0.5, 0.0)?.tanh()?.affine(0.5, 0.5)?)
 }
 
 /// h⁺ = (1 − z) ∘ h + z ∘ tanh(W_c u + b_c + r ∘ (U_c h)), with update gate

@@ -36,7 +36,21 @@ pub struct NeuralFpConfig {
     /// explodes (norms of 10³–10⁴ on elastic-net-ista: the least-squares weights react sharply
     /// to the iterates), and training then raises the loss at any learning rate.
     pub truncated: bool,
+    /// One GRU shared by all coordinates, as in learned optimisers (default false: one GRU on
+    /// the whole vector). Coordinate i reads [COORDINATE_FEATURES] features, Rᵢ/s,
+    /// (ŷ_AA − ŷ)ᵢ/s with s = ‖R‖/√n, whether gᵢ ≠ 0 and ŷᵢ ≠ 0 (the support, for
+    /// proximal maps), log₁₀(‖R‖/‖R⁰‖)/4 and t/K, into its own hidden state, and outputs its
+    /// correction s·w_oᵀĥᵢ. The init then predicts ŷ⁰ only (ĥ⁰ = 0).
+    pub coordinatewise: bool,
 }
+
+/// Inputs per coordinate of the coordinatewise acceleration model.
+pub const COORDINATE_FEATURES: usize = 6;
+
+/// The scaled residual and Anderson step are clamped to ±this before the coordinatewise GRU:
+/// once an instance has converged in f32, ‖R‖ is at its floor while the Anderson step is not,
+/// and their ratio would reach 10⁸ and more.
+const FEATURE_BOUND: f64 = 1e3;
 
 impl Default for NeuralFpConfig {
     fn default() -> Self {
@@ -47,6 +61,7 @@ impl Default for NeuralFpConfig {
             init: vec![128],
             hidden: 64,
             truncated: true,
+            coordinatewise: false,
         }
     }
 }
@@ -62,6 +77,9 @@ impl Default for NeuralFpConfig {
 /// the init's output layer start at zero: with those learned parts off the iterates are
 /// Anderson's exactly (Venkataraman & Amos, Prop. 1; tested). Anderson's weights α* are
 /// differentiated through their least-squares solve ([`crate::solver::anderson_weights`]).
+///
+/// With [`NeuralFpConfig::coordinatewise`], one GRU shared by all coordinates reads
+/// per-coordinate features instead, and the correction is s·w_oᵀĥᵢ with s = ‖R‖/√n.
 ///
 /// Past K iterations ([`Model::forward_with_steps`]) plain Anderson continues from the learned
 /// iterates and history: a warm start whose answer a residual check can certify.
@@ -157,6 +175,11 @@ impl NeuralFp {
         }
         let dim = problem.solution_dim();
         let mut params = Params::new();
+        // The coordinatewise model starts every coordinate's hidden state at zero.
+        let (gru_inputs, outputs, init_hidden) = match config.coordinatewise {
+            true => (COORDINATE_FEATURES, 1, 0),
+            false => (2 * dim, dim, config.hidden),
+        };
         let init = if config.init.is_empty() {
             None
         } else {
@@ -165,7 +188,7 @@ impl NeuralFp {
                 "init",
                 &config.init,
                 problem.context_dim(),
-                dim + config.hidden,
+                dim + init_hidden,
                 dtype,
                 rng,
                 device,
@@ -174,7 +197,7 @@ impl NeuralFp {
         let gru = GruCell::new(
             &mut params,
             "acc",
-            2 * dim,
+            gru_inputs,
             config.hidden,
             dtype,
             rng,
@@ -182,7 +205,7 @@ impl NeuralFp {
         )?;
         let wo = params.add(
             "acc.wo",
-            Tensor::zeros((config.hidden, dim), dtype, device)?,
+            Tensor::zeros((config.hidden, outputs), dtype, device)?,
         )?;
         Ok(NeuralFp {
             config,
@@ -204,7 +227,15 @@ impl NeuralFp {
         let map = needs_map(problem, "neural-fp")?;
         let n = x.dim(0)?;
         let x = x.to_dtype(self.dtype)?;
+        let hidden_rows = if self.config.coordinatewise {
+            n * self.dim
+        } else {
+            n
+        };
+        let zero_hidden =
+            || Tensor::zeros((hidden_rows, self.config.hidden), self.dtype, x.device());
         let (mut y, mut h) = match &self.init {
+            Some(mlp) if self.config.coordinatewise => (mlp.forward_raw(&x)?, zero_hidden()?),
             Some(mlp) => {
                 let out = mlp.forward_raw(&x)?;
                 (
@@ -214,9 +245,11 @@ impl NeuralFp {
             }
             None => (
                 Tensor::zeros((n, self.dim), self.dtype, x.device())?,
-                Tensor::zeros((n, self.config.hidden), self.dtype, x.device())?,
+                zero_hidden()?,
             ),
         };
+        // ‖R⁰‖, the reference of the coordinatewise model's progress feature.
+        let mut first_norm: Option<Tensor> = None;
         let mut history: VecDeque<(Tensor, Tensor)> = VecDeque::new();
         let mut iterates = vec![y.clone()];
         for t in 0..total {
@@ -232,7 +265,21 @@ impl NeuralFp {
             let (ys, gs) = stack_history(history.iter().map(|(y, g)| (y, g)))?;
             let alpha = anderson_weights(&gs.sub(&ys)?, self.config.ridge)?;
             let y_aa = anderson_update(&alpha, &ys, &gs, 1.0)?;
-            y = if t < self.config.steps {
+            y = if t < self.config.steps && self.config.coordinatewise {
+                let norm = row_norm(&r)?;
+                let reference = first_norm.get_or_insert_with(|| norm.clone()).clone();
+                let correction = self.coordinatewise_correction(
+                    &r,
+                    &y,
+                    &y_aa,
+                    &g_last(&history)?,
+                    &norm,
+                    &reference,
+                    t,
+                    &mut h,
+                )?;
+                y_aa.add(&correction)?
+            } else if t < self.config.steps {
                 let norm = row_norm(&r)?;
                 let u = Tensor::cat(
                     &[r.broadcast_div(&norm)?, y_aa.sub(&y)?.broadcast_div(&norm)?],
@@ -251,6 +298,61 @@ impl NeuralFp {
             iterates,
             penalty: None,
         })
+    }
+}
+
+/// g(ŷᵗ), the newest map value of the Anderson history.
+fn g_last(history: &VecDeque<(Tensor, Tensor)>) -> Result<Tensor> {
+    history
+        .back()
+        .map(|(_, g)| g.clone())
+        .ok_or_else(|| Error::invalid("neural-fp: empty Anderson history"))
+}
+
+impl NeuralFp {
+    /// The coordinatewise model's correction s·w_oᵀĥᵢ for every coordinate (see
+    /// [`NeuralFpConfig::coordinatewise`]); advances the hidden states `h` (n·dim rows).
+    #[allow(clippy::too_many_arguments)]
+    fn coordinatewise_correction(
+        &self,
+        r: &Tensor,
+        y: &Tensor,
+        y_aa: &Tensor,
+        g: &Tensor,
+        norm: &Tensor,
+        reference: &Tensor,
+        t: usize,
+        h: &mut Tensor,
+    ) -> Result<Tensor> {
+        let (n, dim) = r.dims2()?;
+        let scale = norm.affine(1.0 / (dim as f64).sqrt(), 0.0)?;
+        let nonzero = |v: &Tensor| -> Result<Tensor> { Ok(v.ne(0.0)?.to_dtype(self.dtype)?) };
+        let progress = norm
+            .broadcast_div(reference)?
+            .log()?
+            .affine(1.0 / (4.0 * std::f64::consts::LN_10), 0.0)?
+            .broadcast_as((n, dim))?
+            .contiguous()?;
+        let features = Tensor::stack(
+            &[
+                r.broadcast_div(&scale)?
+                    .clamp(-FEATURE_BOUND, FEATURE_BOUND)?,
+                y_aa.sub(y)?
+                    .broadcast_div(&scale)?
+                    .clamp(-FEATURE_BOUND, FEATURE_BOUND)?,
+                nonzero(g)?,
+                nonzero(y)?,
+                progress,
+                Tensor::full(t as f64 / self.config.steps as f64, (n, dim), r.device())?
+                    .to_dtype(self.dtype)?,
+            ],
+            2,
+        )?
+        .reshape((n * dim, COORDINATE_FEATURES))?;
+        *h = self.gru.step(&features, h)?;
+        Ok(h.matmul(self.wo.as_tensor())?
+            .reshape((n, dim))?
+            .broadcast_mul(&scale)?)
     }
 }
 

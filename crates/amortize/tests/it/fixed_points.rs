@@ -131,13 +131,19 @@ fn normalised_residual_is_one_at_zero_and_scale_free() -> Result<()> {
 fn neural_fp_with_learned_parts_off_reproduces_anderson_exactly() -> Result<()> {
     let p = small_enr()?;
     let x = contexts(&p, 6, 3)?;
-    for init in [vec![], vec![16]] {
+    for (init, coordinatewise) in [
+        (vec![], false),
+        (vec![16], false),
+        (vec![], true),
+        (vec![16], true),
+    ] {
         let model = NeuralFp::new(
             NeuralFpConfig {
                 steps: 12,
                 memory: 3,
                 init,
                 hidden: 8,
+                coordinatewise,
                 ..NeuralFpConfig::default()
             },
             &p,
@@ -234,6 +240,24 @@ fn neural_fp_and_hyper_aa_gradients_match_finite_differences() -> Result<()> {
     )?;
     perturb(&nfp, 2)?;
     check_gradients(&nfp, &p, &x, 1e-5)?;
+    // The coordinatewise GRU, one hidden state per coordinate.
+    let coordinatewise = NeuralFp::with_dtype(
+        NeuralFpConfig {
+            steps: 4,
+            memory: 2,
+            init: vec![6],
+            hidden: 5,
+            truncated: false,
+            coordinatewise: true,
+            ..NeuralFpConfig::default()
+        },
+        &p,
+        &mut StdRng::seed_from_u64(5),
+        DType::F64,
+        &Device::Cpu,
+    )?;
+    perturb(&coordinatewise, 6)?;
+    check_gradients(&coordinatewise, &p, &x, 1e-5)?;
     // HyperAA is differentiable throughout, its penalty Ω(α) included.
     let haa = HyperAa::with_dtype(
         HyperAaConfig {
@@ -316,34 +340,38 @@ fn quick_neural_fp_training_beats_anderson_at_its_depth() -> Result<()> {
         ..ElasticNetConfig::default()
     });
     let p = config.build()?;
-    let model = ModelConfig::NeuralFp(NeuralFpConfig {
-        steps: 8,
-        memory: 3,
-        init: vec![32],
-        hidden: 16,
-        ..NeuralFpConfig::default()
-    })
-    .build(p.as_ref(), &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
-    let train = TrainConfig {
-        steps: 150,
-        batch_size: 64,
-        learning_rate: 3e-3,
-        iterates: IterateWeights::Uniform,
-        clip_grad_norm: Some(1.0),
-        eval_every: 0,
-        eval_size: 64,
-        ..TrainConfig::default()
-    };
-    Trainer::new(p.as_ref(), config, model.as_ref(), train, 0)?.run()?;
-    let x = contexts(p.as_ref(), 256, 99)?;
-    let curves = fixed_point_comparison(p.as_ref(), Some(model.as_ref()), &x, 8, 3, 1e-3, 1e-4)?;
-    let (anderson, learned) = (&curves[1], &curves[2]);
-    assert!(
-        learned.mean[8] < 0.97 * anderson.mean[8],
-        "learned {} vs Anderson {} at iteration 8",
-        learned.mean[8],
-        anderson.mean[8]
-    );
+    for coordinatewise in [false, true] {
+        let model = ModelConfig::NeuralFp(NeuralFpConfig {
+            steps: 8,
+            memory: 3,
+            init: vec![32],
+            hidden: 16,
+            coordinatewise,
+            ..NeuralFpConfig::default()
+        })
+        .build(p.as_ref(), &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+        let train = TrainConfig {
+            steps: 150,
+            batch_size: 64,
+            learning_rate: 3e-3,
+            iterates: IterateWeights::Uniform,
+            clip_grad_norm: Some(1.0),
+            eval_every: 0,
+            eval_size: 64,
+            ..TrainConfig::default()
+        };
+        Trainer::new(p.as_ref(), config.clone(), model.as_ref(), train, 0)?.run()?;
+        let x = contexts(p.as_ref(), 256, 99)?;
+        let curves =
+            fixed_point_comparison(p.as_ref(), Some(model.as_ref()), &x, 8, 3, 1e-3, 1e-4)?;
+        let (anderson, learned) = (&curves[1], &curves[2]);
+        assert!(
+            learned.mean[8] < 0.97 * anderson.mean[8],
+            "coordinatewise {coordinatewise}: learned {} vs Anderson {} at iteration 8",
+            learned.mean[8],
+            anderson.mean[8]
+        );
+    }
     Ok(())
 }
 
