@@ -258,35 +258,26 @@ impl NeuralFp {
             }
             let g = map.apply(&y, &x)?;
             let r = g.sub(&y)?;
-            history.push_back((y.clone(), g));
+            history.push_back((y.clone(), g.clone()));
             while history.len() > self.config.memory + 1 {
                 history.pop_front();
             }
             let (ys, gs) = stack_history(history.iter().map(|(y, g)| (y, g)))?;
             let alpha = anderson_weights(&gs.sub(&ys)?, self.config.ridge)?;
             let y_aa = anderson_update(&alpha, &ys, &gs, 1.0)?;
-            y = if t < self.config.steps && self.config.coordinatewise {
+            y = if t < self.config.steps {
                 let norm = row_norm(&r)?;
-                let reference = first_norm.get_or_insert_with(|| norm.clone()).clone();
-                let correction = self.coordinatewise_correction(
-                    &r,
-                    &y,
-                    &y_aa,
-                    &g_last(&history)?,
-                    &norm,
-                    &reference,
-                    t,
-                    &mut h,
-                )?;
-                y_aa.add(&correction)?
-            } else if t < self.config.steps {
-                let norm = row_norm(&r)?;
-                let u = Tensor::cat(
-                    &[r.broadcast_div(&norm)?, y_aa.sub(&y)?.broadcast_div(&norm)?],
-                    1,
-                )?;
-                h = self.gru.step(&u, &h)?;
-                let correction = h.matmul(self.wo.as_tensor())?.broadcast_mul(&norm)?;
+                let correction = if self.config.coordinatewise {
+                    let reference = first_norm.get_or_insert_with(|| norm.clone()).clone();
+                    self.coordinatewise_correction(&r, &y, &y_aa, &g, &norm, &reference, t, &mut h)?
+                } else {
+                    let u = Tensor::cat(
+                        &[r.broadcast_div(&norm)?, y_aa.sub(&y)?.broadcast_div(&norm)?],
+                        1,
+                    )?;
+                    h = self.gru.step(&u, &h)?;
+                    h.matmul(self.wo.as_tensor())?.broadcast_mul(&norm)?
+                };
                 y_aa.add(&correction)?
             } else {
                 y_aa
@@ -299,14 +290,6 @@ impl NeuralFp {
             penalty: None,
         })
     }
-}
-
-/// g(ŷᵗ), the newest map value of the Anderson history.
-fn g_last(history: &VecDeque<(Tensor, Tensor)>) -> Result<Tensor> {
-    history
-        .back()
-        .map(|(_, g)| g.clone())
-        .ok_or_else(|| Error::invalid("neural-fp: empty Anderson history"))
 }
 
 impl NeuralFp {

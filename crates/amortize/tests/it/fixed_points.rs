@@ -223,41 +223,27 @@ fn perturb(model: &dyn Model, seed: u64) -> Result<()> {
 fn neural_fp_and_hyper_aa_gradients_match_finite_differences() -> Result<()> {
     let p = small_enr()?;
     let x = contexts(&p, 3, 4)?.to_dtype(DType::F64)?;
-    // NeuralFP through Anderson's least-squares weights (their custom op's implicit backward).
-    let nfp = NeuralFp::with_dtype(
-        NeuralFpConfig {
-            steps: 4,
-            memory: 2,
-            init: vec![6],
-            hidden: 5,
-            truncated: false,
-            ..NeuralFpConfig::default()
-        },
-        &p,
-        &mut StdRng::seed_from_u64(1),
-        DType::F64,
-        &Device::Cpu,
-    )?;
-    perturb(&nfp, 2)?;
-    check_gradients(&nfp, &p, &x, 1e-5)?;
-    // The coordinatewise GRU, one hidden state per coordinate.
-    let coordinatewise = NeuralFp::with_dtype(
-        NeuralFpConfig {
-            steps: 4,
-            memory: 2,
-            init: vec![6],
-            hidden: 5,
-            truncated: false,
-            coordinatewise: true,
-            ..NeuralFpConfig::default()
-        },
-        &p,
-        &mut StdRng::seed_from_u64(5),
-        DType::F64,
-        &Device::Cpu,
-    )?;
-    perturb(&coordinatewise, 6)?;
-    check_gradients(&coordinatewise, &p, &x, 1e-5)?;
+    // NeuralFP through Anderson's least-squares weights (their custom op's implicit backward),
+    // with one GRU on the whole vector and with the coordinatewise GRU.
+    for (coordinatewise, seed, noise_seed) in [(false, 1, 2), (true, 5, 6)] {
+        let nfp = NeuralFp::with_dtype(
+            NeuralFpConfig {
+                steps: 4,
+                memory: 2,
+                init: vec![6],
+                hidden: 5,
+                truncated: false,
+                coordinatewise,
+                ..NeuralFpConfig::default()
+            },
+            &p,
+            &mut StdRng::seed_from_u64(seed),
+            DType::F64,
+            &Device::Cpu,
+        )?;
+        perturb(&nfp, noise_seed)?;
+        check_gradients(&nfp, &p, &x, 1e-5)?;
+    }
     // HyperAA is differentiable throughout, its penalty Ω(α) included.
     let haa = HyperAa::with_dtype(
         HyperAaConfig {
