@@ -37,17 +37,24 @@ pub struct NeuralFpConfig {
     /// to the iterates), and training then raises the loss at any learning rate.
     pub truncated: bool,
     /// One GRU shared by all coordinates, as in learned optimisers (default false: one GRU on
-    /// the whole vector). Coordinate i reads [COORDINATE_FEATURES] features, Rᵢ/s,
-    /// (ŷ_AA − ŷ)ᵢ/s with s = ‖R‖/√n, whether gᵢ ≠ 0 and ŷᵢ ≠ 0 (the support, for
-    /// proximal maps), log₁₀(‖R‖/‖R⁰‖)/4 and t/K, into its own hidden state, and outputs its
-    /// correction s·w_oᵀĥᵢ. The init then predicts ŷ⁰ only (ĥ⁰ = 0).
+    /// the whole vector). Coordinate i reads [COORDINATE_FEATURES] features, Rᵢ/s, (ŷ_AA − ŷ)ᵢ/s
+    /// and ŷᵢ/s with s = ‖R‖/√n, whether gᵢ ≠ 0 and ŷᵢ ≠ 0 (the support, for proximal maps),
+    /// log₁₀(‖R‖/‖R⁰‖)/4 and t/K, then the family's per-coordinate context, into its own hidden
+    /// state, and outputs its correction s·w_oᵀĥᵢ. The init then predicts ŷ⁰ only (ĥ⁰ = 0).
     pub coordinatewise: bool,
+    /// With `coordinatewise`, also feed each coordinate the family's per-coordinate
+    /// descriptors of the context ([`FixedPointMap::coordinate_context`]; default true, a no-op
+    /// for families without them). On elastic-net-ista these are the coordinate's curvature
+    /// relative to the step and its coupling, which tell the shared GRU how far each
+    /// coordinate's ISTA step falls short.
+    pub coordinate_context: bool,
 }
 
-/// Inputs per coordinate of the coordinatewise acceleration model.
-pub const COORDINATE_FEATURES: usize = 6;
+/// Inputs per coordinate of the coordinatewise acceleration model (before the family's
+/// per-coordinate context).
+pub const COORDINATE_FEATURES: usize = 7;
 
-/// The scaled residual and Anderson step are clamped to ±this before the coordinatewise GRU:
+/// The scaled residual, Anderson step and iterate are clamped to ±this before the coordinatewise GRU:
 /// once an instance has converged in f32, ‖R‖ is at its floor while the Anderson step is not,
 /// and their ratio would reach 10⁸ and more.
 const FEATURE_BOUND: f64 = 1e3;
@@ -62,6 +69,7 @@ impl Default for NeuralFpConfig {
             hidden: 64,
             truncated: true,
             coordinatewise: false,
+            coordinate_context: true,
         }
     }
 }
@@ -90,6 +98,8 @@ pub struct NeuralFp {
     gru: GruCell,
     wo: Var,
     dim: usize,
+    /// Per-coordinate context descriptors read by the coordinatewise GRU (0: none).
+    context_features: usize,
     dtype: DType,
 }
 
@@ -164,7 +174,7 @@ impl NeuralFp {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        needs_map(problem, "neural-fp")?;
+        let map = needs_map(problem, "neural-fp")?;
         if config.steps == 0 || config.hidden == 0 || config.init.contains(&0) {
             return Err(Error::invalid(
                 "neural-fp: steps, hidden and init widths must be at least 1",
@@ -176,8 +186,12 @@ impl NeuralFp {
         let dim = problem.solution_dim();
         let mut params = Params::new();
         // The coordinatewise model starts every coordinate's hidden state at zero.
+        let context_features = match config.coordinatewise && config.coordinate_context {
+            true => map.coordinate_context_dim(),
+            false => 0,
+        };
         let (gru_inputs, outputs, init_hidden) = match config.coordinatewise {
-            true => (COORDINATE_FEATURES, 1, 0),
+            true => (COORDINATE_FEATURES + context_features, 1, 0),
             false => (2 * dim, dim, config.hidden),
         };
         let init = if config.init.is_empty() {
@@ -214,6 +228,7 @@ impl NeuralFp {
             gru,
             wo,
             dim,
+            context_features,
             dtype,
         })
     }
@@ -248,8 +263,10 @@ impl NeuralFp {
                 zero_hidden()?,
             ),
         };
-        // ‖R⁰‖, the reference of the coordinatewise model's progress feature.
-        let mut first_norm: Option<Tensor> = None;
+        let mut state = CoordinateState {
+            context: self.coordinate_context(map, &x)?,
+            reference: None,
+        };
         let mut history: VecDeque<(Tensor, Tensor)> = VecDeque::new();
         let mut iterates = vec![y.clone()];
         for t in 0..total {
@@ -268,8 +285,16 @@ impl NeuralFp {
             y = if t < self.config.steps {
                 let norm = row_norm(&r)?;
                 let correction = if self.config.coordinatewise {
-                    let reference = first_norm.get_or_insert_with(|| norm.clone()).clone();
-                    self.coordinatewise_correction(&r, &y, &y_aa, &g, &norm, &reference, t, &mut h)?
+                    let step = CoordinateStep {
+                        r: &r,
+                        y: &y,
+                        y_aa: &y_aa,
+                        g: &g,
+                        norm: &norm,
+                        t,
+                    };
+                    let head = self.coordinate_head(&step, &mut state, &mut h)?;
+                    head.broadcast_mul(&self.scale(&norm)?)?
                 } else {
                     let u = Tensor::cat(
                         &[r.broadcast_div(&norm)?, y_aa.sub(&y)?.broadcast_div(&norm)?],
@@ -292,23 +317,68 @@ impl NeuralFp {
     }
 }
 
+/// What the coordinatewise model reads at iteration `t`: the residual R = g − ŷ, the iterate
+/// ŷ, Anderson's ŷ_AA, g(ŷ) and ‖R‖ per row.
+struct CoordinateStep<'a> {
+    r: &'a Tensor,
+    y: &'a Tensor,
+    y_aa: &'a Tensor,
+    g: &'a Tensor,
+    norm: &'a Tensor,
+    t: usize,
+}
+
+/// What the coordinatewise model keeps over a run: the family's per-coordinate context and
+/// ‖R⁰‖, the reference of its progress feature (set at the first step).
+struct CoordinateState {
+    context: Option<Tensor>,
+    reference: Option<Tensor>,
+}
+
 impl NeuralFp {
-    /// The coordinatewise model's correction s·w_oᵀĥᵢ for every coordinate (see
-    /// [`NeuralFpConfig::coordinatewise`]); advances the hidden states `h` (n·dim rows).
-    #[allow(clippy::too_many_arguments)]
-    fn coordinatewise_correction(
+    /// The family's per-coordinate context `(n, dim, k)` in the model's dtype, when the model
+    /// reads one; errors when the family's shape disagrees with the model's.
+    fn coordinate_context(&self, map: &dyn FixedPointMap, x: &Tensor) -> Result<Option<Tensor>> {
+        if self.context_features == 0 {
+            return Ok(None);
+        }
+        let context = map.coordinate_context(x)?.ok_or_else(|| {
+            Error::invalid("neural-fp: the model reads a per-coordinate context the family lacks")
+        })?;
+        let expected = (x.dim(0)?, self.dim, self.context_features);
+        if context.dims3()? != expected {
+            return Err(Error::invalid(format!(
+                "neural-fp: the family's per-coordinate context has shape {:?}, expected {expected:?}",
+                context.dims()
+            )));
+        }
+        Ok(Some(context.to_dtype(self.dtype)?.detach()))
+    }
+
+    /// The coordinatewise scale s = ‖R‖/√n per row, `(rows, 1)`, from ‖R‖ `(rows, 1)`.
+    fn scale(&self, norm: &Tensor) -> Result<Tensor> {
+        Ok(norm.affine(1.0 / (self.dim as f64).sqrt(), 0.0)?)
+    }
+
+    /// The coordinatewise model's head w_oᵀĥᵢ, `(rows, dim)`, for every coordinate (see
+    /// [`NeuralFpConfig::coordinatewise`]); advances the hidden states `h` (rows·dim).
+    fn coordinate_head(
         &self,
-        r: &Tensor,
-        y: &Tensor,
-        y_aa: &Tensor,
-        g: &Tensor,
-        norm: &Tensor,
-        reference: &Tensor,
-        t: usize,
+        step: &CoordinateStep,
+        state: &mut CoordinateState,
         h: &mut Tensor,
     ) -> Result<Tensor> {
+        let CoordinateStep {
+            r,
+            y,
+            y_aa,
+            g,
+            norm,
+            t,
+        } = *step;
         let (n, dim) = r.dims2()?;
-        let scale = norm.affine(1.0 / (dim as f64).sqrt(), 0.0)?;
+        let scale = self.scale(norm)?;
+        let reference = state.reference.get_or_insert_with(|| norm.clone());
         let nonzero = |v: &Tensor| -> Result<Tensor> { Ok(v.ne(0.0)?.to_dtype(self.dtype)?) };
         let progress = norm
             .broadcast_div(reference)?
@@ -316,12 +386,14 @@ impl NeuralFp {
             .affine(1.0 / (4.0 * std::f64::consts::LN_10), 0.0)?
             .broadcast_as((n, dim))?
             .contiguous()?;
-        let features = Tensor::stack(
+        let step_features = Tensor::stack(
             &[
                 r.broadcast_div(&scale)?
                     .clamp(-FEATURE_BOUND, FEATURE_BOUND)?,
                 y_aa.sub(y)?
                     .broadcast_div(&scale)?
+                    .clamp(-FEATURE_BOUND, FEATURE_BOUND)?,
+                y.broadcast_div(&scale)?
                     .clamp(-FEATURE_BOUND, FEATURE_BOUND)?,
                 nonzero(g)?,
                 nonzero(y)?,
@@ -330,12 +402,14 @@ impl NeuralFp {
                     .to_dtype(self.dtype)?,
             ],
             2,
-        )?
-        .reshape((n * dim, COORDINATE_FEATURES))?;
+        )?;
+        let features = match &state.context {
+            Some(c) => Tensor::cat(&[&step_features, c], 2)?,
+            None => step_features,
+        }
+        .reshape((n * dim, COORDINATE_FEATURES + self.context_features))?;
         *h = self.gru.step(&features, h)?;
-        Ok(h.matmul(self.wo.as_tensor())?
-            .reshape((n, dim))?
-            .broadcast_mul(&scale)?)
+        Ok(h.matmul(self.wo.as_tensor())?.reshape((n, dim))?)
     }
 }
 

@@ -147,6 +147,29 @@ impl FixedPointMap for ElasticNetIsta {
         let neg = v.neg()?.broadcast_sub(&tau)?.relu()?;
         Ok(pos.sub(&neg)?)
     }
+
+    fn coordinate_context_dim(&self) -> usize {
+        2
+    }
+
+    /// For coordinate i, with H = AᵀA + λ₂I the Hessian of the smooth part:
+    /// log₁₀(t·Hᵢᵢ)/2, how far the global step t = 1/L falls short of the coordinate's own
+    /// Newton step 1/Hᵢᵢ (0 when they agree; a column with few entries is slow), and
+    /// Hᵢᵢ/Σⱼ|Hᵢⱼ| ∈ (0, 1], how weakly it is coupled to the others (1: that Newton step is
+    /// exact).
+    fn coordinate_context(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let (a, _, t) = self.unpack(x, x.dtype())?;
+        let l2 = self.config.l2;
+        let gram = a.transpose(1, 2)?.contiguous()?.matmul(&a)?;
+        let diagonal = a.sqr()?.sum(1)?.affine(1.0, l2)?;
+        let coupling = gram.abs()?.sum(2)?.affine(1.0, l2)?;
+        let shortfall = diagonal
+            .broadcast_mul(&t)?
+            .log()?
+            .affine(0.5 / std::f64::consts::LN_10, 0.0)?;
+        let dominance = diagonal.div(&coupling)?;
+        Ok(Some(Tensor::stack(&[shortfall, dominance], 2)?))
+    }
 }
 
 impl Problem for ElasticNetIsta {

@@ -18,11 +18,34 @@ use crate::{Error, Result};
 pub trait FixedPointMap: Send + Sync {
     /// g(y; x) for every row, same shape as `y`.
     fn apply(&self, y: &Tensor, x: &Tensor) -> Result<Tensor>;
+
+    /// How many descriptors [`FixedPointMap::coordinate_context`] gives each coordinate (default
+    /// 0: none).
+    fn coordinate_context_dim(&self) -> usize {
+        0
+    }
+
+    /// Per-coordinate descriptors of the context, `(rows, dim, coordinate_context_dim())`, or
+    /// `None` (the default). A coordinatewise model shares one network over all coordinates and
+    /// cannot otherwise tell them apart; for a proximal-gradient map, for example, the
+    /// curvature of each coordinate decides how far its step falls short.
+    fn coordinate_context(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let _ = x;
+        Ok(None)
+    }
 }
 
 impl<T: FixedPointMap + ?Sized> FixedPointMap for &T {
     fn apply(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
         (**self).apply(y, x)
+    }
+
+    fn coordinate_context_dim(&self) -> usize {
+        (**self).coordinate_context_dim()
+    }
+
+    fn coordinate_context(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        (**self).coordinate_context(x)
     }
 }
 

@@ -96,6 +96,44 @@ fn elastic_net_map_matches_a_hand_written_ista_step_and_its_fixed_point_is_optim
 }
 
 #[test]
+fn elastic_net_coordinate_context_matches_a_hand_computation() -> Result<()> {
+    let p = small_enr()?;
+    let (m, n, l2) = (6, 5, 0.05);
+    let x = contexts(&p, 3, 4)?.to_dtype(DType::F64)?;
+    assert_eq!(p.coordinate_context_dim(), 2);
+    let context = p
+        .coordinate_context(&x)?
+        .expect("elastic-net-ista has a context");
+    assert_eq!(context.dims3()?, (3, n, 2));
+    let context: Vec<Vec<Vec<f64>>> = context.to_vec3()?;
+    for (i, row) in rows(&x)?.iter().enumerate() {
+        let (a, _, t) = unpack(row, m, n);
+        // H = AᵀA + λ₂I, by hand.
+        let h = |j: usize, k: usize| -> f64 {
+            (0..m).map(|r| a[r * n + j] * a[r * n + k]).sum::<f64>() + if j == k { l2 } else { 0.0 }
+        };
+        for j in 0..n {
+            let shortfall = (t * h(j, j)).log10() / 2.0;
+            let dominance = h(j, j) / (0..n).map(|k| h(j, k).abs()).sum::<f64>();
+            assert!(
+                (context[i][j][0] - shortfall).abs() < 1e-12,
+                "shortfall at ({i}, {j})"
+            );
+            assert!(
+                (context[i][j][1] - dominance).abs() < 1e-12,
+                "dominance at ({i}, {j})"
+            );
+            assert!(shortfall <= 1e-12 && dominance > 0.0 && dominance <= 1.0);
+        }
+    }
+    // Families without one give none.
+    let toy = FixedPointToy::new(FixedPointToyConfig::default())?;
+    assert_eq!(toy.coordinate_context_dim(), 0);
+    assert!(toy.coordinate_context(&contexts(&toy, 2, 1)?)?.is_none());
+    Ok(())
+}
+
+#[test]
 fn normalised_residual_is_one_at_zero_and_scale_free() -> Result<()> {
     let p = small_enr()?;
     let x = contexts(&p, 5, 2)?.to_dtype(DType::F64)?;
@@ -224,7 +262,8 @@ fn neural_fp_and_hyper_aa_gradients_match_finite_differences() -> Result<()> {
     let p = small_enr()?;
     let x = contexts(&p, 3, 4)?.to_dtype(DType::F64)?;
     // NeuralFP through Anderson's least-squares weights (their custom op's implicit backward),
-    // with one GRU on the whole vector and with the coordinatewise GRU.
+    // with one GRU on the whole vector and with the coordinatewise GRU (which also reads the
+    // family's per-coordinate context).
     for (coordinatewise, seed, noise_seed) in [(false, 1, 2), (true, 5, 6)] {
         let nfp = NeuralFp::with_dtype(
             NeuralFpConfig {
