@@ -54,9 +54,9 @@ pub struct NeuralFpConfig {
 /// per-coordinate context).
 pub const COORDINATE_FEATURES: usize = 7;
 
-/// The scaled residual, Anderson step and iterate are clamped to ±this before the coordinatewise GRU:
-/// once an instance has converged in f32, ‖R‖ is at its floor while the Anderson step is not,
-/// and their ratio would reach 10⁸ and more.
+/// The scaled residual, Anderson step and iterate are clamped to ±this before the
+/// coordinatewise GRU: once an instance has converged in f32, ‖R‖ is at its floor while the
+/// Anderson step is not, and their ratio would reach 10⁸ and more.
 const FEATURE_BOUND: f64 = 1e3;
 
 impl Default for NeuralFpConfig {
@@ -185,11 +185,11 @@ impl NeuralFp {
         }
         let dim = problem.solution_dim();
         let mut params = Params::new();
-        // The coordinatewise model starts every coordinate's hidden state at zero.
         let context_features = match config.coordinatewise && config.coordinate_context {
             true => map.coordinate_context_dim(),
             false => 0,
         };
+        // The coordinatewise model starts every coordinate's hidden state at zero.
         let (gru_inputs, outputs, init_hidden) = match config.coordinatewise {
             true => (COORDINATE_FEATURES + context_features, 1, 0),
             false => (2 * dim, dim, config.hidden),
