@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The built-in experiments: (name, TOML text).
-pub const BUILTIN: [(&str, &str); 20] = [
+pub const BUILTIN: [(&str, &str); 21] = [
     ("sphere", include_str!("../../../configs/sphere.toml")),
     ("toy1d", include_str!("../../../configs/toy1d.toml")),
     ("lista", include_str!("../../../configs/lista.toml")),
@@ -46,6 +46,10 @@ pub const BUILTIN: [(&str, &str); 20] = [
     ("hypernet", include_str!("../../../configs/hypernet.toml")),
     ("neural-fp", include_str!("../../../configs/neural-fp.toml")),
     ("hyper-aa", include_str!("../../../configs/hyper-aa.toml")),
+    (
+        "hyper-aa-preconditioned",
+        include_str!("../../../configs/hyper-aa-preconditioned.toml"),
+    ),
     (
         "neural-fp-qp",
         include_str!("../../../configs/neural-fp-qp.toml"),

@@ -716,6 +716,7 @@ steps = 6
 memory = 3
 init = [16]
 hidden = 8
+precondition = true
 
 [train]
 steps = 20
@@ -763,6 +764,18 @@ fn run_neural_fp_compares_with_anderson_and_plain_iteration() {
     assert_fails_with(
         &run(bin().arg("--out").arg(&dir).arg("run").arg(&bad)),
         "fixed-point family",
+    );
+    // The learned preconditioner on a map without per-coordinate steps is refused cleanly.
+    std::fs::write(
+        &bad,
+        TINY_FP
+            .replace("elastic-net-ista", "fixed-point-toy")
+            .replace("rows = 8\ncols = 8\ndensity = 0.3\n", ""),
+    )
+    .unwrap();
+    assert_fails_with(
+        &run(bin().arg("--out").arg(&dir).arg("run").arg(&bad)),
+        "per-coordinate steps",
     );
 }
 

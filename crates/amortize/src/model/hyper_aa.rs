@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::gru::sigmoid;
 use super::neural_fp::{needs_map, row_norm, zeroed_mlp};
+use super::preconditioner::{apply_map, StepPreconditioner};
 use super::{Mlp, Model, ModelConfig, Params, Prediction};
 use crate::problem::Problem;
 use crate::solver::{anderson_weights, stack_history};
@@ -37,6 +38,10 @@ pub struct HyperAaConfig {
     /// Each iterate yᵗ, t ≥ 1, enters the next step as a constant (default true; see
     /// [`super::NeuralFpConfig::truncated`]: through all steps the gradient explodes).
     pub truncated: bool,
+    /// Also learn a diagonal preconditioner of the map (default false; see
+    /// [`super::preconditioner`]): HyperAA then mixes the pairs of the preconditioned map g_D,
+    /// which has g's fixed points. Needs a family whose map has per-coordinate steps.
+    pub precondition: bool,
 }
 
 /// How [`HyperAa`] forms the mixing weights α.
@@ -64,6 +69,7 @@ impl Default for HyperAaConfig {
             initial_beta: 0.95,
             weights: HyperAaWeights::Correction,
             truncated: true,
+            precondition: false,
         }
     }
 }
@@ -82,6 +88,7 @@ pub struct HyperAa {
     params: Params,
     init: Option<Mlp>,
     coefficients: Mlp,
+    precondition: Option<StepPreconditioner>,
     beta_offset: f64,
     dim: usize,
     dtype: DType,
@@ -106,7 +113,7 @@ impl HyperAa {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        needs_map(problem, "hyper-aa")?;
+        let map = needs_map(problem, "hyper-aa")?;
         if config.steps == 0 || config.init.contains(&0) || config.hidden.contains(&0) {
             return Err(Error::invalid(
                 "hyper-aa: steps and every width must be at least 1",
@@ -145,8 +152,21 @@ impl HyperAa {
             rng,
             device,
         )?;
+        let precondition = match config.precondition {
+            true => Some(StepPreconditioner::new(
+                &mut params,
+                problem,
+                map,
+                "hyper-aa",
+                dtype,
+                rng,
+                device,
+            )?),
+            false => None,
+        };
         let b = config.initial_beta;
         Ok(HyperAa {
+            precondition,
             beta_offset: (b / (1.0 - b)).ln(),
             config,
             params,
@@ -166,6 +186,12 @@ impl HyperAa {
             Some(mlp) => mlp.forward_raw(&x)?,
             None => Tensor::zeros((n, self.dim), self.dtype, x.device())?,
         };
+        let steps = match &self.precondition {
+            Some(p) => Some(p.multipliers(map, &x)?),
+            None => None,
+        };
+        // The reference of the progress feature is the family's ‖R(0)‖, which does not depend on
+        // the parameters (so detaching it is exact).
         let r0 = row_norm(&map.apply(&y.zeros_like()?, &x)?)?.detach();
         let mut history: VecDeque<(Tensor, Tensor)> = VecDeque::new();
         let mut iterates = vec![y.clone()];
@@ -174,7 +200,7 @@ impl HyperAa {
             if self.config.truncated && t > 0 {
                 y = y.detach();
             }
-            let g = map.apply(&y, &x)?;
+            let g = apply_map(map, &y, &x, steps.as_ref())?;
             history.push_back((y.clone(), g));
             while history.len() > slots {
                 history.pop_front();

@@ -10,6 +10,7 @@ mod lista;
 mod mlp;
 mod neural_fp;
 mod params;
+pub mod preconditioner;
 mod rho_policy;
 mod unrolled;
 

@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::gru::GruCell;
+use super::preconditioner::{apply_map, StepPreconditioner};
 use super::{Mlp, MlpConfig, Model, ModelConfig, Params, Prediction};
 use crate::problem::{FixedPointMap, Problem};
 use crate::solver::{anderson_update, anderson_weights, stack_history};
@@ -48,6 +49,12 @@ pub struct NeuralFpConfig {
     /// relative to the step and its coupling, which tell the shared GRU how far each
     /// coordinate's ISTA step falls short.
     pub coordinate_context: bool,
+    /// Also learn a diagonal preconditioner of the map (default false): per-coordinate step
+    /// multipliers from the family's per-coordinate context, fixed over the run, and the model
+    /// iterates the preconditioned map g_D, which has g's fixed points (see
+    /// [`super::preconditioner`]; they start at 1, g itself). Needs a family whose map has
+    /// per-coordinate steps (elastic-net-ista: dᵢ = 1/(t·Hᵢᵢ) is the Jacobi preconditioner).
+    pub precondition: bool,
 }
 
 /// Inputs per coordinate of the coordinatewise acceleration model (before the family's
@@ -70,6 +77,7 @@ impl Default for NeuralFpConfig {
             truncated: true,
             coordinatewise: false,
             coordinate_context: true,
+            precondition: false,
         }
     }
 }
@@ -87,10 +95,14 @@ impl Default for NeuralFpConfig {
 /// differentiated through their least-squares solve ([`crate::solver::anderson_weights`]).
 ///
 /// With [`NeuralFpConfig::coordinatewise`], one GRU shared by all coordinates reads
-/// per-coordinate features instead, and the correction is s·w_oᵀĥᵢ with s = ‖R‖/√n.
+/// per-coordinate features instead, and the correction is s·w_oᵀĥᵢ with s = ‖R‖/√n. With
+/// [`NeuralFpConfig::precondition`], g is replaced throughout by a learned diagonally
+/// preconditioned map g_D with the same fixed points (D = t·diag(d(x)), d fixed per instance);
+/// the loss and every reported residual stay those of the family's g.
 ///
-/// Past K iterations ([`Model::forward_with_steps`]) plain Anderson continues from the learned
-/// iterates and history: a warm start whose answer a residual check can certify.
+/// Past K iterations ([`Model::forward_with_steps`]) plain Anderson (on g_D when
+/// preconditioned) continues from the learned iterates and history: a warm start whose answer
+/// a residual check of g can certify.
 pub struct NeuralFp {
     config: NeuralFpConfig,
     params: Params,
@@ -100,6 +112,8 @@ pub struct NeuralFp {
     dim: usize,
     /// Per-coordinate context descriptors read by the coordinatewise GRU (0: none).
     context_features: usize,
+    /// The learned diagonal preconditioner of the map.
+    precondition: Option<StepPreconditioner>,
     dtype: DType,
 }
 
@@ -208,6 +222,18 @@ impl NeuralFp {
                 device,
             )?)
         };
+        let precondition = match config.precondition {
+            true => Some(StepPreconditioner::new(
+                &mut params,
+                problem,
+                map,
+                "neural-fp",
+                dtype,
+                rng,
+                device,
+            )?),
+            false => None,
+        };
         let gru = GruCell::new(
             &mut params,
             "acc",
@@ -229,6 +255,7 @@ impl NeuralFp {
             wo,
             dim,
             context_features,
+            precondition,
             dtype,
         })
     }
@@ -267,13 +294,17 @@ impl NeuralFp {
             context: self.coordinate_context(map, &x)?,
             reference: None,
         };
+        let steps = match &self.precondition {
+            Some(p) => Some(p.multipliers(map, &x)?),
+            None => None,
+        };
         let mut history: VecDeque<(Tensor, Tensor)> = VecDeque::new();
         let mut iterates = vec![y.clone()];
         for t in 0..total {
             if self.config.truncated && t > 0 {
                 y = y.detach();
             }
-            let g = map.apply(&y, &x)?;
+            let g = apply_map(map, &y, &x, steps.as_ref())?;
             let r = g.sub(&y)?;
             history.push_back((y.clone(), g.clone()));
             while history.len() > self.config.memory + 1 {

@@ -131,8 +131,10 @@ impl ElasticNetIsta {
     }
 }
 
-impl FixedPointMap for ElasticNetIsta {
-    fn apply(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
+impl ElasticNetIsta {
+    /// The proximal-gradient step with per-coordinate steps D `(rows, n)`, or the family's
+    /// global step t when `steps` is `None`: S_{λ₁D}(y − D(Aᵀ(Ay − b) + λ₂y)).
+    fn proximal_step(&self, y: &Tensor, x: &Tensor, steps: Option<&Tensor>) -> Result<Tensor> {
         let (a, b, t) = self.unpack(x, y.dtype())?;
         let (rows, n) = y.dims2()?;
         let residual = a.matmul(&y.reshape((rows, n, 1))?)?.sub(&b)?;
@@ -141,11 +143,38 @@ impl FixedPointMap for ElasticNetIsta {
             .matmul(&residual)?
             .reshape((rows, n))?
             .add(&y.affine(self.config.l2, 0.0)?)?;
-        let v = y.sub(&grad.broadcast_mul(&t)?)?;
-        let tau = t.affine(self.config.l1, 0.0)?;
+        let step = match steps {
+            Some(s) => s.broadcast_mul(&t)?,
+            None => t,
+        };
+        let v = y.sub(&grad.broadcast_mul(&step)?)?;
+        let tau = step.affine(self.config.l1, 0.0)?;
         let pos = v.broadcast_sub(&tau)?.relu()?;
         let neg = v.neg()?.broadcast_sub(&tau)?.relu()?;
         Ok(pos.sub(&neg)?)
+    }
+}
+
+impl FixedPointMap for ElasticNetIsta {
+    fn apply(&self, y: &Tensor, x: &Tensor) -> Result<Tensor> {
+        self.proximal_step(y, x, None)
+    }
+
+    fn supports_coordinate_steps(&self) -> bool {
+        true
+    }
+
+    /// S_{λ₁D}(y − D(Aᵀ(Ay − b) + λ₂y)) with D = t·diag(steps); steps = 1/(t·Hᵢᵢ) is the
+    /// Jacobi-preconditioned ISTA map.
+    fn apply_with_steps(&self, y: &Tensor, x: &Tensor, steps: &Tensor) -> Result<Tensor> {
+        if steps.dims() != y.dims() {
+            return Err(Error::invalid(format!(
+                "elastic-net-ista: per-coordinate steps of shape {:?} for iterates of shape {:?}",
+                steps.dims(),
+                y.dims()
+            )));
+        }
+        self.proximal_step(y, x, Some(&steps.to_dtype(y.dtype())?))
     }
 
     fn coordinate_context_dim(&self) -> usize {

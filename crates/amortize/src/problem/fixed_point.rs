@@ -33,6 +33,25 @@ pub trait FixedPointMap: Send + Sync {
         let _ = x;
         Ok(None)
     }
+
+    /// Whether [`FixedPointMap::apply_with_steps`] is available (default false).
+    fn supports_coordinate_steps(&self) -> bool {
+        false
+    }
+
+    /// The map with each coordinate's step multiplied by `steps` (positive, same shape as
+    /// `y`): for a proximal-gradient map g(y) = prox_{t·h}(y − t∇φ(y)) with a separable h,
+    ///
+    /// g_D(y) = prox_{D·h}(y − D∇φ(y)),  D = t·diag(steps),
+    ///
+    /// a diagonally preconditioned map with the same fixed points as g for any positive steps
+    /// (at steps = 1 it is g). Errors (the default) for a family without that form.
+    fn apply_with_steps(&self, y: &Tensor, x: &Tensor, steps: &Tensor) -> Result<Tensor> {
+        let _ = (y, x, steps);
+        Err(Error::invalid(
+            "this family's fixed-point map has no per-coordinate steps",
+        ))
+    }
 }
 
 impl<T: FixedPointMap + ?Sized> FixedPointMap for &T {
@@ -46,6 +65,14 @@ impl<T: FixedPointMap + ?Sized> FixedPointMap for &T {
 
     fn coordinate_context(&self, x: &Tensor) -> Result<Option<Tensor>> {
         (**self).coordinate_context(x)
+    }
+
+    fn supports_coordinate_steps(&self) -> bool {
+        (**self).supports_coordinate_steps()
+    }
+
+    fn apply_with_steps(&self, y: &Tensor, x: &Tensor, steps: &Tensor) -> Result<Tensor> {
+        (**self).apply_with_steps(y, x, steps)
     }
 }
 

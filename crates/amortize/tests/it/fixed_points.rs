@@ -134,6 +134,78 @@ fn elastic_net_coordinate_context_matches_a_hand_computation() -> Result<()> {
 }
 
 #[test]
+fn elastic_net_map_with_per_coordinate_steps_is_preconditioned_ista_with_the_same_fixed_point(
+) -> Result<()> {
+    let p = small_enr()?;
+    let (m, n, l1, l2) = (6, 5, 0.1, 0.05);
+    let x = contexts(&p, 4, 7)?.to_dtype(DType::F64)?;
+    let y = Tensor::from_vec(
+        (0..20)
+            .map(|i| ((i as f64) * 1.3).cos())
+            .collect::<Vec<_>>(),
+        (4, 5),
+        &Device::Cpu,
+    )?;
+    assert!(p.supports_coordinate_steps());
+    // Unit steps give the map itself.
+    let ones = y.ones_like()?;
+    assert_eq!(
+        max_abs_diff(&p.apply_with_steps(&y, &x, &ones)?, &p.apply(&y, &x)?)?,
+        0.0
+    );
+    // Jacobi steps dᵢ = 1/(t·Hᵢᵢ), by hand: S_{λ₁/Hᵢᵢ}(yᵢ − ∇ᵢφ(y)/Hᵢᵢ).
+    let xs = rows(&x)?;
+    let jacobi: Vec<f64> = xs
+        .iter()
+        .flat_map(|row| {
+            let (a, _, t) = unpack(row, m, n);
+            (0..n).map(move |c| {
+                let hcc = (0..m).map(|r| a[r * n + c].powi(2)).sum::<f64>() + l2;
+                1.0 / (t * hcc)
+            })
+        })
+        .collect();
+    let steps = Tensor::from_vec(jacobi.clone(), (4, 5), &Device::Cpu)?;
+    let gd = rows(&p.apply_with_steps(&y, &x, &steps)?)?;
+    let ys = rows(&y)?;
+    for i in 0..4 {
+        let (a, b, _) = unpack(&xs[i], m, n);
+        let res: Vec<f64> = (0..m)
+            .map(|r| (0..n).map(|c| a[r * n + c] * ys[i][c]).sum::<f64>() - b[r])
+            .collect();
+        for c in 0..n {
+            let hcc = (0..m).map(|r| a[r * n + c].powi(2)).sum::<f64>() + l2;
+            let grad = (0..m).map(|r| a[r * n + c] * res[r]).sum::<f64>() + l2 * ys[i][c];
+            let v = ys[i][c] - grad / hcc;
+            let expected = v.signum() * (v.abs() - l1 / hcc).max(0.0);
+            assert!(
+                (gd[i][c] - expected).abs() < 1e-10,
+                "g_D differs at ({i}, {c}): {} vs {expected}",
+                gd[i][c]
+            );
+        }
+    }
+    // Any positive steps keep the elastic net's solution fixed.
+    let y_star = p.solve_exact(&x)?.unwrap();
+    let random = Tensor::rand(0.1, 3.0, (4, 5), &Device::Cpu)?;
+    for d in [&steps, &random] {
+        let moved = max_abs_diff(&p.apply_with_steps(&y_star, &x, d)?, &y_star)?;
+        assert!(moved < 1e-8, "y* moved by {moved}");
+    }
+    // A shape mismatch is an error, and families without steps refuse.
+    let e = p
+        .apply_with_steps(&y, &x, &Tensor::ones((4, 4), DType::F64, &Device::Cpu)?)
+        .expect_err("wrong shape");
+    assert!(e.to_string().contains("per-coordinate steps"), "{e}");
+    let toy = FixedPointToy::new(FixedPointToyConfig::default())?;
+    assert!(!toy.supports_coordinate_steps());
+    let xt = contexts(&toy, 2, 1)?;
+    let yt = Tensor::zeros((2, 1), DType::F32, &Device::Cpu)?;
+    assert!(toy.apply_with_steps(&yt, &xt, &yt.ones_like()?).is_err());
+    Ok(())
+}
+
+#[test]
 fn normalised_residual_is_one_at_zero_and_scale_free() -> Result<()> {
     let p = small_enr()?;
     let x = contexts(&p, 5, 2)?.to_dtype(DType::F64)?;
@@ -169,11 +241,13 @@ fn normalised_residual_is_one_at_zero_and_scale_free() -> Result<()> {
 fn neural_fp_with_learned_parts_off_reproduces_anderson_exactly() -> Result<()> {
     let p = small_enr()?;
     let x = contexts(&p, 6, 3)?;
-    for (init, coordinatewise) in [
-        (vec![], false),
-        (vec![16], false),
-        (vec![], true),
-        (vec![16], true),
+    for (init, coordinatewise, precondition) in [
+        (vec![], false, false),
+        (vec![16], false, false),
+        (vec![], true, false),
+        (vec![16], true, false),
+        (vec![16], false, true),
+        (vec![16], true, true),
     ] {
         let model = NeuralFp::new(
             NeuralFpConfig {
@@ -182,6 +256,7 @@ fn neural_fp_with_learned_parts_off_reproduces_anderson_exactly() -> Result<()> 
                 init,
                 hidden: 8,
                 coordinatewise,
+                precondition,
                 ..NeuralFpConfig::default()
             },
             &p,
@@ -197,6 +272,32 @@ fn neural_fp_with_learned_parts_off_reproduces_anderson_exactly() -> Result<()> 
                 max_abs_diff(a, b)?,
                 0.0,
                 "iterate {k} differs from Anderson's"
+            );
+        }
+    }
+    // So does untrained HyperAA in its correction form (up to rounding: it forms βḡ + (1 − β)ȳ).
+    for precondition in [false, true] {
+        let model = HyperAa::new(
+            HyperAaConfig {
+                steps: 12,
+                memory: 3,
+                init: vec![16],
+                hidden: vec![8],
+                precondition,
+                ..HyperAaConfig::default()
+            },
+            &p,
+            &mut StdRng::seed_from_u64(0),
+            &Device::Cpu,
+        )?;
+        let pred = model.forward(&x, &p)?;
+        let zero = Tensor::zeros((6, 5), DType::F32, &Device::Cpu)?;
+        let aa = solver_iterates(&Anderson::new(&p, 3, 1.0, 1e-3)?, &zero, &x, 12)?;
+        for (k, (a, b)) in pred.iterates.iter().zip(&aa).enumerate() {
+            let d = max_abs_diff(a, b)?;
+            assert!(
+                d < 1e-5,
+                "HyperAA iterate {k} differs from Anderson's by {d}"
             );
         }
     }
@@ -263,8 +364,12 @@ fn neural_fp_and_hyper_aa_gradients_match_finite_differences() -> Result<()> {
     let x = contexts(&p, 3, 4)?.to_dtype(DType::F64)?;
     // NeuralFP through Anderson's least-squares weights (their custom op's implicit backward),
     // with one GRU on the whole vector and with the coordinatewise GRU (which also reads the
-    // family's per-coordinate context).
-    for (coordinatewise, seed, noise_seed) in [(false, 1, 2), (true, 5, 6)] {
+    // family's per-coordinate context), and with the learned preconditioner of the map.
+    for (coordinatewise, precondition, seed, noise_seed) in [
+        (false, false, 1, 2),
+        (true, false, 5, 6),
+        (true, true, 7, 8),
+    ] {
         let nfp = NeuralFp::with_dtype(
             NeuralFpConfig {
                 steps: 4,
@@ -273,6 +378,7 @@ fn neural_fp_and_hyper_aa_gradients_match_finite_differences() -> Result<()> {
                 hidden: 5,
                 truncated: false,
                 coordinatewise,
+                precondition,
                 ..NeuralFpConfig::default()
             },
             &p,
@@ -300,6 +406,25 @@ fn neural_fp_and_hyper_aa_gradients_match_finite_differences() -> Result<()> {
         &Device::Cpu,
     )?;
     perturb(&haa, 4)?;
+    check_gradients(&haa, &p, &x, 1e-5)?;
+    // And through its learned preconditioner of the map.
+    let haa = HyperAa::with_dtype(
+        HyperAaConfig {
+            steps: 4,
+            memory: 2,
+            init: vec![],
+            hidden: vec![7],
+            penalty: 0.0,
+            truncated: false,
+            precondition: true,
+            ..HyperAaConfig::default()
+        },
+        &p,
+        &mut StdRng::seed_from_u64(9),
+        DType::F64,
+        &Device::Cpu,
+    )?;
+    perturb(&haa, 10)?;
     check_gradients(&haa, &p, &x, 1e-5)?;
     Ok(())
 }
@@ -365,13 +490,14 @@ fn quick_neural_fp_training_beats_anderson_at_its_depth() -> Result<()> {
         ..ElasticNetConfig::default()
     });
     let p = config.build()?;
-    for coordinatewise in [false, true] {
+    for (coordinatewise, precondition) in [(false, false), (true, false), (true, true)] {
         let model = ModelConfig::NeuralFp(NeuralFpConfig {
             steps: 8,
             memory: 3,
             init: vec![32],
             hidden: 16,
             coordinatewise,
+            precondition,
             ..NeuralFpConfig::default()
         })
         .build(p.as_ref(), &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
@@ -392,7 +518,7 @@ fn quick_neural_fp_training_beats_anderson_at_its_depth() -> Result<()> {
         let (anderson, learned) = (&curves[1], &curves[2]);
         assert!(
             learned.mean[8] < 0.97 * anderson.mean[8],
-            "coordinatewise {coordinatewise}: learned {} vs Anderson {} at iteration 8",
+            "coordinatewise {coordinatewise}, precondition {precondition}: learned {} vs Anderson {} at iteration 8",
             learned.mean[8],
             anderson.mean[8]
         );
@@ -412,6 +538,25 @@ fn fixed_point_models_and_families_refuse_bad_input() -> Result<()> {
         .err()
         .expect("the sphere has no fixed-point map");
     assert!(e.to_string().contains("fixed-point family"), "{e}");
+    // The learned preconditioner needs a map with per-coordinate steps.
+    let toy = FixedPointToy::new(FixedPointToyConfig::default())?;
+    let e = NeuralFp::new(
+        NeuralFpConfig {
+            coordinatewise: true,
+            precondition: true,
+            ..NeuralFpConfig::default()
+        },
+        &toy,
+        &mut rng,
+        &Device::Cpu,
+    )
+    .err()
+    .expect("the toy map has no per-coordinate steps");
+    let e = e.to_string();
+    assert!(
+        e.contains("per-coordinate steps") && e.contains("fixed-point-toy"),
+        "{e}"
+    );
     assert!(ElasticNetIsta::new(ElasticNetConfig {
         l2: 0.0,
         ..ElasticNetConfig::default()

@@ -1,0 +1,117 @@
+//! A learned diagonal preconditioner of a proximal-gradient fixed-point map (tutorial §6.4;
+//! used by NeuralFP and HyperAA): per-coordinate step multipliers predicted from the family's
+//! per-coordinate context.
+//!
+//! For g(y) = prox_{t·h}(y − t∇φ(y)) the family provides g_D(y) = prox_{D·h}(y − D∇φ(y)) with
+//! D = t·diag(d) ([`FixedPointMap::apply_with_steps`]), which has g's fixed points for every
+//! positive d. The multipliers are
+//!
+//! dᵢ = exp(B·tanh(uᵢ/B)),  uᵢ = MLP(cᵢ),  B = [`PRECONDITION_BOUND`],
+//!
+//! with cᵢ coordinate i's context descriptors, shared over coordinates and fixed over a run: an
+//! accelerator's history then holds pairs of one consistent map, where multipliers that changed
+//! every iteration would break Anderson's secant information. The MLP's last layer starts at
+//! zero, so the untrained preconditioner is d = 1, the family's own map. On elastic-net-ista,
+//! dᵢ = 1/(t·Hᵢᵢ) is the classical Jacobi preconditioner.
+
+use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+
+use super::neural_fp::zeroed_mlp;
+use super::{Mlp, Params};
+use crate::problem::{FixedPointMap, Problem};
+use crate::{Error, Result};
+
+/// Bound B on the log of the learned step multipliers: dᵢ ∈ [e^{−B}, e^{B}] (e⁶ ≈ 400; on
+/// elastic-net-ista the Jacobi multipliers 1/(t·Hᵢᵢ) reach about 200).
+pub const PRECONDITION_BOUND: f64 = 6.0;
+
+/// Hidden width of the multipliers' MLP.
+const HIDDEN: usize = 16;
+
+/// The learned step multipliers; see the module documentation.
+pub(crate) struct StepPreconditioner {
+    mlp: Mlp,
+    features: usize,
+    dim: usize,
+    dtype: DType,
+}
+
+impl StepPreconditioner {
+    /// A preconditioner for `problem`'s map, its parameters registered as `precondition.*`;
+    /// errors, naming `model`, when the map has no per-coordinate steps or context.
+    pub(crate) fn new(
+        params: &mut Params,
+        problem: &dyn Problem,
+        map: &dyn FixedPointMap,
+        model: &str,
+        dtype: DType,
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<Self> {
+        let features = map.coordinate_context_dim();
+        if !map.supports_coordinate_steps() || features == 0 {
+            return Err(Error::invalid(format!(
+                "{model}: precondition needs a map with per-coordinate steps and context, which '{}' lacks",
+                problem.name()
+            )));
+        }
+        let mlp = zeroed_mlp(
+            params,
+            "precondition",
+            &[HIDDEN],
+            features,
+            1,
+            dtype,
+            rng,
+            device,
+        )?;
+        Ok(StepPreconditioner {
+            mlp,
+            features,
+            dim: problem.solution_dim(),
+            dtype,
+        })
+    }
+
+    /// The multipliers d `(rows, dim)` for contexts `x`.
+    pub(crate) fn multipliers(&self, map: &dyn FixedPointMap, x: &Tensor) -> Result<Tensor> {
+        let context = map.coordinate_context(x)?.ok_or_else(|| {
+            Error::invalid("precondition: the family gave no per-coordinate context")
+        })?;
+        let rows = x.dim(0)?;
+        if context.dims3()? != (rows, self.dim, self.features) {
+            return Err(Error::invalid(format!(
+                "precondition: the family's per-coordinate context has shape {:?}, expected {:?}",
+                context.dims(),
+                (rows, self.dim, self.features)
+            )));
+        }
+        let context = context
+            .to_dtype(self.dtype)?
+            .detach()
+            .reshape((rows * self.dim, self.features))?;
+        let b = PRECONDITION_BOUND;
+        Ok(self
+            .mlp
+            .forward_raw(&context)?
+            .affine(1.0 / b, 0.0)?
+            .tanh()?
+            .affine(b, 0.0)?
+            .exp()?
+            .reshape((rows, self.dim))?)
+    }
+}
+
+/// g(y) or, with multipliers `steps`, the preconditioned g_D(y).
+pub(crate) fn apply_map(
+    map: &dyn FixedPointMap,
+    y: &Tensor,
+    x: &Tensor,
+    steps: Option<&Tensor>,
+) -> Result<Tensor> {
+    match steps {
+        Some(d) => map.apply_with_steps(y, x, d),
+        None => map.apply(y, x),
+    }
+}
