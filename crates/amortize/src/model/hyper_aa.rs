@@ -187,7 +187,7 @@ impl HyperAa {
             None => Tensor::zeros((n, self.dim), self.dtype, x.device())?,
         };
         let steps = match &self.precondition {
-            Some(p) => Some(p.multipliers(map, &x)?),
+            Some(p) => Some(p.multipliers_for(map, &x, "hyper-aa")?),
             None => None,
         };
         // The reference of the progress feature is the family's ‖R(0)‖, which does not depend on

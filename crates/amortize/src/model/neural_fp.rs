@@ -169,6 +169,30 @@ pub(crate) fn row_norm(v: &Tensor) -> Result<Tensor> {
     Ok(v.sqr()?.sum_keepdim(1)?.affine(1.0, 1e-30)?.sqrt()?)
 }
 
+/// The family's per-coordinate context `(rows, dim, features)` of contexts `x`, detached, in
+/// `dtype`; errors, naming `model`, when the family gives none or one of another shape.
+pub(crate) fn checked_coordinate_context(
+    map: &dyn FixedPointMap,
+    x: &Tensor,
+    (dim, features): (usize, usize),
+    dtype: DType,
+    model: &str,
+) -> Result<Tensor> {
+    let context = map.coordinate_context(x)?.ok_or_else(|| {
+        Error::invalid(format!(
+            "{model}: the model reads a per-coordinate context the family lacks"
+        ))
+    })?;
+    let expected = (x.dim(0)?, dim, features);
+    if context.dims3()? != expected {
+        return Err(Error::invalid(format!(
+            "{model}: the family's per-coordinate context has shape {:?}, expected {expected:?}",
+            context.dims()
+        )));
+    }
+    Ok(context.to_dtype(dtype)?.detach())
+}
+
 impl NeuralFp {
     /// A NeuralFP model for the fixed-point family `problem` (f32 parameters from `rng`).
     pub fn new(
@@ -290,13 +314,29 @@ impl NeuralFp {
                 zero_hidden()?,
             ),
         };
-        let mut state = CoordinateState {
-            context: self.coordinate_context(map, &x)?,
-            reference: None,
+        // The family's per-coordinate context, read once for the GRU and the preconditioner
+        // (which read the same descriptors when both are on).
+        let features = match &self.precondition {
+            Some(p) => p.features(),
+            None => self.context_features,
         };
-        let steps = match &self.precondition {
-            Some(p) => Some(p.multipliers(map, &x)?),
-            None => None,
+        let context = match features {
+            0 => None,
+            k => Some(checked_coordinate_context(
+                map,
+                &x,
+                (self.dim, k),
+                self.dtype,
+                "neural-fp",
+            )?),
+        };
+        let steps = match (&self.precondition, &context) {
+            (Some(p), Some(c)) => Some(p.multipliers(c)?),
+            _ => None,
+        };
+        let mut state = CoordinateState {
+            context: context.filter(|_| self.context_features > 0),
+            reference: None,
         };
         let mut history: VecDeque<(Tensor, Tensor)> = VecDeque::new();
         let mut iterates = vec![y.clone()];
@@ -367,25 +407,6 @@ struct CoordinateState {
 }
 
 impl NeuralFp {
-    /// The family's per-coordinate context `(n, dim, k)` in the model's dtype, when the model
-    /// reads one; errors when the family's shape disagrees with the model's.
-    fn coordinate_context(&self, map: &dyn FixedPointMap, x: &Tensor) -> Result<Option<Tensor>> {
-        if self.context_features == 0 {
-            return Ok(None);
-        }
-        let context = map.coordinate_context(x)?.ok_or_else(|| {
-            Error::invalid("neural-fp: the model reads a per-coordinate context the family lacks")
-        })?;
-        let expected = (x.dim(0)?, self.dim, self.context_features);
-        if context.dims3()? != expected {
-            return Err(Error::invalid(format!(
-                "neural-fp: the family's per-coordinate context has shape {:?}, expected {expected:?}",
-                context.dims()
-            )));
-        }
-        Ok(Some(context.to_dtype(self.dtype)?.detach()))
-    }
-
     /// The coordinatewise scale s = ‖R‖/√n per row, `(rows, 1)`, from ‖R‖ `(rows, 1)`.
     fn scale(&self, norm: &Tensor) -> Result<Tensor> {
         Ok(norm.affine(1.0 / (self.dim as f64).sqrt(), 0.0)?)

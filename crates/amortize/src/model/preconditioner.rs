@@ -17,7 +17,7 @@
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 
-use super::neural_fp::zeroed_mlp;
+use super::neural_fp::{checked_coordinate_context, zeroed_mlp};
 use super::{Mlp, Params};
 use crate::problem::{FixedPointMap, Problem};
 use crate::{Error, Result};
@@ -74,23 +74,29 @@ impl StepPreconditioner {
         })
     }
 
-    /// The multipliers d `(rows, dim)` for contexts `x`.
-    pub(crate) fn multipliers(&self, map: &dyn FixedPointMap, x: &Tensor) -> Result<Tensor> {
-        let context = map.coordinate_context(x)?.ok_or_else(|| {
-            Error::invalid("precondition: the family gave no per-coordinate context")
-        })?;
-        let rows = x.dim(0)?;
-        if context.dims3()? != (rows, self.dim, self.features) {
-            return Err(Error::invalid(format!(
-                "precondition: the family's per-coordinate context has shape {:?}, expected {:?}",
-                context.dims(),
-                (rows, self.dim, self.features)
-            )));
-        }
-        let context = context
-            .to_dtype(self.dtype)?
-            .detach()
-            .reshape((rows * self.dim, self.features))?;
+    /// Descriptors per coordinate it reads.
+    pub(crate) fn features(&self) -> usize {
+        self.features
+    }
+
+    /// The multipliers d `(rows, dim)` for contexts `x`, from the family's per-coordinate
+    /// context (read here; errors, naming `model`, when it is missing or misshapen).
+    pub(crate) fn multipliers_for(
+        &self,
+        map: &dyn FixedPointMap,
+        x: &Tensor,
+        model: &str,
+    ) -> Result<Tensor> {
+        let context =
+            checked_coordinate_context(map, x, (self.dim, self.features), self.dtype, model)?;
+        self.multipliers(&context)
+    }
+
+    /// The multipliers d `(rows, dim)` from a checked per-coordinate context
+    /// `(rows, dim, features)` ([`checked_coordinate_context`]).
+    pub(crate) fn multipliers(&self, context: &Tensor) -> Result<Tensor> {
+        let rows = context.dim(0)?;
+        let context = context.reshape((rows * self.dim, self.features))?;
         let b = PRECONDITION_BOUND;
         Ok(self
             .mlp

@@ -36,18 +36,28 @@ fn unpack(x: &[f64], m: usize, n: usize) -> (Vec<f64>, Vec<f64>, f64) {
     )
 }
 
+/// Iterates `(4, 5)` with entries wave(0.0), wave(1.0), …, in f64.
+fn wavy_iterates(wave: impl Fn(f64) -> f64) -> Result<Tensor> {
+    let v: Vec<f64> = (0..20).map(|i| wave(i as f64)).collect();
+    Ok(Tensor::from_vec(v, (4, 5), &Device::Cpu)?)
+}
+
+/// ∇φ(y) = Aᵀ(Ay − b) + λ₂y of the elastic net's smooth part, by hand (A row-major m × n).
+fn hand_gradient(a: &[f64], b: &[f64], y: &[f64], m: usize, n: usize, l2: f64) -> Vec<f64> {
+    let res: Vec<f64> = (0..m)
+        .map(|r| (0..n).map(|c| a[r * n + c] * y[c]).sum::<f64>() - b[r])
+        .collect();
+    (0..n)
+        .map(|c| (0..m).map(|r| a[r * n + c] * res[r]).sum::<f64>() + l2 * y[c])
+        .collect()
+}
+
 #[test]
 fn elastic_net_map_matches_a_hand_written_ista_step_and_its_fixed_point_is_optimal() -> Result<()> {
     let p = small_enr()?;
     let (m, n, l1, l2) = (6, 5, 0.1, 0.05);
     let x = contexts(&p, 4, 1)?.to_dtype(DType::F64)?;
-    let y = Tensor::from_vec(
-        (0..20)
-            .map(|i| ((i as f64) * 0.7).sin())
-            .collect::<Vec<_>>(),
-        (4, 5),
-        &Device::Cpu,
-    )?;
+    let y = wavy_iterates(|i| (i * 0.7).sin())?;
     let g = rows(&p.apply(&y, &x)?)?;
     let (xs, ys) = (rows(&x)?, rows(&y)?);
     for i in 0..4 {
@@ -58,12 +68,9 @@ fn elastic_net_map_matches_a_hand_written_ista_step_and_its_fixed_point_is_optim
             1.0 / t <= frob + l2 + 1e-9,
             "t must not be below 1/(‖A‖_F² + λ₂)"
         );
-        let res: Vec<f64> = (0..m)
-            .map(|r| (0..n).map(|c| a[r * n + c] * ys[i][c]).sum::<f64>() - b[r])
-            .collect();
+        let grad = hand_gradient(&a, &b, &ys[i], m, n, l2);
         for c in 0..n {
-            let grad = (0..m).map(|r| a[r * n + c] * res[r]).sum::<f64>() + l2 * ys[i][c];
-            let v = ys[i][c] - t * grad;
+            let v = ys[i][c] - t * grad[c];
             let expected = v.signum() * (v.abs() - t * l1).max(0.0);
             assert!(
                 (g[i][c] - expected).abs() < 1e-12,
@@ -77,11 +84,8 @@ fn elastic_net_map_matches_a_hand_written_ista_step_and_its_fixed_point_is_optim
     for i in 0..4 {
         let (a, b, _) = unpack(&xs[i], m, n);
         let ys = &y_star[i];
-        let res: Vec<f64> = (0..m)
-            .map(|r| (0..n).map(|c| a[r * n + c] * ys[c]).sum::<f64>() - b[r])
-            .collect();
-        for c in 0..n {
-            let smooth = (0..m).map(|r| a[r * n + c] * res[r]).sum::<f64>() + l2 * ys[c];
+        let grad = hand_gradient(&a, &b, ys, m, n, l2);
+        for (c, &smooth) in grad.iter().enumerate() {
             if ys[c].abs() > 1e-9 {
                 assert!(
                     (smooth + l1 * ys[c].signum()).abs() < 1e-7,
@@ -139,13 +143,7 @@ fn elastic_net_map_with_per_coordinate_steps_is_preconditioned_ista_with_the_sam
     let p = small_enr()?;
     let (m, n, l1, l2) = (6, 5, 0.1, 0.05);
     let x = contexts(&p, 4, 7)?.to_dtype(DType::F64)?;
-    let y = Tensor::from_vec(
-        (0..20)
-            .map(|i| ((i as f64) * 1.3).cos())
-            .collect::<Vec<_>>(),
-        (4, 5),
-        &Device::Cpu,
-    )?;
+    let y = wavy_iterates(|i| (i * 1.3).cos())?;
     assert!(p.supports_coordinate_steps());
     // Unit steps give the map itself.
     let ones = y.ones_like()?;
@@ -169,15 +167,12 @@ fn elastic_net_map_with_per_coordinate_steps_is_preconditioned_ista_with_the_sam
     let gd = rows(&p.apply_with_steps(&y, &x, &steps)?)?;
     let ys = rows(&y)?;
     for i in 0..4 {
-        let (a, b, _) = unpack(&xs[i], m, n);
-        let res: Vec<f64> = (0..m)
-            .map(|r| (0..n).map(|c| a[r * n + c] * ys[i][c]).sum::<f64>() - b[r])
-            .collect();
+        let (a, b, t) = unpack(&xs[i], m, n);
+        let grad = hand_gradient(&a, &b, &ys[i], m, n, l2);
         for c in 0..n {
-            let hcc = (0..m).map(|r| a[r * n + c].powi(2)).sum::<f64>() + l2;
-            let grad = (0..m).map(|r| a[r * n + c] * res[r]).sum::<f64>() + l2 * ys[i][c];
-            let v = ys[i][c] - grad / hcc;
-            let expected = v.signum() * (v.abs() - l1 / hcc).max(0.0);
+            let step = t * jacobi[i * n + c]; // 1/Hcc
+            let v = ys[i][c] - step * grad[c];
+            let expected = v.signum() * (v.abs() - step * l1).max(0.0);
             assert!(
                 (gd[i][c] - expected).abs() < 1e-10,
                 "g_D differs at ({i}, {c}): {} vs {expected}",
