@@ -12,9 +12,9 @@ Maps (each has the elastic net's solution as its fixed point):
 Anderson: memory M (default 5), beta = 1, weights H^-1 1 / 1^T H^-1 1 with
 H = R R^T + ridge * max diag(R R^T) * I (the `solver::Anderson` form, ridge 1e-3).
   learned  (with --learned CHECKPOINT) the map with the per-coordinate steps d_i = t m_i that the
-           learned preconditioner of a NeuralFP checkpoint (`model.precondition = true`) gives,
-           m_i = exp(6 tanh(u_i / 6)), u_i = MLP(log10(t H_ii) / 2, H_ii / sum_j |H_ij|): Anderson
-           on the learned map alone, without the model's GRU.
+           learned preconditioner of a NeuralFP or HyperAA checkpoint (`model.precondition = true`)
+           gives, m_i = exp(6 tanh(u_i / 6)), u_i = MLP(log10(t H_ii) / 2, H_ii / sum_j |H_ij|):
+           Anderson on the learned map alone, without the rest of the model.
 Every method is scored on the family's normalised residual ||g(y) - y|| / ||g(0)||.
 Prints one JSON line per method: mean and median at iterations 10, 25, 50, 100, and the median
 number of iterations to 1e-4 (over the instances solved within 100) with the solved fraction.
@@ -80,7 +80,7 @@ def main():
     p.add_argument("--ridge", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--learned", metavar="CHECKPOINT",
-                   help="weights.safetensors of a NeuralFP run with model.precondition = true")
+                   help="weights.safetensors of a NeuralFP or HyperAA run with model.precondition = true")
     a = p.parse_args()
     learned = load_preconditioner(a.learned) if a.learned else None
     rng = np.random.default_rng(a.seed)

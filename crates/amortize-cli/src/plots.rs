@@ -212,6 +212,7 @@ pub fn curves(
                 .configure_mesh()
                 .x_desc(axes.0)
                 .y_desc(axes.1)
+                .y_label_formatter(&|v| tick_label(*v))
                 .label_style((FONT, 14))
                 .draw()
                 .map_err(e)?;
@@ -254,6 +255,27 @@ pub fn curves(
         root.present().map_err(e)?;
         Ok(())
     })
+}
+
+/// A short axis label: 4 significant digits at most, in scientific notation below 10⁻³ and
+/// from 10⁵ (a log axis's 10⁻⁵ tick is 9.99…e-6 in f64, printed in full by default).
+fn tick_label(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    if !(1e-3..1e5).contains(&a) {
+        let s = format!("{v:.2e}");
+        let (mantissa, exponent) = s.split_once('e').unwrap_or((&s, "0"));
+        let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+        return format!("{mantissa}e{exponent}");
+    }
+    let digits = (3 - a.log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.digits$}");
+    match s.contains('.') {
+        true => s.trim_end_matches('0').trim_end_matches('.').to_string(),
+        false => s,
+    }
 }
 
 const SERIES_COLORS: [RGBColor; 6] = [
@@ -636,6 +658,27 @@ pub fn landscape_1d(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tick_labels_are_short() {
+        let cases = [
+            (10f64.powi(-5), "1e-5"),
+            (9.999999999e-6, "1e-5"),
+            (2.5e-7, "2.5e-7"),
+            (0.001, "0.001"),
+            (0.1, "0.1"),
+            (1.0, "1"),
+            (0.30000000000000004, "0.3"),
+            (12.5, "12.5"),
+            (1234.5678, "1235"),
+            (-0.02, "-0.02"),
+            (2e6, "2e6"),
+            (0.0, "0"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(tick_label(v), want, "{v}");
+        }
+    }
 
     #[test]
     fn mollweide_round_trips() {

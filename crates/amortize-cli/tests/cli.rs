@@ -724,6 +724,7 @@ batch_size = 16
 eval_every = 0
 eval_size = 32
 iterates = { kind = "uniform" }
+gradient = { kind = "hybrid", sigma = 0.05, samples = 1 }
 
 [eval]
 size = 32
@@ -776,6 +777,16 @@ fn run_neural_fp_compares_with_anderson_and_plain_iteration() {
     assert_fails_with(
         &run(bin().arg("--out").arg(&dir).arg("run").arg(&bad)),
         "per-coordinate steps",
+    );
+    // The hybrid estimator trains a preconditioner by ES, so a model without one is refused.
+    std::fs::write(
+        &bad,
+        TINY_FP.replace("precondition = true", "precondition = false"),
+    )
+    .unwrap();
+    assert_fails_with(
+        &run(bin().arg("--out").arg(&dir).arg("run").arg(&bad)),
+        "train.gradient: hybrid",
     );
 }
 

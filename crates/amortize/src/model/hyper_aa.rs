@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::gru::sigmoid;
 use super::neural_fp::{needs_map, row_norm, zeroed_mlp};
-use super::preconditioner::{apply_map, StepPreconditioner};
+use super::preconditioner::{apply_map, preconditioner_vars, StepPreconditioner};
 use super::{Mlp, Model, ModelConfig, Params, Prediction};
 use crate::problem::Problem;
 use crate::solver::{anderson_weights, stack_history};
@@ -302,6 +302,10 @@ impl Model for HyperAa {
 
     fn params(&self) -> &Params {
         &self.params
+    }
+
+    fn whole_run_params(&self) -> Vec<candle_core::Var> {
+        preconditioner_vars(&self.params)
     }
 
     fn config(&self) -> ModelConfig {

@@ -111,6 +111,13 @@ pub trait Model: Send + Sync {
         Vec::new()
     }
 
+    /// The parameters that are fixed over a run and act on every iteration of it (the learned
+    /// preconditioner of NeuralFP and HyperAA), which the hybrid gradient estimator trains by
+    /// ES ([`crate::train::GradientEstimator::Hybrid`]); empty by default.
+    fn whole_run_params(&self) -> Vec<candle_core::Var> {
+        Vec::new()
+    }
+
     /// This model as a plain [`Mlp`], which enables the fused training path.
     fn as_mlp(&self) -> Option<&Mlp> {
         None

@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::gru::GruCell;
-use super::preconditioner::{apply_map, StepPreconditioner};
+use super::preconditioner::{apply_map, preconditioner_vars, StepPreconditioner};
 use super::{Mlp, MlpConfig, Model, ModelConfig, Params, Prediction};
 use crate::problem::{FixedPointMap, Problem};
 use crate::solver::{anderson_update, anderson_weights, stack_history};
@@ -481,6 +481,10 @@ impl Model for NeuralFp {
 
     fn params(&self) -> &Params {
         &self.params
+    }
+
+    fn whole_run_params(&self) -> Vec<candle_core::Var> {
+        preconditioner_vars(&self.params)
     }
 
     fn config(&self) -> ModelConfig {

@@ -109,6 +109,15 @@ impl StepPreconditioner {
     }
 }
 
+/// The preconditioner's parameters in `params` (those named `precondition.*`).
+pub(crate) fn preconditioner_vars(params: &Params) -> Vec<candle_core::Var> {
+    params
+        .iter()
+        .filter(|(name, _)| name.starts_with("precondition."))
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
 /// g(y) or, with multipliers `steps`, the preconditioned g_D(y).
 pub(crate) fn apply_map(
     map: &dyn FixedPointMap,

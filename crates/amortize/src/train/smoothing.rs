@@ -23,15 +23,29 @@ pub enum GradientEstimator {
         /// Number N of antithetic pairs per step.
         samples: usize,
     },
+    /// ES for the parameters that act on every iteration of an unrolled run
+    /// ([`crate::model::Model::whole_run_params`]: the learned preconditioner of NeuralFP and
+    /// HyperAA), reverse-mode autodiff for the others. Backpropagating through the truncated
+    /// unroll sees only each parameter's effect on the next iterate, which is biased for them;
+    /// through the whole unroll the gradient explodes (Metz et al. 2019). The ES estimate of the
+    /// smoothed loss is unbiased for the whole run and costs 2N forward passes per step.
+    Hybrid {
+        /// Smoothing scale σ > 0.
+        sigma: f64,
+        /// Number N of antithetic pairs per step.
+        samples: usize,
+    },
 }
 
 impl GradientEstimator {
     /// Checks σ and N.
     pub fn validate(&self) -> Result<()> {
-        if let GradientEstimator::Es { sigma, samples } = *self {
+        if let GradientEstimator::Es { sigma, samples }
+        | GradientEstimator::Hybrid { sigma, samples } = *self
+        {
             if !(sigma.is_finite() && sigma > 0.0) || samples == 0 {
                 return Err(Error::invalid(
-                    "train.gradient: es needs sigma finite and > 0 and samples >= 1",
+                    "train.gradient: es and hybrid need sigma finite and > 0 and samples >= 1",
                 ));
             }
         }

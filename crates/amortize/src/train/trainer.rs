@@ -441,6 +441,14 @@ impl<'a> Trainer<'a> {
                 )))
             }
         };
+        // The parameters the hybrid estimator trains by ES.
+        let whole_run = self.model.whole_run_params();
+        if matches!(cfg.gradient, GradientEstimator::Hybrid { .. }) && whole_run.is_empty() {
+            return Err(Error::invalid(format!(
+                "train.gradient: hybrid trains a model's whole-run parameters (a learned preconditioner) by ES, and the {} model has none",
+                model_kind(self.model)
+            )));
+        }
         let cpu_objective = problem.cpu_objective();
         let start = Instant::now();
         let mut last_loss = f64::NAN;
@@ -486,6 +494,18 @@ impl<'a> Trainer<'a> {
                         *state = cfg.adam.init(&tensors)?;
                     }
                     let depth = phase.as_ref().map(|p| p.depth);
+                    // The loss at the current parameters, a forward pass only (for ES).
+                    let loss = || {
+                        loss_value(
+                            self.model,
+                            problem,
+                            &cfg,
+                            &x,
+                            labels.as_ref(),
+                            depth,
+                            cfg.penalty_weight(step),
+                        )
+                    };
                     match cfg.gradient {
                         GradientEstimator::Autodiff => composite_step(
                             self.model,
@@ -500,22 +520,27 @@ impl<'a> Trainer<'a> {
                             cfg.penalty_weight(step),
                         )?,
                         GradientEstimator::Es { sigma, samples } => {
-                            let loss = || -> Result<f64> {
-                                let pred = training_prediction(self.model, problem, &x, depth)?;
-                                let l = training_loss(
-                                    &cfg,
-                                    &pred,
-                                    &x,
-                                    labels.as_ref(),
-                                    problem,
-                                    cfg.penalty_weight(step),
-                                )?;
-                                Ok(l.to_dtype(DType::F64)?.to_scalar()?)
-                            };
                             let (grads, loss) =
                                 es_gradient(active, sigma, samples, &mut es_rng, loss)?;
                             let grads = grads.into_iter().map(Some).collect();
                             apply_present(&cfg, active, state, grads, lr, loss)?
+                        }
+                        GradientEstimator::Hybrid { sigma, samples } => {
+                            let (es_grads, _) =
+                                es_gradient(&whole_run, sigma, samples, &mut es_rng, loss)?;
+                            hybrid_step(
+                                self.model,
+                                problem,
+                                &cfg,
+                                active,
+                                state,
+                                &x,
+                                labels.as_ref(),
+                                lr,
+                                depth,
+                                cfg.penalty_weight(step),
+                                (&whole_run, es_grads),
+                            )?
                         }
                     }
                 }
@@ -818,6 +843,86 @@ pub fn composite_step(
     apply_present(cfg, vars, state, grads, lr, loss_value)
 }
 
+/// The training loss at the current parameters (a forward pass only, for ES).
+fn loss_value(
+    model: &dyn Model,
+    problem: &dyn Problem,
+    cfg: &TrainConfig,
+    x: &Tensor,
+    labels: Option<&Tensor>,
+    depth: Option<usize>,
+    penalty_weight: f64,
+) -> Result<f64> {
+    let pred = training_prediction(model, problem, x, depth)?;
+    let loss = training_loss(cfg, &pred, x, labels, problem, penalty_weight)?;
+    Ok(loss.to_dtype(DType::F64)?.to_scalar()?)
+}
+
+/// One step of the hybrid estimator ([`GradientEstimator::Hybrid`]): the ES estimate `es.1`
+/// for the variables `es.0` and the backpropagated gradient for the rest of `vars`, each part
+/// clipped to `clip_grad_norm` on its own (the ES estimate's scale has nothing to do with the
+/// other's), then one Adam update. Returns the loss and the norm of both parts together.
+#[allow(clippy::too_many_arguments)]
+fn hybrid_step(
+    model: &dyn Model,
+    problem: &dyn Problem,
+    cfg: &TrainConfig,
+    vars: &[candle_core::Var],
+    state: &mut AdamState,
+    x: &Tensor,
+    labels: Option<&Tensor>,
+    lr: f64,
+    depth: Option<usize>,
+    penalty_weight: f64,
+    es: (&[candle_core::Var], Vec<Tensor>),
+) -> Result<(f64, f64)> {
+    let pred = training_prediction(model, problem, x, depth)?;
+    let loss = training_loss(cfg, &pred, x, labels, problem, penalty_weight)?;
+    let loss_value: f64 = loss.to_dtype(DType::F64)?.to_scalar()?;
+    let store = loss.backward()?;
+    let (es_vars, es_grads) = es;
+    let mut grads: Vec<Option<Tensor>> = Vec::with_capacity(vars.len());
+    let mut from_es = Vec::with_capacity(vars.len());
+    for v in vars {
+        let id = v.as_tensor().id();
+        match es_vars.iter().position(|e| e.as_tensor().id() == id) {
+            Some(i) => {
+                grads.push(Some(es_grads[i].clone()));
+                from_es.push(true);
+            }
+            None => {
+                grads.push(store.get(v.as_tensor()).map(|g| g.detach()));
+                from_es.push(false);
+            }
+        }
+    }
+    let mut sq = [0f64; 2];
+    for (g, &es) in grads.iter().zip(&from_es) {
+        if let Some(g) = g {
+            sq[usize::from(es)] += crate::optim::sum_of_squares(g)?;
+        }
+    }
+    let grad_norm = (sq[0] + sq[1]).sqrt();
+    if !(loss_value.is_finite() && grad_norm.is_finite()) {
+        return Ok((loss_value, grad_norm));
+    }
+    let scales = sq.map(|s| match cfg.clip_grad_norm {
+        Some(max) if s.sqrt() > max => max / s.sqrt(),
+        _ => 1.0,
+    });
+    let grads: Vec<Option<Tensor>> = grads
+        .into_iter()
+        .zip(&from_es)
+        .map(|(g, &es)| {
+            g.map(|g| g.affine(scales[usize::from(es)], 0.0))
+                .transpose()
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let grads: Vec<Option<&Tensor>> = grads.iter().map(Option::as_ref).collect();
+    cfg.adam.update_vars(lr, vars, &grads, 1.0, state)?;
+    Ok((loss_value, grad_norm))
+}
+
 /// The loss of `pred` summed over iterates per `cfg`, plus `penalty_weight` times the model's
 /// auxiliary penalty when it has one.
 fn training_loss(
@@ -927,4 +1032,105 @@ pub fn exact_labels(problem: &dyn Problem, x: &Tensor) -> Result<Tensor> {
             problem.name()
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModelConfig, NeuralFpConfig};
+    use crate::problem::ElasticNetConfig;
+
+    /// The hybrid step gives the whole-run parameters the ES estimate and the others the
+    /// backpropagated gradient. Adam's first step moves every entry by −lr·sign(gradient), so a
+    /// fabricated ES estimate of +1 moves every preconditioner entry by −lr, including the
+    /// hidden layer, which gets no backpropagated gradient while the zeroed last layer blocks it.
+    #[test]
+    fn hybrid_step_routes_es_and_backpropagated_gradients() -> Result<()> {
+        let p = ProblemConfig::ElasticNetIsta(ElasticNetConfig {
+            rows: 6,
+            cols: 5,
+            density: 0.5,
+            ..ElasticNetConfig::default()
+        })
+        .build()?;
+        let model = ModelConfig::NeuralFp(NeuralFpConfig {
+            steps: 4,
+            memory: 2,
+            init: vec![8],
+            hidden: 4,
+            coordinatewise: true,
+            precondition: true,
+            ..NeuralFpConfig::default()
+        })
+        .build(p.as_ref(), &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+        let cfg = TrainConfig {
+            iterates: IterateWeights::Uniform,
+            clip_grad_norm: None,
+            ..TrainConfig::default()
+        };
+        let x = p.sample_contexts(16, &mut StdRng::seed_from_u64(1), &Device::Cpu)?;
+        let vars: Vec<candle_core::Var> = model.params().vars().cloned().collect();
+        let whole_run = model.whole_run_params();
+        assert_eq!(whole_run.len(), 4, "the preconditioner's two layers");
+        // The backpropagated gradient, at the parameters before the step.
+        let pred = model.forward_train(&x, p.as_ref())?;
+        let store = training_loss(&cfg, &pred, &x, None, p.as_ref(), 1.0)?.backward()?;
+        let before: Vec<Vec<f32>> = vars
+            .iter()
+            .map(|v| v.as_tensor().flatten_all()?.to_vec1::<f32>())
+            .collect::<candle_core::Result<_>>()?;
+        let ones: Vec<Tensor> = whole_run
+            .iter()
+            .map(|v| v.as_tensor().ones_like())
+            .collect::<candle_core::Result<_>>()?;
+        let tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+        let mut state = cfg.adam.init(&tensors)?;
+        let lr = 0.01;
+        hybrid_step(
+            model.as_ref(),
+            p.as_ref(),
+            &cfg,
+            &vars,
+            &mut state,
+            &x,
+            None,
+            lr,
+            None,
+            1.0,
+            (&whole_run, ones),
+        )?;
+        let (mut checked_es, mut checked_autodiff) = (0, 0);
+        for (v, before) in vars.iter().zip(&before) {
+            let after = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            let es = whole_run
+                .iter()
+                .any(|w| w.as_tensor().id() == v.as_tensor().id());
+            let grad = match es {
+                true => vec![1.0; after.len()],
+                false => match store.get(v.as_tensor()) {
+                    Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+                    None => vec![0.0; after.len()],
+                },
+            };
+            for ((a, b), g) in after.iter().zip(before).zip(&grad) {
+                // Entries with a gradient near Adam's ε move by less than lr; skip them.
+                if g.abs() < 1e-4 {
+                    continue;
+                }
+                let expected = b - (lr as f32) * g.signum();
+                assert!(
+                    (a - expected).abs() < 1e-5,
+                    "es {es}: moved from {b} to {a}, expected {expected} (gradient {g})"
+                );
+                match es {
+                    true => checked_es += 1,
+                    false => checked_autodiff += 1,
+                }
+            }
+        }
+        let es_entries: usize = whole_run.iter().map(|v| v.as_tensor().elem_count()).sum();
+        assert_eq!(checked_es, es_entries, "every preconditioner entry moved");
+        assert!(checked_autodiff > 20, "{checked_autodiff} entries checked");
+        Ok(())
+    }
 }

@@ -7,6 +7,7 @@ use amortize::problem::{
 };
 use amortize::solver::Anderson;
 use amortize::testing::max_abs_diff;
+use amortize::train::GradientEstimator;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -485,7 +486,17 @@ fn quick_neural_fp_training_beats_anderson_at_its_depth() -> Result<()> {
         ..ElasticNetConfig::default()
     });
     let p = config.build()?;
-    for (coordinatewise, precondition) in [(false, false), (true, false), (true, true)] {
+    // The last case trains the preconditioner by ES (the hybrid estimator).
+    let hybrid = GradientEstimator::Hybrid {
+        sigma: 0.05,
+        samples: 2,
+    };
+    for (coordinatewise, precondition, gradient) in [
+        (false, false, GradientEstimator::Autodiff),
+        (true, false, GradientEstimator::Autodiff),
+        (true, true, GradientEstimator::Autodiff),
+        (true, true, hybrid),
+    ] {
         let model = ModelConfig::NeuralFp(NeuralFpConfig {
             steps: 8,
             memory: 3,
@@ -504,6 +515,7 @@ fn quick_neural_fp_training_beats_anderson_at_its_depth() -> Result<()> {
             clip_grad_norm: Some(1.0),
             eval_every: 0,
             eval_size: 64,
+            gradient,
             ..TrainConfig::default()
         };
         Trainer::new(p.as_ref(), config.clone(), model.as_ref(), train, 0)?.run()?;
@@ -513,11 +525,56 @@ fn quick_neural_fp_training_beats_anderson_at_its_depth() -> Result<()> {
         let (anderson, learned) = (&curves[1], &curves[2]);
         assert!(
             learned.mean[8] < 0.97 * anderson.mean[8],
-            "coordinatewise {coordinatewise}, precondition {precondition}: learned {} vs Anderson {} at iteration 8",
+            "coordinatewise {coordinatewise}, precondition {precondition}, {gradient:?}: learned {} vs Anderson {} at iteration 8",
             learned.mean[8],
             anderson.mean[8]
         );
     }
+    Ok(())
+}
+
+/// The hybrid estimator trains a model's whole-run parameters by ES; a model without them, or
+/// a bad σ, is refused by name.
+#[test]
+fn hybrid_gradient_refuses_a_model_without_a_preconditioner() -> Result<()> {
+    let config = ProblemConfig::ElasticNetIsta(ElasticNetConfig {
+        rows: 6,
+        cols: 5,
+        ..ElasticNetConfig::default()
+    });
+    let p = config.build()?;
+    let model = ModelConfig::NeuralFp(NeuralFpConfig {
+        steps: 3,
+        coordinatewise: true,
+        precondition: false,
+        ..NeuralFpConfig::default()
+    })
+    .build(p.as_ref(), &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
+    let train = TrainConfig {
+        steps: 2,
+        batch_size: 8,
+        eval_every: 0,
+        eval_size: 8,
+        gradient: GradientEstimator::Hybrid {
+            sigma: 0.05,
+            samples: 1,
+        },
+        ..TrainConfig::default()
+    };
+    let e = Trainer::new(p.as_ref(), config.clone(), model.as_ref(), train.clone(), 0)?
+        .run()
+        .expect_err("no whole-run parameters");
+    let e = e.to_string();
+    assert!(e.contains("hybrid") && e.contains("neural-fp"), "{e}");
+    let bad = TrainConfig {
+        gradient: GradientEstimator::Hybrid {
+            sigma: 0.0,
+            samples: 1,
+        },
+        ..train
+    };
+    let e = bad.validate().expect_err("sigma 0").to_string();
+    assert!(e.contains("sigma"), "{e}");
     Ok(())
 }
 
