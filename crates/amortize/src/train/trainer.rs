@@ -831,16 +831,30 @@ pub fn composite_step(
             problem, cfg, vars, state, x, labels, lr, &pred, lambda, cg_iters,
         );
     }
-    let loss = training_loss(cfg, &pred, x, labels, problem, penalty_weight)?;
+    let (loss_value, grads) = backpropagated(cfg, &pred, vars, x, labels, problem, penalty_weight)?;
+    apply_present(cfg, vars, state, grads, lr, loss_value)
+}
+
+/// The training loss of `pred` and its gradient for each of `vars` by reverse-mode autodiff.
+/// Parameters outside the loss's graph (later layers during a layer-wise stage) get `None`:
+/// no gradient and no update.
+fn backpropagated(
+    cfg: &TrainConfig,
+    pred: &crate::model::Prediction,
+    vars: &[candle_core::Var],
+    x: &Tensor,
+    labels: Option<&Tensor>,
+    problem: &dyn Problem,
+    penalty_weight: f64,
+) -> Result<(f64, Vec<Option<Tensor>>)> {
+    let loss = training_loss(cfg, pred, x, labels, problem, penalty_weight)?;
     let loss_value: f64 = loss.to_dtype(DType::F64)?.to_scalar()?;
     let store = loss.backward()?;
-    // Parameters outside the loss's graph (later layers during a layer-wise stage) get no
-    // gradient and no update.
-    let grads: Vec<Option<Tensor>> = vars
+    let grads = vars
         .iter()
         .map(|v| store.get(v.as_tensor()).map(|g| g.detach()))
         .collect();
-    apply_present(cfg, vars, state, grads, lr, loss_value)
+    Ok((loss_value, grads))
 }
 
 /// The training loss at the current parameters (a forward pass only, for ES).
@@ -877,23 +891,17 @@ fn hybrid_step(
     es: (&[candle_core::Var], Vec<Tensor>),
 ) -> Result<(f64, f64)> {
     let pred = training_prediction(model, problem, x, depth)?;
-    let loss = training_loss(cfg, &pred, x, labels, problem, penalty_weight)?;
-    let loss_value: f64 = loss.to_dtype(DType::F64)?.to_scalar()?;
-    let store = loss.backward()?;
+    let (loss_value, mut grads) =
+        backpropagated(cfg, &pred, vars, x, labels, problem, penalty_weight)?;
     let (es_vars, es_grads) = es;
-    let mut grads: Vec<Option<Tensor>> = Vec::with_capacity(vars.len());
-    let mut from_es = Vec::with_capacity(vars.len());
-    for v in vars {
-        let id = v.as_tensor().id();
-        match es_vars.iter().position(|e| e.as_tensor().id() == id) {
-            Some(i) => {
-                grads.push(Some(es_grads[i].clone()));
-                from_es.push(true);
-            }
-            None => {
-                grads.push(store.get(v.as_tensor()).map(|g| g.detach()));
-                from_es.push(false);
-            }
+    let mut from_es = vec![false; vars.len()];
+    for (e, g) in es_vars.iter().zip(es_grads) {
+        if let Some(i) = vars
+            .iter()
+            .position(|v| v.as_tensor().id() == e.as_tensor().id())
+        {
+            grads[i] = Some(g);
+            from_es[i] = true;
         }
     }
     let mut sq = [0f64; 2];
@@ -906,10 +914,7 @@ fn hybrid_step(
     if !(loss_value.is_finite() && grad_norm.is_finite()) {
         return Ok((loss_value, grad_norm));
     }
-    let scales = sq.map(|s| match cfg.clip_grad_norm {
-        Some(max) if s.sqrt() > max => max / s.sqrt(),
-        _ => 1.0,
-    });
+    let scales = sq.map(|s| clip_scale(cfg, s.sqrt()));
     let grads: Vec<Option<Tensor>> = grads
         .into_iter()
         .zip(&from_es)
@@ -1001,13 +1006,19 @@ fn apply_present(
     if !(loss_value.is_finite() && grad_norm.is_finite()) {
         return Ok((loss_value, grad_norm));
     }
-    let scale = match cfg.clip_grad_norm {
-        Some(max) if grad_norm > max => max / grad_norm,
-        _ => 1.0,
-    };
     let grads: Vec<Option<&Tensor>> = grads.iter().map(Option::as_ref).collect();
-    cfg.adam.update_vars(lr, vars, &grads, scale, state)?;
+    cfg.adam
+        .update_vars(lr, vars, &grads, clip_scale(cfg, grad_norm), state)?;
     Ok((loss_value, grad_norm))
+}
+
+/// The factor that clips a gradient of norm `norm` to `cfg.clip_grad_norm` (1 without clipping
+/// or below the bound).
+fn clip_scale(cfg: &TrainConfig, norm: f64) -> f64 {
+    match cfg.clip_grad_norm {
+        Some(max) if norm > max => max / norm,
+        _ => 1.0,
+    }
 }
 
 /// The held-out contexts of a run with seed `seed`: drawn from their own random stream, so the
