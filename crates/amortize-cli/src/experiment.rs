@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The built-in experiments: (name, TOML text).
-pub const BUILTIN: [(&str, &str); 21] = [
+pub const BUILTIN: [(&str, &str); 22] = [
     ("sphere", include_str!("../../../configs/sphere.toml")),
     ("toy1d", include_str!("../../../configs/toy1d.toml")),
     ("lista", include_str!("../../../configs/lista.toml")),
@@ -49,6 +49,10 @@ pub const BUILTIN: [(&str, &str); 21] = [
     (
         "hyper-aa-preconditioned",
         include_str!("../../../configs/hyper-aa-preconditioned.toml"),
+    ),
+    (
+        "hyper-aa-qp",
+        include_str!("../../../configs/hyper-aa-qp.toml"),
     ),
     (
         "neural-fp-qp",

@@ -212,6 +212,7 @@ pub fn curves(
                 .configure_mesh()
                 .x_desc(axes.0)
                 .y_desc(axes.1)
+                .x_label_formatter(&|v| tick_label(*v))
                 .y_label_formatter(&|v| tick_label(*v))
                 .label_style((FONT, 14))
                 .draw()

@@ -790,6 +790,82 @@ fn run_neural_fp_compares_with_anderson_and_plain_iteration() {
     );
 }
 
+const TINY_HYPER_AA_QP: &str = r#"
+name = "tiny-hyper-aa-qp"
+
+[problem]
+name = "qp-admm"
+class = "random"
+size = 3
+
+[model]
+kind = "hyper-aa"
+steps = 6
+memory = 3
+init = []
+hidden = [8]
+penalty = 100.0
+beta_penalty = 100.0
+precondition = true
+
+[train]
+steps = 10
+batch_size = 8
+eval_every = 0
+eval_size = 8
+loss = { kind = "log-objective" }
+iterates = { kind = "linear" }
+gradient = { kind = "hybrid", sigma = 0.05, samples = 1 }
+
+[eval]
+size = 16
+tolerance = 1e-3
+speed = { baselines = [] }
+fixed_point_iterations = 20
+fixed_point_tolerance = 1e-3
+"#;
+
+/// HyperAA with a learned per-constraint ρ on the ADMM map runs end to end from an experiment
+/// file; backpropagating into that ρ is refused by name, as is a negative Ω(β) weight.
+#[test]
+fn run_hyper_aa_with_a_learned_admm_step() {
+    let dir = tmpdir("hyper-aa-qp");
+    let cfg = dir.join("haq.toml");
+    std::fs::write(&cfg, TINY_HYPER_AA_QP).unwrap();
+    let o = run(bin().arg("--out").arg(&dir).arg("run").arg(&cfg));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run_dir = dir.join("tiny-hyper-aa-qp");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("fixed-point.json")).unwrap())
+            .unwrap();
+    let methods = json["methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 3);
+    assert_eq!(methods[2]["method"], "learned");
+    assert!(run_dir.join("figures").join("residuals.png").exists());
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        TINY_HYPER_AA_QP.replace(
+            "gradient = { kind = \"hybrid\", sigma = 0.05, samples = 1 }\n",
+            "",
+        ),
+    )
+    .unwrap();
+    assert_fails_with(
+        &run(bin().arg("--out").arg(&dir).arg("run").arg(&bad)),
+        "backpropagation cannot differentiate",
+    );
+    std::fs::write(
+        &bad,
+        TINY_HYPER_AA_QP.replace("beta_penalty = 100.0", "beta_penalty = -1.0"),
+    )
+    .unwrap();
+    assert_fails_with(
+        &run(bin().arg("--out").arg(&dir).arg("run").arg(&bad)),
+        "beta_penalty",
+    );
+}
+
 const TINY_RLQP: &str = r#"
 name = "tiny-rlqp"
 

@@ -43,6 +43,22 @@ impl Cholesky {
         self.d
     }
 
+    /// M⁻¹, row-major d×d (one solve per column).
+    pub fn inverse(&self) -> Vec<f64> {
+        let d = self.d;
+        let mut inv = vec![0.0; d * d];
+        let mut e = vec![0.0; d];
+        for c in 0..d {
+            e.fill(0.0);
+            e[c] = 1.0;
+            self.solve_in_place(&mut e);
+            for (r, v) in e.iter().enumerate() {
+                inv[r * d + c] = *v;
+            }
+        }
+        inv
+    }
+
     /// Overwrites b with M⁻¹b (a forward and a backward triangular solve).
     pub fn solve_in_place(&self, b: &mut [f64]) {
         let (l, d) = (&self.l, self.d);
@@ -369,6 +385,17 @@ mod tests {
             assert!((row - rhs[i]).abs() < 1e-12, "row {i}: {row} vs {}", rhs[i]);
         }
         assert!(Cholesky::factor(&[1.0, 2.0, 2.0, 1.0], 2).is_none());
+        let inv = c.inverse();
+        for i in 0..3 {
+            for j in 0..3 {
+                let entry: f64 = (0..3).map(|k| m[i * 3 + k] * inv[k * 3 + j]).sum();
+                let identity = if i == j { 1.0 } else { 0.0 };
+                assert!(
+                    (entry - identity).abs() < 1e-12,
+                    "(M M⁻¹)[{i},{j}] = {entry}"
+                );
+            }
+        }
     }
 
     #[test]

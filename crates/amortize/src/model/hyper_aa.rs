@@ -31,6 +31,11 @@ pub struct HyperAaConfig {
     /// Weight of Ω(α) = Σₜ ‖αᵗ − α*ᵗ‖² / K, the distance to Anderson's least-squares weights
     /// (default 1; the trainer anneals it to zero, `train.penalty_anneal`).
     pub penalty: f64,
+    /// Weight of Ω(β) = Σₜ (βᵗ − β⁰)² / K, the distance of the learned β from its untrained
+    /// value (1, Anderson's, in the correction form; `initial_beta` in the simplex form),
+    /// annealed with Ω(α) (default 0: off). On the ADMM map (`qp-admm`) truncated
+    /// backpropagation learns a β that helps the next iterate and slows the run.
+    pub beta_penalty: f64,
     /// β at initialisation, in (0, 1) (default 0.95; Anderson's is 1), for `weights = simplex`.
     pub initial_beta: f64,
     /// How α is parameterised (default `correction`).
@@ -66,6 +71,7 @@ impl Default for HyperAaConfig {
             init: vec![128],
             hidden: vec![64, 64],
             penalty: 1.0,
+            beta_penalty: 0.0,
             initial_beta: 0.95,
             weights: HyperAaWeights::Correction,
             truncated: true,
@@ -121,6 +127,11 @@ impl HyperAa {
         }
         if !(config.penalty.is_finite() && config.penalty >= 0.0) {
             return Err(Error::invalid("hyper-aa: penalty must be finite and >= 0"));
+        }
+        if !(config.beta_penalty.is_finite() && config.beta_penalty >= 0.0) {
+            return Err(Error::invalid(
+                "hyper-aa: beta_penalty must be finite and >= 0",
+            ));
         }
         if !(config.initial_beta > 0.0 && config.initial_beta < 1.0) {
             return Err(Error::invalid("hyper-aa: initial_beta must be in (0, 1)"));
@@ -259,16 +270,36 @@ impl HyperAa {
                 .broadcast_mul(&beta)?
                 .add(&mixed_y.broadcast_mul(&beta.affine(-1.0, 1.0)?)?)?;
             iterates.push(y.clone());
-            if self.config.penalty > 0.0 && t < self.config.steps {
-                let term = alpha
-                    .sub(&target.detach())?
-                    .sqr()?
-                    .sum_all()?
-                    .affine(self.config.penalty / (n * self.config.steps) as f64, 0.0)?;
-                penalty = Some(match penalty {
-                    Some(p) => p.add(&term)?,
-                    None => term,
-                });
+            if t < self.config.steps {
+                let per_term = 1.0 / (n * self.config.steps) as f64;
+                let mut terms = Vec::new();
+                if self.config.penalty > 0.0 {
+                    terms.push(
+                        alpha
+                            .sub(&target.detach())?
+                            .sqr()?
+                            .sum_all()?
+                            .affine(self.config.penalty * per_term, 0.0)?,
+                    );
+                }
+                if self.config.beta_penalty > 0.0 {
+                    let untrained = match self.config.weights {
+                        HyperAaWeights::Simplex => self.config.initial_beta,
+                        HyperAaWeights::Correction => 1.0,
+                    };
+                    terms.push(
+                        beta.affine(1.0, -untrained)?
+                            .sqr()?
+                            .sum_all()?
+                            .affine(self.config.beta_penalty * per_term, 0.0)?,
+                    );
+                }
+                for term in terms {
+                    penalty = Some(match penalty {
+                        Some(p) => p.add(&term)?,
+                        None => term,
+                    });
+                }
             }
         }
         Ok(Prediction {

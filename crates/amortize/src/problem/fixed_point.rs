@@ -39,6 +39,13 @@ pub trait FixedPointMap: Send + Sync {
         false
     }
 
+    /// Whether [`FixedPointMap::apply_with_steps`] is differentiable in `steps` (default true).
+    /// When it is not, parameters that set the steps get no gradient from backpropagation and
+    /// must be trained by ES (the hybrid estimator).
+    fn coordinate_steps_differentiable(&self) -> bool {
+        true
+    }
+
     /// The map with each coordinate's step multiplied by `steps` (positive, same shape as
     /// `y`): for a proximal-gradient map g(y) = prox_{t·h}(y − t∇φ(y)) with a separable h,
     ///
@@ -69,6 +76,10 @@ impl<T: FixedPointMap + ?Sized> FixedPointMap for &T {
 
     fn supports_coordinate_steps(&self) -> bool {
         (**self).supports_coordinate_steps()
+    }
+
+    fn coordinate_steps_differentiable(&self) -> bool {
+        (**self).coordinate_steps_differentiable()
     }
 
     fn apply_with_steps(&self, y: &Tensor, x: &Tensor, steps: &Tensor) -> Result<Tensor> {

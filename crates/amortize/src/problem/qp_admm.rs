@@ -10,8 +10,19 @@
 //! (precomputed once per QP), A, q, l and u, so the map is a few batched matrix products: the
 //! form NeuralFP and HyperAA unroll. Instances are drawn from an OSQP benchmark class
 //! ([`QpClass`]) without scaling, with infinite bounds clipped to ±10⁶.
+//!
+//! **Per-constraint steps.** ADMM's preconditioner is its step: with one ρᵢ per constraint,
+//! R = diag(ρ), the iteration reads K = P + σI + AᵀRA, ρz − λ → Rz − λ, λ/ρ → R⁻¹λ and
+//! ρ(·) → R(·), and its fixed points are the QP's primal–dual solutions for every positive ρ
+//! (OSQP's own per-constraint ρ, 10³ times larger on equality rows, is one such choice; RLQP
+//! learns another, §6.4.5). [`FixedPointMap::apply_with_steps`] takes ρᵢ = ρ·dᵢ from the
+//! multipliers d of the z-coordinates and refactors K outside the graph: the map stays
+//! differentiable in the state, not in d, so a learned preconditioner of it is trained by ES
+//! (`train.gradient = hybrid`).
 
-use candle_core::{DType, Device, Tensor};
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor, TensorId};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +69,55 @@ pub struct QpAdmm {
     config: QpAdmmConfig,
     n: usize,
     m: usize,
+    factors: FactorCache,
+}
+
+/// The per-constraint step ρ and K⁻¹ of the last (contexts, multipliers) pair seen by
+/// [`FixedPointMap::apply_with_steps`]: an unrolled run passes the same two tensors at every
+/// iteration, so K is refactored once per run rather than once per iteration.
+#[derive(Default)]
+struct FactorCache(Mutex<Option<Factors>>);
+
+struct Factors {
+    key: (TensorId, TensorId, DType),
+    rho: Tensor,
+    kinv: Tensor,
+}
+
+impl Clone for FactorCache {
+    fn clone(&self) -> Self {
+        FactorCache::default()
+    }
+}
+
+impl std::fmt::Debug for FactorCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FactorCache")
+    }
+}
+
+/// ADMM's step: the family's scalar ρ, or one per constraint `(rows, m)`.
+enum Rho<'a> {
+    Scalar(f64),
+    PerConstraint(&'a Tensor),
+}
+
+impl Rho<'_> {
+    /// ρ∘t.
+    fn times(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Rho::Scalar(rho) => t.affine(*rho, 0.0)?,
+            Rho::PerConstraint(rho) => t.mul(rho)?,
+        })
+    }
+
+    /// t/ρ.
+    fn divide(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Rho::Scalar(rho) => t.affine(1.0 / rho, 0.0)?,
+            Rho::PerConstraint(rho) => t.div(rho)?,
+        })
+    }
 }
 
 impl QpAdmm {
@@ -80,6 +140,7 @@ impl QpAdmm {
             n: probe.n(),
             m: probe.m(),
             config,
+            factors: FactorCache::default(),
         })
     }
 
@@ -108,17 +169,9 @@ impl QpAdmm {
                     self.config.rho * (0..m).map(|r| a[r * n + i] * a[r * n + j]).sum::<f64>();
             }
         }
-        let chol = Cholesky::factor(&k, n)
-            .ok_or_else(|| Error::invalid("qp-admm: the KKT matrix is not positive definite"))?;
-        let mut kinv = vec![0.0; n * n];
-        for c in 0..n {
-            let mut e = vec![0.0; n];
-            e[c] = 1.0;
-            chol.solve_in_place(&mut e);
-            for r in 0..n {
-                kinv[r * n + c] = e[r];
-            }
-        }
+        let kinv = Cholesky::factor(&k, n)
+            .ok_or_else(|| Error::invalid("qp-admm: the KKT matrix is not positive definite"))?
+            .inverse();
         let clip = |v: &f64| v.clamp(-BOUND_CLIP, BOUND_CLIP);
         let mut row = kinv;
         row.extend(qp.p().to_dense());
@@ -135,13 +188,13 @@ impl QpAdmm {
     }
 }
 
-impl FixedPointMap for QpAdmm {
-    fn apply(&self, s: &Tensor, x: &Tensor) -> Result<Tensor> {
+impl QpAdmm {
+    /// One ADMM iteration (module documentation) from states `s` with K⁻¹ `(rows, n, n)` and
+    /// step `rho`.
+    fn admm_step(&self, s: &Tensor, x: &Tensor, kinv: &Tensor, rho: Rho) -> Result<Tensor> {
         let (n, m) = (self.n, self.m);
         let rows = s.dim(0)?;
-        let x = x.to_dtype(s.dtype())?;
-        let (rho, sigma, alpha) = (self.config.rho, self.config.sigma, self.config.alpha);
-        let kinv = x.narrow(1, 0, n * n)?.reshape((rows, n, n))?;
+        let (sigma, alpha) = (self.config.sigma, self.config.alpha);
         let a = x.narrow(1, 2 * n * n, m * n)?.reshape((rows, m, n))?;
         let mut at = 2 * n * n + m * n;
         let q = x.narrow(1, at, n)?;
@@ -151,7 +204,7 @@ impl FixedPointMap for QpAdmm {
         let y = s.narrow(1, 0, n)?;
         let z = s.narrow(1, n, m)?;
         let lam = s.narrow(1, n + m, m)?;
-        let w = z.affine(rho, 0.0)?.sub(&lam)?;
+        let w = rho.times(&z)?.sub(&lam)?;
         let atw = a
             .transpose(1, 2)?
             .matmul(&w.reshape((rows, m, 1))?)?
@@ -166,12 +219,159 @@ impl FixedPointMap for QpAdmm {
         let relaxed = z_tilde
             .affine(alpha, 0.0)?
             .add(&z.affine(1.0 - alpha, 0.0)?)?;
-        let z_next = relaxed
-            .add(&lam.affine(1.0 / rho, 0.0)?)?
-            .maximum(&l)?
-            .minimum(&u)?;
-        let lam_next = lam.add(&relaxed.sub(&z_next)?.affine(rho, 0.0)?)?;
+        let z_next = relaxed.add(&rho.divide(&lam)?)?.maximum(&l)?.minimum(&u)?;
+        let lam_next = lam.add(&rho.times(&relaxed.sub(&z_next)?)?)?;
         Ok(Tensor::cat(&[y_next, z_next, lam_next], 1)?)
+    }
+
+    /// ρᵢ = ρ·dᵢ from the multipliers of the z-coordinates, `(rows, m)`, and
+    /// K⁻¹ = (P + σI + Aᵀdiag(ρ)A)⁻¹ per row, `(rows, n, n)`, in `dtype`; both constants of the
+    /// graph. Reuses the last pair when called again with the same two tensors.
+    fn per_constraint_factors(
+        &self,
+        x: &Tensor,
+        steps: &Tensor,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
+        let key = (x.id(), steps.id(), dtype);
+        let mut cache = self
+            .factors
+            .0
+            .lock()
+            .map_err(|_| Error::invalid("qp-admm: the factor cache was poisoned"))?;
+        if let Some(f) = cache.as_ref().filter(|f| f.key == key) {
+            return Ok((f.rho.clone(), f.kinv.clone()));
+        }
+        let (n, m, sigma) = (self.n, self.m, self.config.sigma);
+        let rows = x.dim(0)?;
+        let rho: Vec<Vec<f64>> = steps
+            .narrow(1, n, m)?
+            .detach()
+            .to_dtype(DType::F64)?
+            .affine(self.config.rho, 0.0)?
+            .to_vec2()?;
+        let contexts: Vec<Vec<f64>> = x.detach().to_dtype(DType::F64)?.to_vec2()?;
+        let mut kinv = Vec::with_capacity(rows * n * n);
+        for (i, (row, rho)) in contexts.iter().zip(&rho).enumerate() {
+            if let Some(bad) = rho.iter().find(|r| !(r.is_finite() && **r > 0.0)) {
+                return Err(Error::invalid(format!(
+                    "qp-admm: instance {i} got the step rho = {bad}; per-constraint steps must be positive and finite"
+                )));
+            }
+            let mut k = row[n * n..2 * n * n].to_vec();
+            let a = &row[2 * n * n..2 * n * n + m * n];
+            for r in 0..n {
+                k[r * n + r] += sigma;
+            }
+            for (c, weight) in rho.iter().enumerate() {
+                let ac = &a[c * n..(c + 1) * n];
+                for r in 0..n {
+                    for j in 0..n {
+                        k[r * n + j] += weight * ac[r] * ac[j];
+                    }
+                }
+            }
+            let chol = Cholesky::factor(&k, n).ok_or_else(|| {
+                Error::invalid(format!(
+                    "qp-admm: instance {i}'s KKT matrix is not positive definite"
+                ))
+            })?;
+            kinv.extend(chol.inverse());
+        }
+        let device = x.device();
+        let rho = Tensor::from_vec(rho.concat(), (rows, m), device)?.to_dtype(dtype)?;
+        let kinv = Tensor::from_vec(kinv, (rows, n, n), device)?.to_dtype(dtype)?;
+        *cache = Some(Factors {
+            key,
+            rho: rho.clone(),
+            kinv: kinv.clone(),
+        });
+        Ok((rho, kinv))
+    }
+}
+
+/// Descriptors per constraint in [`FixedPointMap::coordinate_context`].
+const CONSTRAINT_FEATURES: usize = 4;
+
+impl FixedPointMap for QpAdmm {
+    fn apply(&self, s: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let n = self.n;
+        let rows = s.dim(0)?;
+        let x = x.to_dtype(s.dtype())?;
+        let kinv = x.narrow(1, 0, n * n)?.reshape((rows, n, n))?;
+        self.admm_step(s, &x, &kinv, Rho::Scalar(self.config.rho))
+    }
+
+    fn supports_coordinate_steps(&self) -> bool {
+        true
+    }
+
+    fn coordinate_steps_differentiable(&self) -> bool {
+        false
+    }
+
+    /// The ADMM iteration with ρᵢ = ρ·steps_{n+i} for constraint i (the z-coordinates'
+    /// multipliers; those of y and λ are not read): same fixed points for any positive steps,
+    /// and g itself at steps = 1 (up to the rounding of refactoring K). Not differentiable in
+    /// `steps`.
+    fn apply_with_steps(&self, s: &Tensor, x: &Tensor, steps: &Tensor) -> Result<Tensor> {
+        if steps.dims() != s.dims() {
+            return Err(Error::invalid(format!(
+                "qp-admm: per-coordinate steps of shape {:?} for states of shape {:?}",
+                steps.dims(),
+                s.dims()
+            )));
+        }
+        let (rho, kinv) = self.per_constraint_factors(x, steps, s.dtype())?;
+        let x = x.to_dtype(s.dtype())?;
+        self.admm_step(s, &x, &kinv, Rho::PerConstraint(&rho))
+    }
+
+    fn coordinate_context_dim(&self) -> usize {
+        CONSTRAINT_FEATURES
+    }
+
+    /// For the z- and λ-coordinates of constraint i: log₁₀‖aᵢ‖/2 (‖aᵢ‖ floored at 10⁻³, an
+    /// empty row), log₁₀(tr P / tr AᵀA)/4 (the instance's scale, the same for every
+    /// constraint; √ of the ratio is the ρ that balances P against ρAᵀA), whether the row is
+    /// an equality (uᵢ − lᵢ ≤ 10⁻⁹) and log₁₀(uᵢ − lᵢ)/6 (the width clamped to [10⁻⁶, 10⁶]).
+    /// Zeros for the y-coordinates.
+    fn coordinate_context(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let (n, m) = (self.n, self.m);
+        let rows = x.dim(0)?;
+        let ln10 = std::f64::consts::LN_10;
+        let a = x.narrow(1, 2 * n * n, m * n)?.reshape((rows, m, n))?;
+        let a2 = a.sqr()?;
+        let row_norm = a2
+            .sum(2)?
+            .sqrt()?
+            .clamp(1e-3, f64::INFINITY)?
+            .log()?
+            .affine(0.5 / ln10, 0.0)?;
+        let eye = Tensor::eye(n, x.dtype(), x.device())?.reshape((1, n * n))?;
+        let trace_p = x.narrow(1, n * n, n * n)?.broadcast_mul(&eye)?.sum(1)?;
+        let trace_ata = a2.reshape((rows, m * n))?.sum(1)?;
+        let scale = trace_p
+            .clamp(1e-12, f64::INFINITY)?
+            .div(&trace_ata.clamp(1e-12, f64::INFINITY)?)?
+            .log()?
+            .affine(0.25 / ln10, 0.0)?
+            .reshape((rows, 1))?
+            .broadcast_as((rows, m))?
+            .contiguous()?;
+        let at = 2 * n * n + m * n + n;
+        let width = x.narrow(1, at + m, m)?.sub(&x.narrow(1, at, m)?)?;
+        let equality = width.le(1e-9)?.to_dtype(x.dtype())?;
+        let log_width = width
+            .clamp(1e-6, 1e6)?
+            .log()?
+            .affine(1.0 / (6.0 * ln10), 0.0)?;
+        let constraints = Tensor::stack(&[row_norm, scale, equality, log_width], 2)?;
+        let primal = Tensor::zeros((rows, n, CONSTRAINT_FEATURES), x.dtype(), x.device())?;
+        Ok(Some(Tensor::cat(
+            &[primal, constraints.clone(), constraints],
+            1,
+        )?))
     }
 }
 

@@ -449,6 +449,19 @@ impl<'a> Trainer<'a> {
                 model_kind(self.model)
             )));
         }
+        let steps_without_gradient = problem
+            .fixed_point_map()
+            .is_some_and(|map| !map.coordinate_steps_differentiable());
+        if matches!(cfg.gradient, GradientEstimator::Autodiff)
+            && !whole_run.is_empty()
+            && steps_without_gradient
+        {
+            return Err(Error::invalid(format!(
+                "train.gradient: the {} model's preconditioner sets the steps of the '{}' map, which backpropagation cannot differentiate; train it with gradient = {{ kind = \"hybrid\", sigma = 0.05, samples = 4 }}",
+                model_kind(self.model),
+                problem.name()
+            )));
+        }
         let cpu_objective = problem.cpu_objective();
         let start = Instant::now();
         let mut last_loss = f64::NAN;
