@@ -1,10 +1,11 @@
-//! A learned diagonal preconditioner of a proximal-gradient fixed-point map (tutorial §6.4;
-//! used by NeuralFP and HyperAA): per-coordinate step multipliers predicted from the family's
-//! per-coordinate context.
+//! A learned diagonal preconditioner of a fixed-point map (tutorial §6.4; used by NeuralFP and
+//! HyperAA): per-coordinate step multipliers predicted from the family's per-coordinate
+//! context.
 //!
 //! For g(y) = prox_{t·h}(y − t∇φ(y)) the family provides g_D(y) = prox_{D·h}(y − D∇φ(y)) with
 //! D = t·diag(d) ([`FixedPointMap::apply_with_steps`]), which has g's fixed points for every
-//! positive d. The multipliers are
+//! positive d; for the ADMM map of `qp-admm`, the iteration with ρᵢ = ρ·dᵢ per constraint
+//! (not differentiable in d: trained by ES, `gradient = hybrid`). The multipliers are
 //!
 //! dᵢ = exp(B·tanh(uᵢ/B)),  uᵢ = MLP(cᵢ),  B = [`PRECONDITION_BOUND`],
 //!
@@ -12,7 +13,8 @@
 //! accelerator's history then holds pairs of one consistent map, where multipliers that changed
 //! every iteration would break Anderson's secant information. The MLP's last layer starts at
 //! zero, so the untrained preconditioner is d = 1, the family's own map. On elastic-net-ista,
-//! dᵢ = 1/(t·Hᵢᵢ) is the classical Jacobi preconditioner.
+//! dᵢ = 1/(t·Hᵢᵢ) is the classical Jacobi preconditioner; on qp-admm a constant d is a
+//! rescaled scalar ρ.
 
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;

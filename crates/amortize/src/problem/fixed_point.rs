@@ -52,7 +52,8 @@ pub trait FixedPointMap: Send + Sync {
     /// g_D(y) = prox_{D·h}(y − D∇φ(y)),  D = t·diag(steps),
     ///
     /// a diagonally preconditioned map with the same fixed points as g for any positive steps
-    /// (at steps = 1 it is g). Errors (the default) for a family without that form.
+    /// (at steps = 1 it is g). For the ADMM map of `qp-admm` the steps are the per-constraint
+    /// ρᵢ (see [`super::QpAdmm`]). Errors (the default) for a family without such steps.
     fn apply_with_steps(&self, y: &Tensor, x: &Tensor, steps: &Tensor) -> Result<Tensor> {
         let _ = (y, x, steps);
         Err(Error::invalid(

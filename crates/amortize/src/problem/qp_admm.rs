@@ -74,12 +74,15 @@ pub struct QpAdmm {
 
 /// The per-constraint step ρ and K⁻¹ of the last (contexts, multipliers) pair seen by
 /// [`FixedPointMap::apply_with_steps`]: an unrolled run passes the same two tensors at every
-/// iteration, so K is refactored once per run rather than once per iteration.
+/// iteration, so K is refactored once per run rather than once per iteration. Reused only for
+/// the same two tensors (by id) holding the same steps; contexts are taken as immutable.
 #[derive(Default)]
 struct FactorCache(Mutex<Option<Factors>>);
 
 struct Factors {
     key: (TensorId, TensorId, DType),
+    /// ρ per row, as read from the multipliers.
+    rho_values: Vec<Vec<f64>>,
     rho: Tensor,
     kinv: Tensor,
 }
@@ -233,15 +236,6 @@ impl QpAdmm {
         steps: &Tensor,
         dtype: DType,
     ) -> Result<(Tensor, Tensor)> {
-        let key = (x.id(), steps.id(), dtype);
-        let mut cache = self
-            .factors
-            .0
-            .lock()
-            .map_err(|_| Error::invalid("qp-admm: the factor cache was poisoned"))?;
-        if let Some(f) = cache.as_ref().filter(|f| f.key == key) {
-            return Ok((f.rho.clone(), f.kinv.clone()));
-        }
         let (n, m, sigma) = (self.n, self.m, self.config.sigma);
         let rows = x.dim(0)?;
         let rho: Vec<Vec<f64>> = steps
@@ -250,6 +244,19 @@ impl QpAdmm {
             .to_dtype(DType::F64)?
             .affine(self.config.rho, 0.0)?
             .to_vec2()?;
+        let key = (x.id(), steps.id(), dtype);
+        let mut cache = self
+            .factors
+            .0
+            .lock()
+            .map_err(|_| Error::invalid("qp-admm: the factor cache was poisoned"))?;
+        // The step values are compared too: a variable's tensor keeps its id when set in place.
+        if let Some(f) = cache
+            .as_ref()
+            .filter(|f| f.key == key && f.rho_values == rho)
+        {
+            return Ok((f.rho.clone(), f.kinv.clone()));
+        }
         let contexts: Vec<Vec<f64>> = x.detach().to_dtype(DType::F64)?.to_vec2()?;
         let mut kinv = Vec::with_capacity(rows * n * n);
         for (i, (row, rho)) in contexts.iter().zip(&rho).enumerate() {
@@ -279,10 +286,12 @@ impl QpAdmm {
             kinv.extend(chol.inverse());
         }
         let device = x.device();
-        let rho = Tensor::from_vec(rho.concat(), (rows, m), device)?.to_dtype(dtype)?;
+        let rho_values = rho;
+        let rho = Tensor::from_vec(rho_values.concat(), (rows, m), device)?.to_dtype(dtype)?;
         let kinv = Tensor::from_vec(kinv, (rows, n, n), device)?.to_dtype(dtype)?;
         *cache = Some(Factors {
             key,
+            rho_values,
             rho: rho.clone(),
             kinv: kinv.clone(),
         });

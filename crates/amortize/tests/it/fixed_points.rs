@@ -838,6 +838,16 @@ fn qp_admm_per_constraint_steps_precondition_admm_with_the_same_fixed_point() ->
         max_abs_diff(&again, &family.apply(&s, &x)?)? < 1e-9,
         "refactored for new steps"
     );
+    // A variable set in place keeps its tensor's id; its new steps are still seen.
+    let var = candle_core::Var::from_tensor(&ones)?;
+    family.apply_with_steps(&s, &x, var.as_tensor())?;
+    var.set(&steps)?;
+    let moved = family.apply_with_steps(&s, &x, var.as_tensor())?;
+    assert_eq!(
+        max_abs_diff(&moved, &family.apply_with_steps(&s, &x, &steps)?)?,
+        0.0,
+        "the steps set in place"
+    );
     // The QP's solution is a fixed point of the preconditioned map too.
     let star = family.solve_exact(&x)?.unwrap();
     let moved: Vec<f64> = family
