@@ -484,6 +484,7 @@ impl<'a> Trainer<'a> {
                     .rate(cfg.learning_rate * p.rate, step - p.first, p.len),
                 None => cfg.schedule.rate(cfg.learning_rate, step, cfg.steps),
             };
+            let mut es_blew_up = false;
             let (loss, grad_norm) = match &mut engine {
                 Engine::Composite {
                     vars,
@@ -533,27 +534,39 @@ impl<'a> Trainer<'a> {
                             cfg.penalty_weight(step),
                         )?,
                         GradientEstimator::Es { sigma, samples } => {
-                            let (grads, loss) =
-                                es_gradient(active, sigma, samples, &mut es_rng, loss)?;
-                            let grads = grads.into_iter().map(Some).collect();
-                            apply_present(&cfg, active, state, grads, lr, loss)?
+                            match es_gradient(active, sigma, samples, &mut es_rng, loss) {
+                                // Stops below with the last good parameters saved.
+                                Err(Error::NonFinite { .. }) => {
+                                    es_blew_up = true;
+                                    (f64::NAN, f64::NAN)
+                                }
+                                estimate => {
+                                    let (grads, loss) = estimate?;
+                                    let grads = grads.into_iter().map(Some).collect();
+                                    apply_present(&cfg, active, state, grads, lr, loss)?
+                                }
+                            }
                         }
                         GradientEstimator::Hybrid { sigma, samples } => {
-                            let (es_grads, _) =
-                                es_gradient(&whole_run, sigma, samples, &mut es_rng, loss)?;
-                            hybrid_step(
-                                self.model,
-                                problem,
-                                &cfg,
-                                active,
-                                state,
-                                &x,
-                                labels.as_ref(),
-                                lr,
-                                depth,
-                                cfg.penalty_weight(step),
-                                (&whole_run, es_grads),
-                            )?
+                            match es_gradient(&whole_run, sigma, samples, &mut es_rng, loss) {
+                                Err(Error::NonFinite { .. }) => {
+                                    es_blew_up = true;
+                                    (f64::NAN, f64::NAN)
+                                }
+                                estimate => hybrid_step(
+                                    self.model,
+                                    problem,
+                                    &cfg,
+                                    active,
+                                    state,
+                                    &x,
+                                    labels.as_ref(),
+                                    lr,
+                                    depth,
+                                    cfg.penalty_weight(step),
+                                    (&whole_run, estimate?.0),
+                                )?,
+                            }
                         }
                     }
                 }
@@ -569,7 +582,9 @@ impl<'a> Trainer<'a> {
             };
             if !(loss.is_finite() && grad_norm.is_finite()) {
                 self.save(&engine, step)?;
-                let what = if loss.is_finite() {
+                let what = if es_blew_up {
+                    "loss at an ES perturbation"
+                } else if loss.is_finite() {
                     "gradient norm"
                 } else {
                     "loss"

@@ -192,6 +192,42 @@ fn non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() -> Result
     Ok(())
 }
 
+/// The same with the ES estimator, whose perturbed losses overflow before any unperturbed one
+/// is computed: the error names the ES perturbation and the step it happened at, and the last
+/// good parameters are saved as well.
+#[test]
+fn non_finite_es_loss_stops_training_at_its_step_and_keeps_a_checkpoint() -> Result<()> {
+    let dir = tmpdir("nan-es");
+    let config = ProblemConfig::Quadratic(QuadraticConfig::default());
+    let problem = config.build()?;
+    let model = model_for(problem.as_ref(), &[32], 0)?;
+    let train = TrainConfig {
+        steps: 200,
+        batch_size: 16,
+        learning_rate: 1e12,
+        eval_every: 0,
+        eval_size: 16,
+        gradient: amortize::train::GradientEstimator::Es {
+            sigma: 0.05,
+            samples: 2,
+        },
+        ..Default::default()
+    };
+    let err = Trainer::new(problem.as_ref(), config.clone(), model.as_ref(), train, 0)?
+        .checkpoint_to(&dir)
+        .run()
+        .unwrap_err();
+    let msg = err.to_string();
+    let Error::NonFinite { what, step } = &err else {
+        panic!("{msg}");
+    };
+    assert!(what.contains("ES perturbation"), "{msg}");
+    assert!(*step > 1, "the failing step, not 0: {msg}");
+    let meta = Checkpoint::read_meta(&dir)?;
+    assert_eq!(meta.step, step - 1, "the last good step is saved");
+    Ok(())
+}
+
 #[test]
 fn checkpoints_round_trip_and_refuse_mismatches() -> Result<()> {
     let dir = tmpdir("ckpt");
