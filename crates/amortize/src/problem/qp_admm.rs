@@ -20,6 +20,7 @@
 //! differentiable in the state, not in d, so a learned preconditioner of it is trained by ES
 //! (`train.gradient = hybrid`).
 
+use std::ops::Range;
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, TensorId};
@@ -123,6 +124,21 @@ impl Rho<'_> {
     }
 }
 
+/// Where each block of a context row lies ([`QpAdmm::context_of`]).
+struct ContextLayout {
+    kinv: Range<usize>,
+    p: Range<usize>,
+    a: Range<usize>,
+    q: Range<usize>,
+    l: Range<usize>,
+    u: Range<usize>,
+}
+
+/// The block `range` of the context rows `x`, `(rows, range.len())`.
+fn block(x: &Tensor, range: &Range<usize>) -> Result<Tensor> {
+    Ok(x.narrow(1, range.start, range.len())?)
+}
+
 impl QpAdmm {
     /// Validates the configuration and finds the class's dimensions at this size.
     pub fn new(config: QpAdmmConfig) -> Result<Self> {
@@ -150,6 +166,24 @@ impl QpAdmm {
     /// (variables n, constraints m) of every instance.
     pub fn dims(&self) -> (usize, usize) {
         (self.n, self.m)
+    }
+
+    /// The blocks of a context row, in the order of [`QpAdmm::context_of`].
+    fn layout(&self) -> ContextLayout {
+        let (n, m) = (self.n, self.m);
+        let mut end = 0;
+        let mut next = |len: usize| {
+            end += len;
+            end - len..end
+        };
+        ContextLayout {
+            kinv: next(n * n),
+            p: next(n * n),
+            a: next(m * n),
+            q: next(n),
+            l: next(m),
+            u: next(m),
+        }
     }
 
     /// The context row of one QP: [K⁻¹ (n²), P (n²), A (m·n), q (n), l (m), u (m)]; P is kept so
@@ -198,12 +232,11 @@ impl QpAdmm {
         let (n, m) = (self.n, self.m);
         let rows = s.dim(0)?;
         let (sigma, alpha) = (self.config.sigma, self.config.alpha);
-        let a = x.narrow(1, 2 * n * n, m * n)?.reshape((rows, m, n))?;
-        let mut at = 2 * n * n + m * n;
-        let q = x.narrow(1, at, n)?;
-        at += n;
-        let l = x.narrow(1, at, m)?;
-        let u = x.narrow(1, at + m, m)?;
+        let layout = self.layout();
+        let a = block(x, &layout.a)?.reshape((rows, m, n))?;
+        let q = block(x, &layout.q)?;
+        let l = block(x, &layout.l)?;
+        let u = block(x, &layout.u)?;
         let y = s.narrow(1, 0, n)?;
         let z = s.narrow(1, n, m)?;
         let lam = s.narrow(1, n + m, m)?;
@@ -258,6 +291,7 @@ impl QpAdmm {
             return Ok((f.rho.clone(), f.kinv.clone()));
         }
         let contexts: Vec<Vec<f64>> = x.detach().to_dtype(DType::F64)?.to_vec2()?;
+        let layout = self.layout();
         let mut kinv = Vec::with_capacity(rows * n * n);
         for (i, (row, rho)) in contexts.iter().zip(&rho).enumerate() {
             if let Some(bad) = rho.iter().find(|r| !(r.is_finite() && **r > 0.0)) {
@@ -265,8 +299,8 @@ impl QpAdmm {
                     "qp-admm: instance {i} got the step rho = {bad}; per-constraint steps must be positive and finite"
                 )));
             }
-            let mut k = row[n * n..2 * n * n].to_vec();
-            let a = &row[2 * n * n..2 * n * n + m * n];
+            let mut k = row[layout.p.clone()].to_vec();
+            let a = &row[layout.a.clone()];
             for r in 0..n {
                 k[r * n + r] += sigma;
             }
@@ -307,7 +341,7 @@ impl FixedPointMap for QpAdmm {
         let n = self.n;
         let rows = s.dim(0)?;
         let x = x.to_dtype(s.dtype())?;
-        let kinv = x.narrow(1, 0, n * n)?.reshape((rows, n, n))?;
+        let kinv = block(&x, &self.layout().kinv)?.reshape((rows, n, n))?;
         self.admm_step(s, &x, &kinv, Rho::Scalar(self.config.rho))
     }
 
@@ -349,7 +383,8 @@ impl FixedPointMap for QpAdmm {
         let (n, m) = (self.n, self.m);
         let rows = x.dim(0)?;
         let ln10 = std::f64::consts::LN_10;
-        let a = x.narrow(1, 2 * n * n, m * n)?.reshape((rows, m, n))?;
+        let layout = self.layout();
+        let a = block(x, &layout.a)?.reshape((rows, m, n))?;
         let a2 = a.sqr()?;
         let row_norm = a2
             .sum(2)?
@@ -358,7 +393,7 @@ impl FixedPointMap for QpAdmm {
             .log()?
             .affine(0.5 / ln10, 0.0)?;
         let eye = Tensor::eye(n, x.dtype(), x.device())?.reshape((1, n * n))?;
-        let trace_p = x.narrow(1, n * n, n * n)?.broadcast_mul(&eye)?.sum(1)?;
+        let trace_p = block(x, &layout.p)?.broadcast_mul(&eye)?.sum(1)?;
         let trace_ata = a2.reshape((rows, m * n))?.sum(1)?;
         let scale = trace_p
             .clamp(1e-12, f64::INFINITY)?
@@ -368,8 +403,7 @@ impl FixedPointMap for QpAdmm {
             .reshape((rows, 1))?
             .broadcast_as((rows, m))?
             .contiguous()?;
-        let at = 2 * n * n + m * n + n;
-        let width = x.narrow(1, at + m, m)?.sub(&x.narrow(1, at, m)?)?;
+        let width = block(x, &layout.u)?.sub(&block(x, &layout.l)?)?;
         let equality = width.le(1e-9)?.to_dtype(x.dtype())?;
         let log_width = width
             .clamp(1e-6, 1e6)?
@@ -390,7 +424,7 @@ impl Problem for QpAdmm {
     }
 
     fn context_dim(&self) -> usize {
-        2 * self.n * self.n + self.m * self.n + self.n + 2 * self.m
+        self.layout().u.end
     }
 
     fn solution_dim(&self) -> usize {
@@ -418,19 +452,17 @@ impl Problem for QpAdmm {
         let (n, m) = (self.n, self.m);
         let rows: Vec<Vec<f64>> = x.to_dtype(DType::F64)?.to_vec2()?;
         let admm = Admm::new(AdmmSettings::accurate(1e-9))?;
+        let layout = self.layout();
         let mut out = Vec::with_capacity(rows.len() * self.solution_dim());
         for (i, row) in rows.iter().enumerate() {
-            let p0 = &row[n * n..2 * n * n];
+            let p0 = &row[layout.p.clone()];
             let p: Vec<f64> = (0..n * n)
                 .map(|k| 0.5 * (p0[k] + p0[(k % n) * n + k / n]))
                 .collect();
-            let mut at = 2 * n * n;
-            let a = &row[at..at + m * n];
-            at += m * n;
-            let q = row[at..at + n].to_vec();
-            at += n;
-            let l = row[at..at + m].to_vec();
-            let u = row[at + m..at + 2 * m].to_vec();
+            let a = &row[layout.a.clone()];
+            let q = row[layout.q.clone()].to_vec();
+            let l = row[layout.l.clone()].to_vec();
+            let u = row[layout.u.clone()].to_vec();
             let qp = QpProblem::from_dense(&p, q, a, l.clone(), u.clone())?;
             let sol = admm.solve(&qp, None)?;
             if sol.status != QpStatus::Solved {

@@ -533,41 +533,39 @@ impl<'a> Trainer<'a> {
                             depth,
                             cfg.penalty_weight(step),
                         )?,
-                        GradientEstimator::Es { sigma, samples } => {
-                            match es_gradient(active, sigma, samples, &mut es_rng, loss) {
-                                // Stops below with the last good parameters saved.
-                                Err(Error::NonFinite { .. }) => {
-                                    es_blew_up = true;
-                                    (f64::NAN, f64::NAN)
-                                }
-                                estimate => {
-                                    let (grads, loss) = estimate?;
-                                    let grads = grads.into_iter().map(Some).collect();
-                                    apply_present(&cfg, active, state, grads, lr, loss)?
-                                }
+                        GradientEstimator::Es { sigma, samples } => match finite_estimate(
+                            es_gradient(active, sigma, samples, &mut es_rng, loss),
+                        )? {
+                            None => {
+                                es_blew_up = true;
+                                (f64::NAN, f64::NAN)
                             }
-                        }
-                        GradientEstimator::Hybrid { sigma, samples } => {
-                            match es_gradient(&whole_run, sigma, samples, &mut es_rng, loss) {
-                                Err(Error::NonFinite { .. }) => {
-                                    es_blew_up = true;
-                                    (f64::NAN, f64::NAN)
-                                }
-                                estimate => hybrid_step(
-                                    self.model,
-                                    problem,
-                                    &cfg,
-                                    active,
-                                    state,
-                                    &x,
-                                    labels.as_ref(),
-                                    lr,
-                                    depth,
-                                    cfg.penalty_weight(step),
-                                    (&whole_run, estimate?.0),
-                                )?,
+                            Some((grads, loss)) => {
+                                let grads = grads.into_iter().map(Some).collect();
+                                apply_present(&cfg, active, state, grads, lr, loss)?
                             }
-                        }
+                        },
+                        GradientEstimator::Hybrid { sigma, samples } => match finite_estimate(
+                            es_gradient(&whole_run, sigma, samples, &mut es_rng, loss),
+                        )? {
+                            None => {
+                                es_blew_up = true;
+                                (f64::NAN, f64::NAN)
+                            }
+                            Some((es_grads, _)) => hybrid_step(
+                                self.model,
+                                problem,
+                                &cfg,
+                                active,
+                                state,
+                                &x,
+                                labels.as_ref(),
+                                lr,
+                                depth,
+                                cfg.penalty_weight(step),
+                                (&whole_run, es_grads),
+                            )?,
+                        },
                     }
                 }
                 Engine::Fused(f) => {
@@ -883,6 +881,15 @@ fn backpropagated(
         .map(|v| store.get(v.as_tensor()).map(|g| g.detach()))
         .collect();
     Ok((loss_value, grads))
+}
+
+/// An ES estimate, or `None` when a perturbed loss was not finite: the training loop then
+/// stops as for any non-finite loss, with the last good parameters saved and the step named.
+fn finite_estimate(estimate: Result<(Vec<Tensor>, f64)>) -> Result<Option<(Vec<Tensor>, f64)>> {
+    match estimate {
+        Err(Error::NonFinite { .. }) => Ok(None),
+        estimate => estimate.map(Some),
+    }
 }
 
 /// The training loss at the current parameters (a forward pass only, for ES).
