@@ -13,6 +13,9 @@
 //!    size: the set-up (scaling, ordering, symbolic analysis), one numeric KKT factorisation and
 //!    one iteration with its termination check, and from them the ceiling on the wall-clock
 //!    speed-up of any ρ policy that saves iterations (RLQP, tutorial §6.4.5).
+//! 5. `kkt` (only with `--part kkt`): the sparse KKT factor's two layouts, simplicial (OSQP's
+//!    QDLDL layout) and supernodal, side by side on the classes solved in sparse form, and the
+//!    layout `auto` picks.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -20,7 +23,9 @@ use std::time::Instant;
 use amortize::eval::relative_gaps;
 use amortize::eval::time_median;
 use amortize::problem::{Lasso, LassoConfig, Problem, ProblemConfig};
-use amortize::solver::qp::{Admm, AdmmSettings, AdmmWorkspace, QpClass, QpProblem, QpStatus};
+use amortize::solver::qp::{
+    Admm, AdmmSettings, AdmmWorkspace, KktForm, QpClass, QpProblem, QpStatus,
+};
 use amortize::solver::{
     solve_named, FusedLasso, ProximalGradient, Settings, Solver, SolverOptions,
 };
@@ -44,12 +49,15 @@ pub fn run(
     quiet: bool,
 ) -> Result<()> {
     if let Some(p) = part {
-        if !["table", "lasso", "qp", "qp-costs"].contains(&p) {
-            bail!("unknown --part '{p}' (known: table, lasso, qp, qp-costs)");
+        if !["table", "lasso", "qp", "qp-costs", "kkt"].contains(&p) {
+            bail!("unknown --part '{p}' (known: table, lasso, qp, qp-costs, kkt)");
         }
     }
     if part == Some("qp-costs") {
         return qp_costs(repeats, quiet);
+    }
+    if part == Some("kkt") {
+        return kkt_layouts(repeats, quiet);
     }
     let wanted = |name: &str| part.is_none_or(|p| p == name);
     if wanted("table") {
@@ -392,11 +400,12 @@ struct SolveCosts {
     osqp: (f64, f64, f64),
 }
 
-/// Times the parts of a solve of `qp` (medians of `repeats`).
-fn solve_costs(qp: &QpProblem, repeats: usize) -> Result<SolveCosts> {
+/// Times the parts of a solve of `qp` (medians of `repeats`) with the KKT form `kkt`.
+fn solve_costs(qp: &QpProblem, repeats: usize, kkt: KktForm) -> Result<SolveCosts> {
     let timing = AdmmSettings {
         adaptive_rho: false,
         check_every: 1,
+        kkt,
         ..AdmmSettings::default()
     };
     let with_factor = time_median(repeats, || AdmmWorkspace::new(qp, timing).map(|_| ()))?;
@@ -414,6 +423,7 @@ fn solve_costs(qp: &QpProblem, repeats: usize) -> Result<SolveCosts> {
     })? / STEPS as f64;
     let osqp = Admm::new(AdmmSettings {
         check_every: 1,
+        kkt,
         ..AdmmSettings::default()
     })?
     .solve(qp, None)?;
@@ -455,7 +465,11 @@ fn qp_costs(repeats: usize, quiet: bool) -> Result<()> {
             let mut rng = StdRng::seed_from_u64(n as u64);
             let mut all = Vec::with_capacity(INSTANCES);
             for _ in 0..INSTANCES {
-                all.push(solve_costs(&class.generate(n, &mut rng)?, repeats)?);
+                all.push(solve_costs(
+                    &class.generate(n, &mut rng)?,
+                    repeats,
+                    KktForm::Auto,
+                )?);
             }
             bar.inc(1);
             let mean =
@@ -491,6 +505,79 @@ fn qp_costs(repeats: usize, quiet: bool) -> Result<()> {
     }
     bar.finish_and_clear();
     println!("(a policy with 3× fewer iterations that refactors more than OSQP's rule stays below the first ceiling; RLQP's ≥ 2× wall-clock target at 3× fewer iterations needs it above 2)");
+    Ok(())
+}
+
+/// `--part kkt`: the sparse factor's simplicial and supernodal layouts side by side, per
+/// class (those `auto` solves in sparse form) and size: set-up S, one factorisation F, one
+/// iteration c, and a whole solve with OSQP's ρ rule (median of `repeats`), with the ratio
+/// simplicial / supernodal of the whole solve and the layout `auto` picks.
+fn kkt_layouts(repeats: usize, quiet: bool) -> Result<()> {
+    const SIZES: [usize; 4] = [20, 50, 100, 200];
+    const INSTANCES: usize = 3;
+    let classes: Vec<QpClass> = QpClass::ALL
+        .into_iter()
+        .filter(|c| !matches!(c, QpClass::Random | QpClass::Equality))
+        .collect();
+    println!("Sparse KKT factor layouts ({INSTANCES} QPs per cell, one thread, medians of {repeats}; OSQP's ρ rule, termination checked every iteration): simplicial (OSQP's QDLDL layout) against supernodal (dense blocks)");
+    println!("| class | n | S simplicial / supernodal | F simplicial / supernodal | c simplicial / supernodal | solve simplicial | solve supernodal | solve ratio | auto picks |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let bar = crate::progress::bar((classes.len() * SIZES.len()) as u64, "kkt", quiet);
+    for class in classes {
+        for n in SIZES {
+            let mut rng = StdRng::seed_from_u64(n as u64);
+            let qps = (0..INSTANCES)
+                .map(|_| class.generate(n, &mut rng))
+                .collect::<amortize::Result<Vec<_>>>()?;
+            let mut costs = Vec::new();
+            let mut solves = Vec::new();
+            for form in [KktForm::SparseSimplicial, KktForm::SparseSupernodal] {
+                let mut c = (0.0, 0.0, 0.0);
+                let mut solve = 0.0;
+                for qp in &qps {
+                    let x = solve_costs(qp, repeats, form)?;
+                    c.0 += x.setup / INSTANCES as f64;
+                    c.1 += x.factor / INSTANCES as f64;
+                    c.2 += x.iteration / INSTANCES as f64;
+                    let admm = Admm::new(AdmmSettings {
+                        check_every: 1,
+                        kkt: form,
+                        ..AdmmSettings::default()
+                    })?;
+                    solve += time_median(repeats, || admm.solve(qp, None).map(|_| ()))?
+                        / INSTANCES as f64;
+                }
+                costs.push(c);
+                solves.push(solve);
+            }
+            let supernodal_picks = qps
+                .iter()
+                .map(|qp| AdmmWorkspace::new(qp, AdmmSettings::default()))
+                .collect::<amortize::Result<Vec<_>>>()?
+                .iter()
+                .filter(|w| w.kkt_is_supernodal())
+                .count();
+            bar.inc(1);
+            let pair = |a: f64, b: f64| format!("{} / {}", fmt_time(Some(a)), fmt_time(Some(b)));
+            println!(
+                "| {} | {n} | {} | {} | {} | {} | {} | {:.2}× | {} |",
+                class.name(),
+                pair(costs[0].0, costs[1].0),
+                pair(costs[0].1, costs[1].1),
+                pair(costs[0].2, costs[1].2),
+                fmt_time(Some(solves[0])),
+                fmt_time(Some(solves[1])),
+                solves[0] / solves[1],
+                match supernodal_picks {
+                    0 => "simplicial".to_string(),
+                    k if k == INSTANCES => "supernodal".to_string(),
+                    k => format!("supernodal {k}/{INSTANCES}"),
+                },
+            );
+        }
+    }
+    bar.finish_and_clear();
+    println!("(solve ratio > 1: the supernodal layout is faster)");
     Ok(())
 }
 

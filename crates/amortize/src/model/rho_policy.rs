@@ -7,6 +7,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::Params;
+use crate::linalg::{matmul, View};
 use crate::solver::qp::{RhoPolicy, RHO_FEATURES};
 use crate::{Error, Result};
 
@@ -162,31 +163,30 @@ impl FrozenRhoPolicy {
                 m * RHO_FEATURES
             )));
         }
-        let layers = &self.layers;
-        let last = layers.len() - 1;
-        let mut out = Vec::with_capacity(m);
-        let mut cur: Vec<f64> = Vec::new();
-        let mut next: Vec<f64> = Vec::new();
-        for row in features.chunks(RHO_FEATURES) {
-            cur.clear();
-            cur.extend_from_slice(row);
-            for (l, (w, b, fan_in, fan_out)) in layers.iter().enumerate() {
-                next.clear();
+        // Layer by layer over all rows at once: H ← act(H·W + b), one matrix product per
+        // layer (the rows of one consultation are a batch).
+        let last = self.layers.len() - 1;
+        let mut cur = features.to_vec();
+        let mut next = Vec::new();
+        for (l, (w, b, fan_in, fan_out)) in self.layers.iter().enumerate() {
+            next.clear();
+            for _ in 0..m {
                 next.extend_from_slice(b);
-                for (i, v) in cur.iter().enumerate().take(*fan_in) {
-                    let wr = &w[i * fan_out..(i + 1) * fan_out];
-                    for (n, wv) in next.iter_mut().zip(wr) {
-                        *n += v * wv;
-                    }
-                }
-                if l < last {
-                    let act = self.activation;
-                    next.iter_mut().for_each(|v| *v = act.apply(*v));
-                }
-                std::mem::swap(&mut cur, &mut next);
             }
-            out.push(cur[0]);
+            matmul(
+                &mut next,
+                View::new(&cur, m, *fan_in),
+                View::new(w, *fan_in, *fan_out),
+                true,
+            );
+            if l < last {
+                let act = self.activation;
+                next.iter_mut().for_each(|v| *v = act.apply(*v));
+            }
+            std::mem::swap(&mut cur, &mut next);
         }
+        // The output layer has one unit: `cur` holds Δ for the m rows.
+        let out = cur;
         Ok(out)
     }
 }

@@ -332,12 +332,13 @@ fn qp_classes_are_solved_and_agree_with_clarabel() -> Result<()> {
     Ok(())
 }
 
-/// Both ways of solving the KKT system (sparse quasi-definite LDLᵀ and dense reduced
-/// Cholesky) give the same iterates on every class, with and without ρ changes, and `auto`
-/// picks the reduced form for a dense P and the sparse one for a structured class.
+/// All ways of solving the KKT system (sparse quasi-definite LDLᵀ, simplicial or supernodal,
+/// and dense reduced Cholesky) give the same iterates on every class, with and without ρ
+/// changes; `auto` picks the reduced form for a dense P, the sparse one for a structured
+/// class, and a supernodal factor for MPC's dense dynamics blocks.
 #[test]
 fn kkt_forms_agree_and_auto_picks_by_density_of_p() -> Result<()> {
-    use amortize::solver::qp::{AdmmWorkspace, KktForm, QpClass};
+    use amortize::solver::qp::{AdmmWorkspace, KktForm, MpcFamily, QpClass};
     let mut rng = StdRng::seed_from_u64(5);
     for class in QpClass::ALL {
         let qp = class.generate(12, &mut rng)?;
@@ -346,45 +347,71 @@ fn kkt_forms_agree_and_auto_picks_by_density_of_p() -> Result<()> {
             check_every: 1,
             ..AdmmSettings::default()
         };
-        let sparse = Admm::new(settings(KktForm::Sparse))?.solve(&qp, None)?;
         let reduced = Admm::new(settings(KktForm::Reduced))?.solve(&qp, None)?;
-        assert_eq!(sparse.status, QpStatus::Solved, "{}", class.name());
-        assert_eq!(sparse.iters, reduced.iters, "{}", class.name());
-        assert_eq!(sparse.rho_updates, reduced.rho_updates, "{}", class.name());
-        let dy = sparse
-            .y
-            .iter()
-            .zip(&reduced.y)
-            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        assert!(
-            dy < 1e-8,
-            "{}: ‖y_sparse − y_reduced‖∞ = {dy}",
-            class.name()
-        );
-        // A per-constraint ρ through the workspace hook refactors both forms alike.
-        let mut ws = AdmmWorkspace::new(&qp, settings(KktForm::Sparse))?;
-        let mut wr = AdmmWorkspace::new(&qp, settings(KktForm::Reduced))?;
-        assert!(ws.kkt_is_sparse() && !wr.kkt_is_sparse());
-        let rho: Vec<f64> = (0..qp.m()).map(|i| 0.01 * (1 + i % 7) as f64).collect();
-        ws.set_rho_vector(&rho)?;
-        wr.set_rho_vector(&rho)?;
-        for _ in 0..20 {
-            ws.step();
-            wr.step();
+        assert_eq!(reduced.status, QpStatus::Solved, "{}", class.name());
+        for form in [
+            KktForm::Sparse,
+            KktForm::SparseSimplicial,
+            KktForm::SparseSupernodal,
+        ] {
+            let sparse = Admm::new(settings(form))?.solve(&qp, None)?;
+            assert_eq!(sparse.status, QpStatus::Solved, "{} {form:?}", class.name());
+            assert_eq!(sparse.iters, reduced.iters, "{} {form:?}", class.name());
+            assert_eq!(
+                sparse.rho_updates,
+                reduced.rho_updates,
+                "{} {form:?}",
+                class.name()
+            );
+            let dy = sparse
+                .y
+                .iter()
+                .zip(&reduced.y)
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                dy < 1e-8,
+                "{} {form:?}: ‖y_sparse − y_reduced‖∞ = {dy}",
+                class.name()
+            );
+            // A per-constraint ρ through the workspace hook refactors both forms alike.
+            let mut ws = AdmmWorkspace::new(&qp, settings(form))?;
+            let mut wr = AdmmWorkspace::new(&qp, settings(KktForm::Reduced))?;
+            assert!(ws.kkt_is_sparse() && !wr.kkt_is_sparse());
+            assert_eq!(
+                ws.kkt_is_supernodal(),
+                form == KktForm::SparseSupernodal,
+                "{} {form:?}",
+                class.name()
+            );
+            let rho: Vec<f64> = (0..qp.m()).map(|i| 0.01 * (1 + i % 7) as f64).collect();
+            ws.set_rho_vector(&rho)?;
+            wr.set_rho_vector(&rho)?;
+            for _ in 0..20 {
+                ws.step();
+                wr.step();
+            }
+            let (ps, ds) = ws.current_residuals();
+            let (pr, dr) = wr.current_residuals();
+            assert!(
+                (ps - pr).abs() <= 1e-9 * (1.0 + pr) && (ds - dr).abs() <= 1e-9 * (1.0 + dr),
+                "{} {form:?}: residuals ({ps}, {ds}) vs ({pr}, {dr})",
+                class.name()
+            );
         }
-        let (ps, ds) = ws.current_residuals();
-        let (pr, dr) = wr.current_residuals();
-        assert!(
-            (ps - pr).abs() <= 1e-9 * (1.0 + pr) && (ds - dr).abs() <= 1e-9 * (1.0 + dr),
-            "{}: residuals ({ps}, {ds}) vs ({pr}, {dr})",
-            class.name()
-        );
     }
     let auto = AdmmSettings::default();
     let random = QpClass::Random.generate(20, &mut rng)?;
     assert!(!AdmmWorkspace::new(&random, auto)?.kkt_is_sparse());
     let huber = QpClass::Huber.generate(20, &mut rng)?;
-    assert!(AdmmWorkspace::new(&huber, auto)?.kkt_is_sparse());
+    let w = AdmmWorkspace::new(&huber, auto)?;
+    assert!(w.kkt_is_sparse() && !w.kkt_is_supernodal());
+    // The sparse factor is supernodal where dense blocks fill it (MPC with 50 states: the
+    // dynamics blocks are dense 50×50), simplicial where little fill happens (Lasso).
+    let mpc = MpcFamily::random(50, &mut rng)?;
+    let control = mpc.instance(&mpc.sample_initial_state(&mut rng))?;
+    assert!(AdmmWorkspace::new(&control, auto)?.kkt_is_supernodal());
+    let lasso = QpClass::Lasso.generate(50, &mut rng)?;
+    assert!(!AdmmWorkspace::new(&lasso, auto)?.kkt_is_supernodal());
     Ok(())
 }
 

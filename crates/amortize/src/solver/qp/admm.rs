@@ -93,8 +93,13 @@ pub enum KktForm {
     /// The reduced form when P is dense (≥ ¼ of its entries), else the sparse one.
     #[default]
     Auto,
-    /// Sparse LDLᵀ of the quasi-definite (n+m)×(n+m) matrix.
+    /// Sparse LDLᵀ of the quasi-definite (n+m)×(n+m) matrix, simplicial or supernodal by
+    /// the density of its factor.
     Sparse,
+    /// The sparse form with a simplicial factor (OSQP's QDLDL layout).
+    SparseSimplicial,
+    /// The sparse form with a supernodal factor (dense blocks).
+    SparseSupernodal,
     /// Dense Cholesky of the reduced n×n matrix P + σI + AᵀRA.
     Reduced,
 }
@@ -487,6 +492,11 @@ impl<'a> AdmmWorkspace<'a> {
     /// Whether the KKT system is solved in its sparse quasi-definite form (else reduced).
     pub fn kkt_is_sparse(&self) -> bool {
         self.kkt.is_sparse()
+    }
+
+    /// Whether the sparse form's factor is supernodal (dense blocks; else simplicial).
+    pub fn kkt_is_supernodal(&self) -> bool {
+        self.kkt.is_supernodal()
     }
 
     /// The per-constraint step sizes ρ (scaled units).

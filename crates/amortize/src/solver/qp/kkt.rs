@@ -6,12 +6,12 @@
 //!
 //! whose solution gives z̃ = Aỹ = zᵗ + R⁻¹(ν − λᵗ). Two ways to solve it, chosen per QP by the
 //! cost of a solve:
-//! - **sparse**: the whole (n+m)×(n+m) matrix by a sparse LDLᵀ without pivoting (QDLDL, the
-//!   factorisation OSQP uses, from the `clarabel` crate) under an approximate-minimum-degree
-//!   ordering. σ > 0 and ρ > 0 make the matrix quasi-definite, so the factor exists for any
-//!   symmetric ordering, with n positive and m negative pivots. A change of ρ touches only the
-//!   last m diagonal entries: the ordering and symbolic factor are computed once and only the
-//!   numeric factor is redone.
+//! - **sparse**: the whole (n+m)×(n+m) matrix by a sparse LDLᵀ without pivoting (module
+//!   `ldl`: simplicial like OSQP's QDLDL, or supernodal when the factor is dense enough)
+//!   under an approximate-minimum-degree ordering. σ > 0 and ρ > 0 make the matrix
+//!   quasi-definite, so the factor exists for any symmetric ordering, with n positive and m
+//!   negative pivots. A change of ρ touches only the last m diagonal entries: the ordering and
+//!   symbolic factor are computed once and only the numeric factor is redone.
 //! - **reduced**: eliminating ν gives (P + σI + AᵀRA)ỹ = σyᵗ − q + Aᵀ(Rzᵗ − λᵗ), dense n×n,
 //!   with z̃ = Aỹ; a dense Cholesky factor.
 //!
@@ -21,10 +21,8 @@
 //! `KktForm::Auto` picks the reduced form exactly when P is dense (`DENSE_P_SHARE`): deciding
 //! from the symbolic factor instead would cost as much as a whole solve on random QPs.
 
-use clarabel::algebra::CscMatrix;
-use clarabel::qdldl::{QDLDLFactorisation, QDLDLSettingsBuilder};
-
 use super::admm::KktForm;
+use super::ldl::{LdlLayout, SparseLdl};
 use crate::linalg::{Cholesky, CsrMatrix};
 use crate::{Error, Result};
 
@@ -53,11 +51,9 @@ pub(super) struct Kkt {
 
 enum Form {
     Sparse {
-        factor: Box<QDLDLFactorisation<f64>>,
-        /// Index of entry (n+i, n+i), −1/ρᵢ, among the assembled matrix's values.
+        factor: Box<SparseLdl>,
+        /// Index of entry (n+i, n+i), −1/ρᵢ, among the assembled upper triangle's entries.
         rho_entries: Vec<usize>,
-        /// The new −1/ρ values, reused between refactorisations.
-        rho_values: Vec<f64>,
         /// The right-hand side and solution (ỹ, ν), n + m.
         work: Vec<f64>,
     },
@@ -75,9 +71,17 @@ fn factor_error(e: impl std::fmt::Display) -> Error {
     Error::invalid(format!("ADMM: the KKT matrix could not be factored: {e}"))
 }
 
-/// The upper triangle of the quasi-definite matrix in CSC form, and the positions of its
-/// −1/ρᵢ entries.
-fn assemble(p: &CsrMatrix, a: &CsrMatrix, sigma: f64, rho: &[f64]) -> (CscMatrix<f64>, Vec<usize>) {
+/// The upper triangle of the quasi-definite matrix in CSC form.
+struct Assembled {
+    col_ptr: Vec<usize>,
+    row_idx: Vec<usize>,
+    values: Vec<f64>,
+    /// Positions of the −1/ρᵢ entries in `values`.
+    rho_entries: Vec<usize>,
+}
+
+/// The upper triangle of the quasi-definite matrix in CSC form (sorted row indices).
+fn assemble(p: &CsrMatrix, a: &CsrMatrix, sigma: f64, rho: &[f64]) -> Assembled {
     let (n, m) = (p.rows(), a.rows());
     let dim = n + m;
     let mut colptr = Vec::with_capacity(dim + 1);
@@ -114,7 +118,13 @@ fn assemble(p: &CsrMatrix, a: &CsrMatrix, sigma: f64, rho: &[f64]) -> (CscMatrix
         nzval.push(-1.0 / r);
         colptr.push(rowval.len());
     }
-    (CscMatrix::new(dim, dim, colptr, rowval, nzval), rho_entries)
+    debug_assert_eq!(colptr.len(), dim + 1);
+    Assembled {
+        col_ptr: colptr,
+        row_idx: rowval,
+        values: nzval,
+        rho_entries,
+    }
 }
 
 impl Kkt {
@@ -131,30 +141,29 @@ impl Kkt {
     ) -> Result<Self> {
         let (n, m) = (p.rows(), a.rows());
         debug_assert_eq!(rho.len(), m);
-        let sparse = match choice {
-            KktForm::Auto => !is_dense(p),
-            KktForm::Sparse => true,
-            KktForm::Reduced => false,
+        let layout = match choice {
+            KktForm::Auto if is_dense(p) => None,
+            KktForm::Auto | KktForm::Sparse => Some(LdlLayout::Auto),
+            KktForm::SparseSimplicial => Some(LdlLayout::Simplicial),
+            KktForm::SparseSupernodal => Some(LdlLayout::Supernodal),
+            KktForm::Reduced => None,
         };
-        let form = if sparse {
-            let (matrix, rho_entries) = assemble(p, a, sigma, rho);
-            let mut signs = vec![1i8; n];
-            signs.resize(n + m, -1);
-            let settings = QDLDLSettingsBuilder::default()
-                .Dsigns(signs)
-                .regularize_enable(false)
-                .logical(true)
-                .build()
-                .map_err(factor_error)?;
-            let mut factor =
-                QDLDLFactorisation::new(&matrix, Some(settings)).map_err(factor_error)?;
+        let form = if let Some(layout) = layout {
+            let matrix = assemble(p, a, sigma, rho);
+            let mut factor = SparseLdl::analyse(
+                n + m,
+                &matrix.col_ptr,
+                &matrix.row_idx,
+                &matrix.values,
+                n,
+                layout,
+            )?;
             if !defer {
-                factor.refactor().map_err(factor_error)?;
+                factor.refactor()?;
             }
             Form::Sparse {
                 factor: Box::new(factor),
-                rho_entries,
-                rho_values: Vec::with_capacity(m),
+                rho_entries: matrix.rho_entries,
                 work: vec![0.0; n + m],
             }
         } else {
@@ -169,16 +178,12 @@ impl Kkt {
                 work: vec![0.0; m],
             }
         };
-        let kkt = Kkt {
+        Ok(Kkt {
             n,
             sigma,
             form,
             factored: !defer,
-        };
-        if kkt.factored {
-            kkt.check_inertia()?;
-        }
-        Ok(kkt)
+        })
     }
 
     /// Whether the sparse form was chosen.
@@ -186,20 +191,9 @@ impl Kkt {
         matches!(self.form, Form::Sparse { .. })
     }
 
-    /// Quasi-definite means exactly n positive pivots; anything else is a non-convex P or
-    /// non-finite data. (The reduced form's Cholesky checks its pivots itself.)
-    fn check_inertia(&self) -> Result<()> {
-        if let Form::Sparse { factor, .. } = &self.form {
-            let positive = factor.positive_inertia();
-            if positive != self.n || !factor.D.iter().all(|d| d.is_finite()) {
-                return Err(Error::invalid(format!(
-                    "ADMM: the KKT matrix is not quasi-definite ({positive} positive pivots for \
-                     {} variables; non-convex P or non-finite data?)",
-                    self.n
-                )));
-            }
-        }
-        Ok(())
+    /// Whether the sparse form uses the supernodal layout.
+    pub(super) fn is_supernodal(&self) -> bool {
+        matches!(&self.form, Form::Sparse { factor, .. } if factor.is_supernodal())
     }
 
     /// Refactors for new step sizes ρ (same length as at construction).
@@ -208,21 +202,22 @@ impl Kkt {
             Form::Sparse {
                 factor,
                 rho_entries,
-                rho_values,
                 ..
             } => {
                 debug_assert_eq!(rho.len(), rho_entries.len());
-                rho_values.clear();
-                rho_values.extend(rho.iter().map(|r| -1.0 / r));
-                factor.update_values(rho_entries, rho_values);
-                factor.refactor().map_err(factor_error)?;
+                for (&entry, r) in rho_entries.iter().zip(rho) {
+                    factor.set_entry(entry, -1.0 / r);
+                }
+                // Quasi-definiteness (n positive pivots) is checked by the factor; the
+                // reduced form's Cholesky checks its own pivots.
+                factor.refactor()?;
             }
             Form::Reduced {
                 factor, p_dense, ..
             } => *factor = Some(reduced_factor(p_dense, a, self.sigma, rho)?),
         }
         self.factored = true;
-        self.check_inertia()
+        Ok(())
     }
 
     /// Whether the numeric factor is current (see `defer` in [`Kkt::new`]).
@@ -301,12 +296,16 @@ pub(super) fn shifted_is_positive_definite(p: &CsrMatrix, shift: f64) -> bool {
     let Ok(no_rows) = CsrMatrix::from_triplets(0, n, &[]) else {
         return false;
     };
-    let (matrix, _) = assemble(p, &no_rows, shift, &[]);
-    let settings = QDLDLSettingsBuilder::default()
-        .regularize_enable(false)
-        .build();
-    match settings.map(|s| QDLDLFactorisation::new(&matrix, Some(s))) {
-        Ok(Ok(f)) => f.positive_inertia() == n && f.D.iter().all(|d| d.is_finite() && *d > 0.0),
-        _ => false,
-    }
+    let matrix = assemble(p, &no_rows, shift, &[]);
+    // All n pivots positive: the factor checks the count, and rejects zero or non-finite ones.
+    SparseLdl::analyse(
+        n,
+        &matrix.col_ptr,
+        &matrix.row_idx,
+        &matrix.values,
+        n,
+        LdlLayout::Simplicial,
+    )
+    .and_then(|mut factor| factor.refactor())
+    .is_ok()
 }

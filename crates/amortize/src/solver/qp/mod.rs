@@ -7,6 +7,7 @@
 mod admm;
 mod classes;
 mod kkt;
+mod ldl;
 mod mpc;
 mod scaling;
 

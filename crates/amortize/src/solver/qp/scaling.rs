@@ -46,19 +46,25 @@ pub(super) fn equilibrate(qp: &QpProblem, iterations: usize) -> Scaled {
         e: vec![1.0; m],
         c: 1.0,
     };
-    let (mut dn, mut an, mut en) = (vec![0.0; n], vec![0.0; n], vec![0.0; m]);
+    // ∞-norms of P's columns (= rows), A's columns and A's rows, kept current by each
+    // scaling pass. P's cost factor γ of one round is applied at the start of the next
+    // round's pass (and after the last), in the same order as scaling P by γ at once.
+    let (mut p_cols, mut p_rows, mut a_cols, mut a_rows) =
+        (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; m]);
+    let (mut dn, mut en) = (vec![0.0; n], vec![0.0; m]);
+    s.p.column_inf_norms(&mut p_cols);
+    s.a.column_inf_norms(&mut a_cols);
+    s.a.row_inf_norms(&mut a_rows);
+    let mut pending_gamma = 1.0;
     for _ in 0..iterations {
-        s.p.column_inf_norms(&mut dn);
-        s.a.column_inf_norms(&mut an);
         for j in 0..n {
-            dn[j] = 1.0 / limit(dn[j].max(an[j])).sqrt();
+            dn[j] = 1.0 / limit(p_cols[j].max(a_cols[j])).sqrt();
         }
-        s.a.row_inf_norms(&mut en);
-        for e in en.iter_mut() {
-            *e = 1.0 / limit(*e).sqrt();
+        for (e, &norm) in en.iter_mut().zip(&a_rows) {
+            *e = 1.0 / limit(norm).sqrt();
         }
-        s.p.scale(&dn, &dn);
-        s.a.scale(&en, &dn);
+        s.p.scale_with_norms(pending_gamma, &dn, &dn, &mut p_rows, &mut p_cols);
+        s.a.scale_with_norms(1.0, &en, &dn, &mut a_rows, &mut a_cols);
         for j in 0..n {
             s.q[j] *= dn[j];
             s.d[j] *= dn[j];
@@ -67,17 +73,21 @@ pub(super) fn equilibrate(qp: &QpProblem, iterations: usize) -> Scaled {
             s.e[i] *= en[i];
         }
         // Cost scaling: bring the mean column norm of P and ‖q‖∞ to about one.
-        s.p.column_inf_norms(&mut dn);
         let mean_p = if n > 0 {
-            dn.iter().sum::<f64>() / n as f64
+            p_cols.iter().sum::<f64>() / n as f64
         } else {
             0.0
         };
         let q_norm = s.q.iter().fold(0.0f64, |a, v| a.max(v.abs()));
         let gamma = 1.0 / limit(mean_p.max(q_norm));
-        s.p.scale(&vec![gamma; n], &vec![1.0; n]);
+        // Rounding is monotone, so the norms of γP are exactly γ times those of P.
+        p_cols.iter_mut().for_each(|v| *v *= gamma);
+        pending_gamma = gamma;
         s.q.iter_mut().for_each(|v| *v *= gamma);
         s.c *= gamma;
+    }
+    if pending_gamma != 1.0 {
+        s.p.scale(&vec![pending_gamma; n], &vec![1.0; n]);
     }
     for i in 0..m {
         s.l[i] *= s.e[i];
