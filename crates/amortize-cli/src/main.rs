@@ -163,7 +163,7 @@ pub enum Command {
         /// Skip the Python (PyTorch, JAX, OSQP) baselines.
         #[arg(long)]
         no_baselines: bool,
-        /// solvers: run only this part (table, lasso or qp).
+        /// solvers: run only this part (table, lasso or qp), or one of the extra parts qp-costs and kkt.
         #[arg(long)]
         part: Option<String>,
         /// solvers: random QPs per size.

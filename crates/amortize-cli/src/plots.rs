@@ -279,13 +279,19 @@ fn tick_label(v: f64) -> String {
     }
 }
 
-const SERIES_COLORS: [RGBColor; 6] = [
+/// Ten distinguishable series colours (the "tab10" palette), so that up to ten curves, such as
+/// the seven QP classes of `run rlqp`, never share one.
+const SERIES_COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
+    RGBColor(214, 39, 40),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 /// The tutorial's speed figures: each baseline's mean objective against iterations and against

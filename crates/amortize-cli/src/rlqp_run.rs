@@ -34,6 +34,9 @@ pub struct RlqpEval {
     /// Also write the held-out QPs to `qps.jsonl` (sparse triplets, one QP per line) for
     /// `bench/baselines/osqp_classes.py`, the OSQP C solver on the same QPs (default false).
     pub export_qps: bool,
+    /// Solves per QP and method for the wall-clock (default 3): the methods alternate and
+    /// each QP's seconds are the median.
+    pub timing_repeats: usize,
 }
 
 impl Default for RlqpEval {
@@ -43,6 +46,7 @@ impl Default for RlqpEval {
             sizes: vec![20, 50, 100, 200],
             instances: 20,
             export_qps: false,
+            timing_repeats: 3,
         }
     }
 }
@@ -66,6 +70,10 @@ pub struct RlqpExperiment {
     /// learned ρ (optional; its seed follows the experiment's).
     #[serde(default)]
     pub warm_start: Option<QpWarmStartConfig>,
+    /// Also train one policy per evaluated class, on that class alone with the same settings,
+    /// and compare it with OSQP's ρ on that class's held-out QPs (default false).
+    #[serde(default)]
+    pub per_class: bool,
 }
 
 /// The built-in RLQP experiment.
@@ -112,8 +120,11 @@ pub fn load(spec: &str, seed: Option<u64>, steps: Option<usize>) -> Result<RlqpE
     if exp.eval.classes.is_empty()
         || exp.eval.sizes.iter().any(|n| *n < 2)
         || exp.eval.instances == 0
+        || exp.eval.timing_repeats == 0
     {
-        bail!("eval: classes must be non-empty, sizes >= 2 and instances >= 1");
+        bail!(
+            "eval: classes must be non-empty, sizes >= 2, instances >= 1 and timing_repeats >= 1"
+        );
     }
     Ok(exp)
 }
@@ -168,29 +179,48 @@ fn solved(r: &Outcome) -> f64 {
 /// A warm start (y, λ) per QP.
 type WarmStarts = [(Vec<f64>, Vec<f64>)];
 
-/// The outcome of every QP, solved one after another on this thread, from zero or from its
-/// warm start.
+/// One way of solving: ADMM settings and an optional ρ policy.
+type Method<'a> = (AdmmSettings, Option<&'a dyn RhoPolicy>);
+
+/// The outcome of every QP under each of `methods`, solved one after another on this thread,
+/// from zero or from its warm start. Each QP is solved `repeats` times by every method in
+/// turn (the methods alternate, so that both see the same machine conditions) and its
+/// seconds are the median of the repeats; the iterations are the same in every repeat.
 fn solve_all(
     qps: &[QpProblem],
-    settings: AdmmSettings,
-    policy: Option<&dyn RhoPolicy>,
+    methods: &[Method<'_>],
     warm: Option<&WarmStarts>,
-) -> Result<Vec<Outcome>> {
-    let admm = Admm::new(settings)?;
-    qps.iter()
-        .enumerate()
-        .map(|(i, qp)| {
-            let start = warm.map(|w| (w[i].0.as_slice(), w[i].1.as_slice()));
-            let t0 = Instant::now();
-            let s = admm.solve_with_policy(qp, start, policy)?;
-            Ok(Outcome {
-                seconds: t0.elapsed().as_secs_f64(),
+    repeats: usize,
+) -> Result<Vec<Vec<Outcome>>> {
+    let solvers = methods
+        .iter()
+        .map(|(settings, _)| Admm::new(*settings))
+        .collect::<amortize::Result<Vec<_>>>()?;
+    let mut outcomes: Vec<Vec<Outcome>> = methods.iter().map(|_| Vec::new()).collect();
+    for (i, qp) in qps.iter().enumerate() {
+        let start = warm.map(|w| (w[i].0.as_slice(), w[i].1.as_slice()));
+        let mut seconds = vec![Vec::with_capacity(repeats); methods.len()];
+        let mut first = Vec::with_capacity(methods.len());
+        for r in 0..repeats.max(1) {
+            for (k, (admm, (_, policy))) in solvers.iter().zip(methods).enumerate() {
+                let t0 = Instant::now();
+                let s = admm.solve_with_policy(qp, start, *policy)?;
+                seconds[k].push(t0.elapsed().as_secs_f64());
+                if r == 0 {
+                    first.push(s);
+                }
+            }
+        }
+        for (k, s) in first.into_iter().enumerate() {
+            outcomes[k].push(Outcome {
+                seconds: crate::bench::median(std::mem::take(&mut seconds[k])),
                 iters: s.iters as f64,
                 solved: s.status == QpStatus::Solved,
                 factorisations: s.factorisations as f64,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(outcomes)
 }
 
 /// Trains, saves and compares; returns the run folder.
@@ -227,42 +257,14 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
     let mut exported = String::new();
     for &class in &exp.eval.classes {
         for &n in &exp.eval.sizes {
-            let mut rng = StdRng::seed_from_u64(exp.seed ^ 0xE7A1 ^ (n as u64) << 8);
-            let qps: Vec<QpProblem> = (0..exp.eval.instances)
-                .map(|_| class.generate(n, &mut rng))
-                .collect::<amortize::Result<_>>()?;
+            let qps = held_out(exp, class, n)?;
             if exp.eval.export_qps {
                 for qp in &qps {
                     exported.push_str(&qp_json(class, n, qp).to_string());
                     exported.push('\n');
                 }
             }
-            let base = solve_all(&qps, cfg.baseline_settings(), None, None)?;
-            let learned = solve_all(&qps, cfg.policy_settings(), Some(&frozen), None)?;
-            let k = qps.len() as f64;
-            let ratio = (base
-                .iter()
-                .zip(&learned)
-                .map(|(b, l)| (b.iters.max(1.0) / l.iters.max(1.0)).ln())
-                .sum::<f64>()
-                / k)
-                .exp();
-            let seconds = |r: &Outcome| r.seconds;
-            let (osqp_seconds, learned_seconds) = (mean(&base, seconds), mean(&learned, seconds));
-            cells.push(Cell {
-                class,
-                n,
-                osqp_iters: mean(&base, |r| r.iters),
-                learned_iters: mean(&learned, |r| r.iters),
-                iteration_ratio: ratio,
-                osqp_seconds,
-                learned_seconds,
-                time_ratio: osqp_seconds / learned_seconds,
-                osqp_solved: mean(&base, solved),
-                learned_solved: mean(&learned, solved),
-                osqp_factorisations: mean(&base, |r| r.factorisations),
-                learned_factorisations: mean(&learned, |r| r.factorisations),
-            });
+            cells.push(compare(exp, class, n, &qps, &frozen)?);
             bar.inc(1);
         }
     }
@@ -270,11 +272,233 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
     if exp.eval.export_qps {
         write_atomic(&dir.join("qps.jsonl"), exported.as_bytes())?;
     }
+    let per_class = match exp.per_class {
+        true => Some(per_class_policies(exp, &dir, quiet)?),
+        false => None,
+    };
 
+    let table = cells_csv(&cells);
+    write_atomic(&dir.join("rlqp.csv"), table.as_bytes())?;
+    if let Some((class_cells, _)) = &per_class {
+        write_atomic(
+            &dir.join("rlqp-per-class.csv"),
+            cells_csv(class_cells).as_bytes(),
+        )?;
+    }
+    write_atomic(
+        &dir.join("rlqp.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "train_seconds": train_seconds,
+            "training": records.last(),
+            "cells": cells,
+            "per_class": per_class.as_ref().map(|(c, seconds)| serde_json::json!({
+                "train_seconds": seconds,
+                "cells": c,
+            })),
+        }))?
+        .as_bytes(),
+    )?;
+
+    let mut figures = plots::curves(
+        &dir.join("figures").join("training"),
+        "RLQP training: geometric-mean speed-up over OSQP's ρ on each batch",
+        ("ES update", "iterations ratio N_OSQP / N_learned"),
+        &[(
+            "batch speed-up".to_string(),
+            records.iter().map(|r| (r.step as f64, r.speedup)).collect(),
+        )],
+        false,
+    )?;
+    // Per class, a ratio against n: iterations and wall-clock, for the shared policy and the
+    // class-specific ones.
+    let by_class = |cells: &[Cell], value: fn(&Cell) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+        exp.eval
+            .classes
+            .iter()
+            .map(|class| {
+                let points = cells
+                    .iter()
+                    .filter(|c| c.class == *class)
+                    .map(|c| (c.n as f64, value(c)))
+                    .collect();
+                (class.name().to_string(), points)
+            })
+            .collect()
+    };
+    let mut ratio_figures = vec![
+        (
+            "iteration-ratio",
+            "Held-out QPs: ADMM iterations of OSQP's ρ over the learned ρ",
+            "iterations ratio",
+            by_class(&cells, |c| c.iteration_ratio),
+        ),
+        (
+            "time-ratio",
+            "Held-out QPs: wall-clock of OSQP's ρ over the learned ρ",
+            "wall-clock ratio",
+            by_class(&cells, |c| c.time_ratio),
+        ),
+    ];
+    if let Some((class_cells, _)) = &per_class {
+        ratio_figures.push((
+            "iteration-ratio-per-class",
+            "Class-specific policies: iterations of OSQP's ρ over the learned ρ",
+            "iterations ratio",
+            by_class(class_cells, |c| c.iteration_ratio),
+        ));
+        ratio_figures.push((
+            "time-ratio-per-class",
+            "Class-specific policies: wall-clock of OSQP's ρ over the learned ρ",
+            "wall-clock ratio",
+            by_class(class_cells, |c| c.time_ratio),
+        ));
+    }
+    for (file, title, y_label, series) in &ratio_figures {
+        figures.extend(plots::curves(
+            &dir.join("figures").join(file),
+            title,
+            ("size n", y_label),
+            series,
+            false,
+        )?);
+    }
+
+    let mut md = format!(
+        "# Run `{}`\n\nES training: {} updates of {} QPs ({} antithetic pairs) in {:.0} s.\n\n\
+         Held-out QPs, {} per cell; s/QP is the mean over QPs of each QP's median of {} solves \
+         (set-up and solve, one thread, the two methods alternating).\n\n",
+        exp.name,
+        cfg.steps,
+        cfg.batch,
+        cfg.samples,
+        train_seconds,
+        exp.eval.instances,
+        exp.eval.timing_repeats
+    );
+    md.push_str(&cells_markdown(&cells));
+    if let Some((class_cells, seconds)) = &per_class {
+        md.push_str(&format!(
+            "\n## Class-specific policies\n\nOne policy per class, trained on that class alone \
+             with the same settings ({} updates each; {:.0} s in all), on the same held-out QPs \
+             (`policies/<class>/`, `rlqp-per-class.csv`):\n\n",
+            cfg.steps, seconds
+        ));
+        md.push_str(&cells_markdown(class_cells));
+    }
+    if let Some(ws) = &exp.warm_start {
+        md.push_str(&warm_start_section(
+            ws,
+            cfg,
+            &frozen,
+            &dir,
+            exp.eval.timing_repeats,
+            quiet,
+        )?);
+    }
+    md.push_str("\n## Figures\n\n");
+    for f in &figures {
+        let rel = f.strip_prefix(&dir).unwrap_or(f).display().to_string();
+        if rel.ends_with(".png") {
+            md.push_str(&format!("![{rel}]({rel})\n"));
+        }
+    }
+    write_atomic(&dir.join("report.md"), md.as_bytes())?;
+    Ok(dir)
+}
+
+/// The held-out QPs of one class and size (the same for every policy compared).
+fn held_out(exp: &RlqpExperiment, class: QpClass, n: usize) -> Result<Vec<QpProblem>> {
+    let mut rng = StdRng::seed_from_u64(exp.seed ^ 0xE7A1 ^ (n as u64) << 8);
+    Ok((0..exp.eval.instances)
+        .map(|_| class.generate(n, &mut rng))
+        .collect::<amortize::Result<_>>()?)
+}
+
+/// OSQP's ρ rule against `policy` on `qps` (one class and size).
+fn compare(
+    exp: &RlqpExperiment,
+    class: QpClass,
+    n: usize,
+    qps: &[QpProblem],
+    policy: &dyn RhoPolicy,
+) -> Result<Cell> {
+    let cfg = &exp.rlqp;
+    let mut outcomes = solve_all(
+        qps,
+        &[
+            (cfg.baseline_settings(), None),
+            (cfg.policy_settings(), Some(policy)),
+        ],
+        None,
+        exp.eval.timing_repeats,
+    )?;
+    let learned = outcomes.pop().unwrap_or_default();
+    let base = outcomes.pop().unwrap_or_default();
+    let k = qps.len() as f64;
+    let ratio = (base
+        .iter()
+        .zip(&learned)
+        .map(|(b, l)| (b.iters.max(1.0) / l.iters.max(1.0)).ln())
+        .sum::<f64>()
+        / k)
+        .exp();
+    let seconds = |r: &Outcome| r.seconds;
+    let (osqp_seconds, learned_seconds) = (mean(&base, seconds), mean(&learned, seconds));
+    Ok(Cell {
+        class,
+        n,
+        osqp_iters: mean(&base, |r| r.iters),
+        learned_iters: mean(&learned, |r| r.iters),
+        iteration_ratio: ratio,
+        osqp_seconds,
+        learned_seconds,
+        time_ratio: osqp_seconds / learned_seconds,
+        osqp_solved: mean(&base, solved),
+        learned_solved: mean(&learned, solved),
+        osqp_factorisations: mean(&base, |r| r.factorisations),
+        learned_factorisations: mean(&learned, |r| r.factorisations),
+    })
+}
+
+/// `per_class`: one policy per evaluated class, trained on that class alone, saved under
+/// `policies/<class>/` and compared on that class's held-out QPs. Returns the cells and the
+/// total training seconds.
+fn per_class_policies(exp: &RlqpExperiment, dir: &Path, quiet: bool) -> Result<(Vec<Cell>, f64)> {
+    let mut cells = Vec::new();
+    let mut train_seconds = 0.0;
+    for &class in &exp.eval.classes {
+        let cfg = RlqpConfig {
+            classes: vec![class],
+            ..exp.rlqp.clone()
+        };
+        let policy = RhoPolicyNet::new(
+            cfg.policy.clone(),
+            &mut StdRng::seed_from_u64(exp.seed),
+            &Device::Cpu,
+        )?;
+        let bar = progress::bar(cfg.steps as u64, &format!("train {}", class.name()), quiet);
+        let t0 = Instant::now();
+        train_rho_policy(&policy, &cfg, |r| {
+            bar.inc(1);
+            bar.set_message(format!("speed-up on batch {:.2}", r.speedup));
+        })?;
+        bar.finish_and_clear();
+        train_seconds += t0.elapsed().as_secs_f64();
+        save_policy(&dir.join("policies").join(class.name()), &policy)?;
+        let frozen = policy.frozen()?;
+        for &n in &exp.eval.sizes {
+            cells.push(compare(exp, class, n, &held_out(exp, class, n)?, &frozen)?);
+        }
+    }
+    Ok((cells, train_seconds))
+}
+
+/// The cells as CSV.
+fn cells_csv(cells: &[Cell]) -> String {
     let mut table = String::from(
         "class,n,osqp_iters,learned_iters,iteration_ratio,osqp_seconds,learned_seconds,time_ratio,osqp_solved,learned_solved,osqp_factorisations,learned_factorisations\n",
     );
-    for c in &cells {
+    for c in cells {
         table.push_str(&format!(
             "{},{},{},{},{},{},{},{},{},{},{},{}\n",
             c.class.name(),
@@ -291,56 +515,15 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
             c.learned_factorisations
         ));
     }
-    write_atomic(&dir.join("rlqp.csv"), table.as_bytes())?;
-    write_atomic(
-        &dir.join("rlqp.json"),
-        serde_json::to_string_pretty(&serde_json::json!({
-            "train_seconds": train_seconds,
-            "training": records.last(),
-            "cells": cells,
-        }))?
-        .as_bytes(),
-    )?;
+    table
+}
 
-    let mut figures = plots::curves(
-        &dir.join("figures").join("training"),
-        "RLQP training: geometric-mean speed-up over OSQP's ρ on each batch",
-        ("ES update", "iterations ratio N_OSQP / N_learned"),
-        &[(
-            "batch speed-up".to_string(),
-            records.iter().map(|r| (r.step as f64, r.speedup)).collect(),
-        )],
-        false,
-    )?;
-    let series: Vec<(String, Vec<(f64, f64)>)> = exp
-        .eval
-        .classes
-        .iter()
-        .map(|class| {
-            (
-                class.name().to_string(),
-                cells
-                    .iter()
-                    .filter(|c| c.class == *class)
-                    .map(|c| (c.n as f64, c.iteration_ratio))
-                    .collect(),
-            )
-        })
-        .collect();
-    figures.extend(plots::curves(
-        &dir.join("figures").join("iteration-ratio"),
-        "Held-out QPs: ADMM iterations of OSQP's ρ over the learned ρ",
-        ("size n", "iterations ratio"),
-        &series,
-        false,
-    )?);
-
-    let mut md = format!(
-        "# Run `{}`\n\nES training: {} updates of {} QPs ({} antithetic pairs) in {:.0} s.\n\n\
-         | class | n | OSQP ρ iters | learned iters | ratio | OSQP s/QP | learned s/QP | time ratio | solved (OSQP / learned) | factorisations (OSQP / learned) |\n|---|---|---|---|---|---|---|---|---|---|\n",
-        exp.name, cfg.steps, cfg.batch, cfg.samples, train_seconds
+/// The cells as a Markdown table.
+fn cells_markdown(cells: &[Cell]) -> String {
+    let mut md = String::from(
+        "| class | n | OSQP ρ iters | learned iters | ratio | OSQP s/QP | learned s/QP | time ratio | solved (OSQP / learned) | factorisations (OSQP / learned) |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for c in &cells {
+    for c in cells {
         md.push_str(&format!(
             "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2e} | {:.2e} | {:.2} | {:.0}% / {:.0}% | {:.1} / {:.1} |\n",
             c.class.name(),
@@ -357,18 +540,7 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
             c.learned_factorisations
         ));
     }
-    if let Some(ws) = &exp.warm_start {
-        md.push_str(&warm_start_section(ws, cfg, &frozen, &dir, quiet)?);
-    }
-    md.push_str("\n## Figures\n\n");
-    for f in &figures {
-        let rel = f.strip_prefix(&dir).unwrap_or(f).display().to_string();
-        if rel.ends_with(".png") {
-            md.push_str(&format!("![{rel}]({rel})\n"));
-        }
-    }
-    write_atomic(&dir.join("report.md"), md.as_bytes())?;
-    Ok(dir)
+    md
 }
 
 /// A QP as one JSON object with sparse triplets (infinite bounds as null).
@@ -410,6 +582,7 @@ fn warm_start_section(
     cfg: &RlqpConfig,
     policy: &dyn RhoPolicy,
     dir: &Path,
+    repeats: usize,
     quiet: bool,
 ) -> Result<String> {
     let bar = progress::bar(ws.steps as u64, "warm start", quiet);
@@ -438,10 +611,12 @@ fn warm_start_section(
         ] {
             let outcomes = solve_all(
                 &qps,
-                settings,
-                policy,
+                &[(settings, policy)],
                 warm.then_some(predictions.as_slice()),
-            )?;
+                repeats,
+            )?
+            .pop()
+            .unwrap_or_default();
             let predict = if warm { predict_seconds } else { 0.0 };
             rows.push(WarmStartRow {
                 start,

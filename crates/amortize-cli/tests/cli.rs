@@ -931,4 +931,55 @@ fn run_rlqp_trains_a_policy_and_writes_the_comparison() {
         &run(bin().arg("--out").arg(&dir).arg("run").arg(&bad)),
         "sizes",
     );
+    std::fs::write(
+        &bad,
+        TINY_RLQP.replace("instances = 3", "instances = 3\ntiming_repeats = 0"),
+    )
+    .unwrap();
+    assert_fails_with(
+        &run(bin().arg("--out").arg(&dir).arg("run").arg(&bad)),
+        "timing_repeats",
+    );
+}
+
+/// `per_class = true` also trains one policy per evaluated class and compares each on its
+/// own class.
+#[test]
+fn run_rlqp_with_class_specific_policies() {
+    let dir = tmpdir("rlqp-per-class");
+    let cfg = dir.join("rlqp.toml");
+    let text = TINY_RLQP.replace(
+        "name = \"tiny-rlqp\"\n",
+        "name = \"tiny-rlqp\"\nper_class = true\n",
+    );
+    let text = &text[..text.find("[warm_start]").unwrap()];
+    std::fs::write(&cfg, text).unwrap();
+    let o = run(bin().arg("--out").arg(&dir).arg("run").arg(&cfg));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run_dir = dir.join("tiny-rlqp");
+    let csv = std::fs::read_to_string(run_dir.join("rlqp-per-class.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 4, "2 classes × 2 sizes: {csv}");
+    for (row, class) in rows.iter().zip(["random", "random", "svm", "svm"]) {
+        assert!(row.starts_with(class), "{row}");
+        let ratio: f64 = row.split(',').nth(4).unwrap().parse().unwrap();
+        assert!(ratio.is_finite() && ratio > 0.0, "{row}");
+    }
+    for class in ["random", "svm"] {
+        assert!(run_dir
+            .join(format!("policies/{class}/policy.safetensors"))
+            .exists());
+    }
+    let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
+    assert!(report.contains("## Class-specific policies"), "{report}");
+    for figure in [
+        "time-ratio",
+        "iteration-ratio-per-class",
+        "time-ratio-per-class",
+    ] {
+        assert!(
+            run_dir.join(format!("figures/{figure}.png")).exists(),
+            "{figure}"
+        );
+    }
 }
