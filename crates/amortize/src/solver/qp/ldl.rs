@@ -9,8 +9,10 @@
 //!
 //! The approximate-minimum-degree ordering, the symbolic analysis and the numeric
 //! factorisation are `faer`'s. The triangular solves, one right-hand side per ADMM
-//! iteration, are written here: faer's general solves dispatch a matrix product per supernode,
-//! which costs 2–5× more than these loops on the KKT matrices of OSQP's benchmark classes.
+//! iteration, are written here: faer's general solves permute through a workspace and
+//! dispatch a matrix product per supernode, which cost 1.4–2.7× more than these loops on the
+//! supernodal KKT factors of OSQP's benchmark classes (`bench solvers --part kkt` compares
+//! the layouts).
 //!
 //! The analysis is done once per sparsity pattern; a change of values (ADMM's ρ) redoes only
 //! the numeric factor ([`SparseLdl::refactor`]).
@@ -38,15 +40,15 @@ pub(super) enum LdlLayout {
 }
 
 /// `Auto` considers the supernodal layout when a column of L costs at least this many
-/// multiply-adds on average (flops / nnz(L)): below it the columns are too short for dense
-/// kernels to win. Measured on the KKT matrices of OSQP's classes (see the module doc).
+/// multiply-adds on average (AMD's count: flops / nnz(L)); below it the columns are too short
+/// for dense kernels to win (`bench solvers --part kkt`).
 const SUPERNODAL_MIN_FLOPS_PER_ENTRY: f64 = 25.0;
 
 /// … and keeps it only when its dense blocks store at most this many times the entries of the
-/// simplicial factor: the padding of merged supernodes costs every solve. On MPC QPs the ratio
-/// is 1.3 (the supernodal factorisation is 1.6–2× faster at equal solve time); on Lasso,
-/// Huber and SVM QPs 2–2.5 (solves 40–100% slower, which the faster factorisation does not
-/// repay over a solve's iterations).
+/// simplicial factor: the padding of merged supernodes costs every solve. On MPC QPs the
+/// ratio is 1.3: the supernodal factorisation is 1.9–3× faster at n = 50–200, and its solves
+/// are no slower. On Lasso, Huber and SVM QPs it is 2–2.5: solves are 40–100% slower, which
+/// the faster factorisation does not repay over a solve's iterations.
 const SUPERNODAL_MAX_PADDING: f64 = 1.4;
 
 /// The factor of one sparsity pattern, refactored in place for new values.
