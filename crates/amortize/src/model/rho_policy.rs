@@ -186,8 +186,7 @@ impl FrozenRhoPolicy {
             std::mem::swap(&mut cur, &mut next);
         }
         // The output layer has one unit: `cur` holds Δ for the m rows.
-        let out = cur;
-        Ok(out)
+        Ok(cur)
     }
 }
 

@@ -22,9 +22,9 @@
 //! from the symbolic factor instead would cost as much as a whole solve on random QPs.
 
 use super::admm::KktForm;
-use super::ldl::{LdlLayout, SparseLdl};
+use super::ldl::{factor_error, LdlLayout, SparseLdl};
 use crate::linalg::{Cholesky, CsrMatrix};
-use crate::{Error, Result};
+use crate::Result;
 
 /// `Auto` uses the reduced form when P has at least this share of its n² entries: the n×n
 /// block is then dense in either form, and the dense loops of the reduced form run about
@@ -65,10 +65,6 @@ enum Form {
         /// ρ∘z − λ (m).
         work: Vec<f64>,
     },
-}
-
-fn factor_error(e: impl std::fmt::Display) -> Error {
-    Error::invalid(format!("ADMM: the KKT matrix could not be factored: {e}"))
 }
 
 /// The upper triangle of the quasi-definite matrix in CSC form.

@@ -80,7 +80,9 @@ pub(super) struct SparseLdl {
     tmp: Vec<f64>,
 }
 
-fn ldl_error(e: impl std::fmt::Display) -> Error {
+/// The error of a failed ordering, analysis or factorisation (also the reduced form's, in
+/// `kkt`).
+pub(super) fn factor_error(e: impl std::fmt::Display) -> Error {
     Error::invalid(format!("ADMM: the KKT matrix could not be factored: {e}"))
 }
 
@@ -104,7 +106,7 @@ impl SparseLdl {
             dim,
             row_idx.len(),
         ))
-        .map_err(|_| ldl_error("out of memory for the ordering"))?;
+        .map_err(|_| factor_error("out of memory for the ordering"))?;
         let count = amd::order_maybe_unsorted(
             &mut fwd,
             &mut inv,
@@ -112,9 +114,9 @@ impl SparseLdl {
             amd::Control::default(),
             MemStack::new(&mut amd_mem),
         )
-        .map_err(ldl_error)?;
+        .map_err(factor_error)?;
         drop(amd_mem);
-        let entries = count.n_div + dim as f64;
+        let factor_entries = count.n_div + dim as f64;
         let flops = count.n_div + count.n_mult_subs_ldl;
         let analyse_as = |threshold| {
             let perm = PermRef::new_checked(&fwd, &inv, dim);
@@ -128,19 +130,21 @@ impl SparseLdl {
                 SymmetricOrdering::Custom(perm),
                 params,
             )
-            .map_err(ldl_error)
+            .map_err(factor_error)
         };
         let simplicial = || analyse_as(SupernodalThreshold::FORCE_SIMPLICIAL);
         let supernodal = || analyse_as(SupernodalThreshold::FORCE_SUPERNODAL);
         let symbolic = match layout {
             LdlLayout::Simplicial => simplicial()?,
             LdlLayout::Supernodal => supernodal()?,
-            LdlLayout::Auto if flops < SUPERNODAL_MIN_FLOPS_PER_ENTRY * entries => simplicial()?,
+            LdlLayout::Auto if flops < SUPERNODAL_MIN_FLOPS_PER_ENTRY * factor_entries => {
+                simplicial()?
+            }
             LdlLayout::Auto => {
                 // The supernodal analysis costs a fraction of the ordering; its padding
                 // decides.
                 let candidate = supernodal()?;
-                if (candidate.len_val() as f64) <= SUPERNODAL_MAX_PADDING * entries {
+                if (candidate.len_val() as f64) <= SUPERNODAL_MAX_PADDING * factor_entries {
                     candidate
                 } else {
                     simplicial()?
@@ -160,7 +164,7 @@ impl SparseLdl {
             }
         };
         let mem = MemBuffer::try_new(scratch)
-            .map_err(|_| ldl_error("out of memory for the factorisation's workspace"))?;
+            .map_err(|_| factor_error("out of memory for the factorisation's workspace"))?;
         let lower = matches!(symbolic.raw(), SymbolicCholeskyRaw::Supernodal(_));
         let permuted = Permuted::new(col_ptr, row_idx, &inv, lower);
         let mut entries = vec![0.0; values.len()];
@@ -228,12 +232,14 @@ impl SparseLdl {
                 Default::default(),
             ),
         }
-        .map_err(ldl_error)?;
+        .map_err(factor_error)?;
         self.extract_pivots();
         let mut positive = 0;
         for &d in &self.inv_d {
             if !d.is_finite() || d == 0.0 {
-                return Err(ldl_error("a zero or non-finite pivot (non-finite data?)"));
+                return Err(factor_error(
+                    "a zero or non-finite pivot (non-finite data?)",
+                ));
             }
             positive += usize::from(d > 0.0);
         }
