@@ -16,6 +16,9 @@
 //! 5. `kkt` (only with `--part kkt`): the sparse KKT factor's two layouts, simplicial (OSQP's
 //!    QDLDL layout) and supernodal, side by side on the classes solved in sparse form, and the
 //!    layout `auto` picks.
+//! 6. `rho-floor` (only with `--part rho-floor`): per QP class and size, the fewest iterations
+//!    any constant ρ per kind of row (one for equalities, one for inequalities) reaches, found
+//!    by a grid, against OSQP's adaptive rule: what a ρ chosen once, at the start, can save.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -49,9 +52,12 @@ pub fn run(
     quiet: bool,
 ) -> Result<()> {
     if let Some(p) = part {
-        if !["table", "lasso", "qp", "qp-costs", "kkt"].contains(&p) {
-            bail!("unknown --part '{p}' (known: table, lasso, qp, qp-costs, kkt)");
+        if !["table", "lasso", "qp", "qp-costs", "kkt", "rho-floor"].contains(&p) {
+            bail!("unknown --part '{p}' (known: table, lasso, qp, qp-costs, kkt, rho-floor)");
         }
+    }
+    if part == Some("rho-floor") {
+        return rho_floor(quiet);
     }
     if part == Some("qp-costs") {
         return qp_costs(repeats, quiet);
@@ -508,6 +514,128 @@ fn qp_costs(repeats: usize, quiet: bool) -> Result<()> {
     Ok(())
 }
 
+/// Iterations of ADMM on `qp` with ρ fixed per kind of row (`rho_eq` on equality rows,
+/// `rho_in` on inequality rows, free rows as OSQP sets them), termination checked every
+/// iteration; `budget + 1` when not solved within `budget`.
+fn iterations_at_fixed_rho(
+    qp: &QpProblem,
+    rho_eq: f64,
+    rho_in: f64,
+    budget: usize,
+) -> Result<usize> {
+    let settings = AdmmSettings {
+        adaptive_rho: false,
+        check_every: 1,
+        max_iters: budget,
+        ..AdmmSettings::default()
+    };
+    let mut w = AdmmWorkspace::new(qp, settings)?;
+    // OSQP's start (ρ = 0.1) tells the kinds apart: 10³ρ on equalities, 10⁻⁶ on free rows.
+    let rho: Vec<f64> = w
+        .rho_vector()
+        .iter()
+        .map(|&r| match r {
+            r if r > 1.0 => rho_eq,
+            r if r > 1e-3 => rho_in,
+            r => r,
+        })
+        .collect();
+    w.set_rho_vector(&rho)?;
+    loop {
+        w.step();
+        if let Some(status) = w.check(0.0) {
+            return Ok(match status {
+                QpStatus::Solved => w.iterations(),
+                _ => budget + 1,
+            });
+        }
+    }
+}
+
+/// `--part rho-floor`: per class and size, a grid over constant ρ per kind of row
+/// (half-decades, 10⁻³ to 10³ on inequalities and 10⁻² to 10⁴ on equalities, scaled units)
+/// for the fewest mean iterations, against OSQP's
+/// adaptive rule (both checked every iteration, eps 1e-3). No start-only ρ policy that only
+/// tells rows apart by kind can beat the grid's best; a policy must vary ρ within a kind or
+/// over time to go below it.
+fn rho_floor(quiet: bool) -> Result<()> {
+    const SIZES: [usize; 3] = [20, 50, 100];
+    const INSTANCES: usize = 5;
+    // Half-decades; equality rows, where OSQP puts 10³ρ, get a grid 10× higher.
+    let grid: Vec<f64> = (-6..=6).map(|k| 10f64.powf(k as f64 / 2.0)).collect();
+    let eq_grid_full: Vec<f64> = grid.iter().map(|r| 10.0 * r).collect();
+    println!("Fewest ADMM iterations with a constant ρ per kind of row (grid by half-decades, scaled units: 1e-3…1e3 on inequalities, 1e-2…1e4 on equalities; {INSTANCES} QPs per cell, eps 1e-3, termination checked every iteration) against OSQP's adaptive ρ");
+    println!("| class | n | OSQP's rule: iterations | best constant ρ: iterations | ρ equality / inequality | ratio |");
+    println!("|---|---|---|---|---|---|");
+    let bar = crate::progress::bar(
+        (QpClass::ALL.len() * SIZES.len()) as u64,
+        "rho-floor",
+        quiet,
+    );
+    let osqp = Admm::new(AdmmSettings {
+        check_every: 1,
+        ..AdmmSettings::default()
+    })?;
+    for class in QpClass::ALL {
+        for n in SIZES {
+            let mut rng = StdRng::seed_from_u64(n as u64);
+            let qps: Vec<QpProblem> = (0..INSTANCES)
+                .map(|_| class.generate(n, &mut rng))
+                .collect::<amortize::Result<_>>()?;
+            let mut osqp_iters = Vec::with_capacity(INSTANCES);
+            for qp in &qps {
+                osqp_iters.push(osqp.solve(qp, None)?.iters);
+            }
+            let osqp_mean = osqp_iters.iter().sum::<usize>() as f64 / INSTANCES as f64;
+            // Worse than 3× OSQP's iterations is of no interest: the budget stops it there.
+            let budget = 3 * osqp_iters.iter().max().copied().unwrap_or(1);
+            let kinds =
+                |equality: bool| {
+                    qps[0].l().iter().zip(qps[0].u()).any(|(l, u)| {
+                        (u - l < 1e-4) == equality && (l.is_finite() || u.is_finite())
+                    })
+                };
+            let (has_equalities, has_inequalities) = (kinds(true), kinds(false));
+            // A kind the class does not have needs no grid (1.0 stands in).
+            let eq_grid: &[f64] = if has_equalities {
+                &eq_grid_full
+            } else {
+                &grid[6..7]
+            };
+            let in_grid: &[f64] = if has_inequalities { &grid } else { &grid[6..7] };
+            let mut best = (f64::INFINITY, 0.0, 0.0);
+            for &rho_eq in eq_grid {
+                for &rho_in in in_grid {
+                    let mut total = 0usize;
+                    for qp in &qps {
+                        total += iterations_at_fixed_rho(qp, rho_eq, rho_in, budget)?;
+                    }
+                    let mean = total as f64 / INSTANCES as f64;
+                    if mean < best.0 {
+                        best = (mean, rho_eq, rho_in);
+                    }
+                }
+            }
+            bar.inc(1);
+            let shown = |present: bool, rho: f64| match present {
+                true => format!("{rho:.2}"),
+                false => "–".into(),
+            };
+            println!(
+                "| {} | {n} | {osqp_mean:.1} | {:.1} | {} / {} | {:.2}× |",
+                class.name(),
+                best.0,
+                shown(has_equalities, best.1),
+                shown(has_inequalities, best.2),
+                osqp_mean / best.0
+            );
+        }
+    }
+    bar.finish_and_clear();
+    println!("(the ratio is the most a ρ set once per kind of row saves in iterations; RLQP's target asks for 3×)");
+    Ok(())
+}
+
 /// `--part kkt`: the sparse factor's simplicial and supernodal layouts side by side, per
 /// class (those `auto` solves in sparse form) and size: set-up S, one factorisation F, one
 /// iteration c, and a whole solve with OSQP's ρ rule (median of `repeats`), with the ratio
@@ -583,7 +711,32 @@ fn kkt_layouts(repeats: usize, quiet: bool) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::speedup_ceiling;
+    use super::{iterations_at_fixed_rho, speedup_ceiling};
+    use amortize::solver::qp::{Admm, AdmmSettings, QpClass};
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    /// At OSQP's starting ρ (10³·0.1 on equalities, 0.1 elsewhere) and without adaptation, the
+    /// fixed-ρ count is ADMM's own; a ρ far off runs out of the budget and reports budget + 1.
+    #[test]
+    fn fixed_rho_iterations_match_admm_without_adaptation() {
+        let qp = QpClass::Lasso
+            .generate(8, &mut StdRng::seed_from_u64(1))
+            .unwrap();
+        let plain = Admm::new(AdmmSettings {
+            adaptive_rho: false,
+            check_every: 1,
+            ..AdmmSettings::default()
+        })
+        .unwrap()
+        .solve(&qp, None)
+        .unwrap();
+        assert_eq!(
+            iterations_at_fixed_rho(&qp, 100.0, 0.1, 4000).unwrap(),
+            plain.iters
+        );
+        assert_eq!(iterations_at_fixed_rho(&qp, 1e-3, 1e-3, 5).unwrap(), 6);
+    }
 
     #[test]
     fn the_speedup_ceiling_follows_the_cost_model() {

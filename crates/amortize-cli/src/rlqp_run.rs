@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use amortize::model::RhoPolicyNet;
+use amortize::model::{FrozenRhoPolicy, RhoPolicyNet};
 use amortize::solver::qp::{Admm, AdmmSettings, QpClass, QpProblem, QpStatus, RhoPolicy};
 use amortize::train::{
     save_policy, train_rho_policy, write_atomic, QpWarmStart, QpWarmStartConfig, RlqpConfig,
@@ -51,6 +51,34 @@ impl Default for RlqpEval {
     }
 }
 
+/// Parametric families in OSQP's update mode ([`Admm::solve_sequence`]): per class and size,
+/// `families` families ([`QpClass::family`]: fixed P and A, a fresh parameter per QP) of
+/// `instances` QPs each, solved one after another with one set-up per family, by OSQP's ρ
+/// rule (ρ carried over from QP to QP) and by the learned ρ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RlqpParametric {
+    /// Classes compared (default all).
+    pub classes: Vec<QpClass>,
+    /// Sizes n compared (default [50, 100]).
+    pub sizes: Vec<usize>,
+    /// Families per class and size (default 2).
+    pub families: usize,
+    /// QPs per family (default 10).
+    pub instances: usize,
+}
+
+impl Default for RlqpParametric {
+    fn default() -> Self {
+        RlqpParametric {
+            classes: QpClass::ALL.to_vec(),
+            sizes: vec![50, 100],
+            families: 2,
+            instances: 10,
+        }
+    }
+}
+
 /// An RLQP experiment file: `name`, `seed`, `[rlqp]` (training) and `[eval]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,6 +102,9 @@ pub struct RlqpExperiment {
     /// and compare it with OSQP's ρ on that class's held-out QPs (default false).
     #[serde(default)]
     pub per_class: bool,
+    /// Also compare on parametric families in OSQP's update mode (optional).
+    #[serde(default)]
+    pub parametric: Option<RlqpParametric>,
 }
 
 /// The built-in RLQP experiment.
@@ -125,6 +156,15 @@ pub fn load(spec: &str, seed: Option<u64>, steps: Option<usize>) -> Result<RlqpE
         bail!(
             "eval: classes must be non-empty, sizes >= 2, instances >= 1 and timing_repeats >= 1"
         );
+    }
+    if let Some(p) = &exp.parametric {
+        if p.classes.is_empty()
+            || p.sizes.iter().any(|n| *n < 2)
+            || p.families == 0
+            || p.instances == 0
+        {
+            bail!("parametric: classes must be non-empty, sizes >= 2, families >= 1 and instances >= 1");
+        }
     }
     Ok(exp)
 }
@@ -276,14 +316,36 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
         true => Some(per_class_policies(exp, &dir, quiet)?),
         false => None,
     };
+    let parametric = match &exp.parametric {
+        Some(params) => Some(parametric_cells(
+            exp,
+            params,
+            &frozen,
+            per_class.as_ref(),
+            quiet,
+        )?),
+        None => None,
+    };
 
     let table = cells_csv(&cells);
     write_atomic(&dir.join("rlqp.csv"), table.as_bytes())?;
-    if let Some((class_cells, _)) = &per_class {
+    if let Some(p) = &per_class {
         write_atomic(
             &dir.join("rlqp-per-class.csv"),
-            cells_csv(class_cells).as_bytes(),
+            cells_csv(&p.cells).as_bytes(),
         )?;
+    }
+    if let Some((shared, own)) = &parametric {
+        write_atomic(
+            &dir.join("rlqp-parametric.csv"),
+            cells_csv(shared).as_bytes(),
+        )?;
+        if !own.is_empty() {
+            write_atomic(
+                &dir.join("rlqp-parametric-per-class.csv"),
+                cells_csv(own).as_bytes(),
+            )?;
+        }
     }
     write_atomic(
         &dir.join("rlqp.json"),
@@ -291,9 +353,13 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
             "train_seconds": train_seconds,
             "training": records.last(),
             "cells": cells,
-            "per_class": per_class.as_ref().map(|(c, seconds)| serde_json::json!({
-                "train_seconds": seconds,
-                "cells": c,
+            "per_class": per_class.as_ref().map(|p| serde_json::json!({
+                "train_seconds": p.train_seconds,
+                "cells": p.cells,
+            })),
+            "parametric": parametric.as_ref().map(|(shared, own)| serde_json::json!({
+                "shared_policy": shared,
+                "class_policies": own,
             })),
         }))?
         .as_bytes(),
@@ -339,7 +405,10 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
             by_class(&cells, |c| c.time_ratio),
         ),
     ];
-    if let Some((class_cells, _)) = &per_class {
+    if let Some(PerClass {
+        cells: class_cells, ..
+    }) = &per_class
+    {
         ratio_figures.push((
             "iteration-ratio-per-class",
             "Class-specific policies: iterations of OSQP's ρ over the learned ρ",
@@ -351,6 +420,26 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
             "Class-specific policies: wall-clock of OSQP's ρ over the learned ρ",
             "wall-clock ratio",
             by_class(class_cells, |c| c.time_ratio),
+        ));
+    }
+    if let Some((shared, own)) = &parametric {
+        // The class-specific policies where trained, else the shared one.
+        let (cells, title) = if own.is_empty() {
+            (
+                shared,
+                "Parametric families in sequence: wall-clock of OSQP's ρ over the learned ρ",
+            )
+        } else {
+            (
+                own,
+                "Parametric families in sequence: wall-clock of OSQP's ρ over the class-specific ρ",
+            )
+        };
+        ratio_figures.push((
+            "time-ratio-parametric",
+            title,
+            "wall-clock ratio",
+            by_class(cells, |c| c.time_ratio),
         ));
     }
     for (file, title, y_label, series) in &ratio_figures {
@@ -376,14 +465,30 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
         exp.eval.timing_repeats
     );
     md.push_str(&cells_markdown(&cells));
-    if let Some((class_cells, seconds)) = &per_class {
+    if let Some(p) = &per_class {
         md.push_str(&format!(
             "\n## Class-specific policies\n\nOne policy per class, trained on that class alone \
              with the same settings ({} updates each; {:.0} s in all), on the same held-out QPs \
              (`policies/<class>/`, `rlqp-per-class.csv`):\n\n",
-            cfg.steps, seconds
+            cfg.steps, p.train_seconds
         ));
-        md.push_str(&cells_markdown(class_cells));
+        md.push_str(&cells_markdown(&p.cells));
+    }
+    if let (Some((shared, own)), Some(params)) = (&parametric, &exp.parametric) {
+        md.push_str(&format!(
+            "\n## Parametric families (OSQP's update mode)\n\n{} families of {} QPs per \
+             class and size (fixed P and A, a fresh parameter per QP), each solved in sequence \
+             with one set-up: OSQP's ρ carries over from QP to QP, the learned ρ is chosen at \
+             each start and refactors only when it differs from the factor's. s/QP: the \
+             family's median time over {} alternating runs, per QP (`rlqp-parametric.csv`).\n\n\
+             Shared policy:\n\n",
+            params.families, params.instances, exp.eval.timing_repeats
+        ));
+        md.push_str(&cells_markdown(shared));
+        if !own.is_empty() {
+            md.push_str("\nClass-specific policies (`rlqp-parametric-per-class.csv`):\n\n");
+            md.push_str(&cells_markdown(own));
+        }
     }
     if let Some(ws) = &exp.warm_start {
         md.push_str(&warm_start_section(
@@ -434,37 +539,107 @@ fn compare(
     )?;
     let learned = outcomes.pop().unwrap_or_default();
     let base = outcomes.pop().unwrap_or_default();
-    let k = qps.len() as f64;
+    Ok(cell(class, n, &base, &learned))
+}
+
+/// The cell of OSQP's rule (`base`) against a policy (`learned`) on the same QPs.
+fn cell(class: QpClass, n: usize, base: &[Outcome], learned: &[Outcome]) -> Cell {
+    let k = base.len() as f64;
     let ratio = (base
         .iter()
-        .zip(&learned)
+        .zip(learned)
         .map(|(b, l)| (b.iters.max(1.0) / l.iters.max(1.0)).ln())
         .sum::<f64>()
         / k)
         .exp();
     let seconds = |r: &Outcome| r.seconds;
-    let (osqp_seconds, learned_seconds) = (mean(&base, seconds), mean(&learned, seconds));
-    Ok(Cell {
+    let (osqp_seconds, learned_seconds) = (mean(base, seconds), mean(learned, seconds));
+    Cell {
         class,
         n,
-        osqp_iters: mean(&base, |r| r.iters),
-        learned_iters: mean(&learned, |r| r.iters),
+        osqp_iters: mean(base, |r| r.iters),
+        learned_iters: mean(learned, |r| r.iters),
         iteration_ratio: ratio,
         osqp_seconds,
         learned_seconds,
         time_ratio: osqp_seconds / learned_seconds,
-        osqp_solved: mean(&base, solved),
-        learned_solved: mean(&learned, solved),
-        osqp_factorisations: mean(&base, |r| r.factorisations),
-        learned_factorisations: mean(&learned, |r| r.factorisations),
-    })
+        osqp_solved: mean(base, solved),
+        learned_solved: mean(learned, solved),
+        osqp_factorisations: mean(base, |r| r.factorisations),
+        learned_factorisations: mean(learned, |r| r.factorisations),
+    }
+}
+
+/// The held-out families of one class and size ([`RlqpParametric`]), `instances` QPs each.
+fn held_out_families(
+    exp: &RlqpExperiment,
+    params: &RlqpParametric,
+    class: QpClass,
+    n: usize,
+) -> Result<Vec<Vec<QpProblem>>> {
+    let mut rng = StdRng::seed_from_u64(exp.seed ^ 0xFA31 ^ (n as u64) << 8);
+    (0..params.families)
+        .map(|_| {
+            let family = class.family(n, &mut rng)?;
+            Ok((0..params.instances)
+                .map(|_| family.instance(&mut rng))
+                .collect::<amortize::Result<Vec<_>>>()?)
+        })
+        .collect()
+}
+
+/// OSQP's ρ rule against `policy` on parametric families, each solved in sequence
+/// ([`Admm::solve_sequence`]: one set-up per family). Each family is solved `repeats` times
+/// by both methods in turn; a QP's seconds are its family's median time over the QPs.
+fn compare_parametric(
+    exp: &RlqpExperiment,
+    class: QpClass,
+    n: usize,
+    families: &[Vec<QpProblem>],
+    policy: &dyn RhoPolicy,
+) -> Result<Cell> {
+    let cfg = &exp.rlqp;
+    let methods: [Method<'_>; 2] = [
+        (cfg.baseline_settings(), None),
+        (cfg.policy_settings(), Some(policy)),
+    ];
+    let solvers = methods
+        .iter()
+        .map(|(settings, _)| Admm::new(*settings))
+        .collect::<amortize::Result<Vec<_>>>()?;
+    let mut outcomes: [Vec<Outcome>; 2] = [Vec::new(), Vec::new()];
+    for qps in families {
+        let mut seconds = [Vec::new(), Vec::new()];
+        let mut first = Vec::new();
+        for r in 0..exp.eval.timing_repeats.max(1) {
+            for (k, (admm, (_, policy))) in solvers.iter().zip(&methods).enumerate() {
+                let t0 = Instant::now();
+                let solutions = admm.solve_sequence(qps, *policy)?;
+                seconds[k].push(t0.elapsed().as_secs_f64());
+                if r == 0 {
+                    first.push(solutions);
+                }
+            }
+        }
+        for (k, solutions) in first.into_iter().enumerate() {
+            let per_qp = crate::bench::median(std::mem::take(&mut seconds[k])) / qps.len() as f64;
+            outcomes[k].extend(solutions.iter().map(|s| Outcome {
+                seconds: per_qp,
+                iters: s.iters as f64,
+                solved: s.status == QpStatus::Solved,
+                factorisations: s.factorisations as f64,
+            }));
+        }
+    }
+    Ok(cell(class, n, &outcomes[0], &outcomes[1]))
 }
 
 /// `per_class`: one policy per evaluated class, trained on that class alone, saved under
 /// `policies/<class>/` and compared on that class's held-out QPs. Returns the cells and the
 /// total training seconds.
-fn per_class_policies(exp: &RlqpExperiment, dir: &Path, quiet: bool) -> Result<(Vec<Cell>, f64)> {
+fn per_class_policies(exp: &RlqpExperiment, dir: &Path, quiet: bool) -> Result<PerClass> {
     let mut cells = Vec::new();
+    let mut policies = Vec::new();
     let mut train_seconds = 0.0;
     for &class in &exp.eval.classes {
         let cfg = RlqpConfig {
@@ -489,8 +664,50 @@ fn per_class_policies(exp: &RlqpExperiment, dir: &Path, quiet: bool) -> Result<(
         for &n in &exp.eval.sizes {
             cells.push(compare(exp, class, n, &held_out(exp, class, n)?, &frozen)?);
         }
+        policies.push((class, frozen));
     }
-    Ok((cells, train_seconds))
+    Ok(PerClass {
+        cells,
+        train_seconds,
+        policies,
+    })
+}
+
+/// The outcome of `per_class`.
+struct PerClass {
+    /// The comparison on each class's held-out QPs.
+    cells: Vec<Cell>,
+    /// Training time of all the class-specific policies.
+    train_seconds: f64,
+    /// The trained policies.
+    policies: Vec<(QpClass, FrozenRhoPolicy)>,
+}
+
+/// The `[parametric]` comparison: the shared policy's cells, and the class-specific
+/// policies' when `per_class` trained them (classes without one are skipped there).
+fn parametric_cells(
+    exp: &RlqpExperiment,
+    params: &RlqpParametric,
+    shared: &dyn RhoPolicy,
+    per_class: Option<&PerClass>,
+    quiet: bool,
+) -> Result<(Vec<Cell>, Vec<Cell>)> {
+    let total = (params.classes.len() * params.sizes.len()) as u64;
+    let bar = progress::bar(total, "families", quiet);
+    let (mut cells, mut class_cells) = (Vec::new(), Vec::new());
+    for &class in &params.classes {
+        let own = per_class.and_then(|p| p.policies.iter().find(|(c, _)| *c == class));
+        for &n in &params.sizes {
+            let families = held_out_families(exp, params, class, n)?;
+            cells.push(compare_parametric(exp, class, n, &families, shared)?);
+            if let Some((_, policy)) = own {
+                class_cells.push(compare_parametric(exp, class, n, &families, policy)?);
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok((cells, class_cells))
 }
 
 /// The cells as CSV.

@@ -943,7 +943,8 @@ fn run_rlqp_trains_a_policy_and_writes_the_comparison() {
 }
 
 /// `per_class = true` also trains one policy per evaluated class and compares each on its
-/// own class.
+/// own class; `[parametric]` compares on families solved in sequence (OSQP's update mode),
+/// with the shared policy and with the class-specific ones where trained.
 #[test]
 fn run_rlqp_with_class_specific_policies() {
     let dir = tmpdir("rlqp-per-class");
@@ -952,8 +953,9 @@ fn run_rlqp_with_class_specific_policies() {
         "name = \"tiny-rlqp\"\n",
         "name = \"tiny-rlqp\"\nper_class = true\n",
     );
-    let text = &text[..text.find("[warm_start]").unwrap()];
-    std::fs::write(&cfg, text).unwrap();
+    let text = text[..text.find("[warm_start]").unwrap()].to_string()
+        + "[parametric]\nclasses = [\"lasso\", \"control\", \"svm\"]\nsizes = [6]\nfamilies = 2\ninstances = 3\n";
+    std::fs::write(&cfg, &text).unwrap();
     let o = run(bin().arg("--out").arg(&dir).arg("run").arg(&cfg));
     assert!(o.status.success(), "{}", stderr(&o));
     let run_dir = dir.join("tiny-rlqp");
@@ -976,10 +978,35 @@ fn run_rlqp_with_class_specific_policies() {
         "time-ratio",
         "iteration-ratio-per-class",
         "time-ratio-per-class",
+        "time-ratio-parametric",
     ] {
         assert!(
             run_dir.join(format!("figures/{figure}.png")).exists(),
             "{figure}"
         );
     }
+    // Parametric families: every class with the shared policy, and svm (the only one with a
+    // class-specific policy) with its own; both methods solve every QP.
+    for (file, classes) in [
+        ("rlqp-parametric.csv", vec!["lasso", "control", "svm"]),
+        ("rlqp-parametric-per-class.csv", vec!["svm"]),
+    ] {
+        let csv = std::fs::read_to_string(run_dir.join(file)).unwrap();
+        let rows: Vec<&str> = csv.lines().skip(1).collect();
+        assert_eq!(rows.len(), classes.len(), "{file}: {csv}");
+        for (row, class) in rows.iter().zip(classes) {
+            let cells: Vec<&str> = row.split(',').collect();
+            assert_eq!(cells[0], class, "{row}");
+            assert_eq!((cells[8], cells[9]), ("1", "1"), "solved fractions: {row}");
+            let seconds: f64 = cells[5].parse().unwrap();
+            assert!(seconds > 0.0 && seconds.is_finite(), "{row}");
+        }
+    }
+    assert!(report.contains("## Parametric families"), "{report}");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, text.replace("families = 2", "families = 0")).unwrap();
+    assert_fails_with(
+        &run(bin().arg("--out").arg(&dir).arg("run").arg(&bad)),
+        "families",
+    );
 }

@@ -12,6 +12,8 @@ mod problems;
 mod projections;
 /// Convex QPs: ADMM against Clarabel, infeasibility, warm starts, bad data.
 mod qp;
+/// Parametric QP families and ADMM's update mode (one analysis, many QPs).
+mod qp_families;
 /// Semi-amortized models: unrolled steps, their adjoints, warm start vs end to end.
 mod semi_amortized;
 /// Classical solvers: known solutions, optimality conditions, statuses.

@@ -10,7 +10,7 @@ use rand::SeedableRng;
 
 /// The QP solved by Clarabel (interior point, independent of ADMM): l ≤ Ay ≤ u becomes
 /// Ay + s = u and −Ay + s = −l with s ≥ 0, infinite bounds dropped. Returns (y, objective).
-fn clarabel_solve(qp: &QpProblem) -> (Vec<f64>, f64) {
+pub(crate) fn clarabel_solve(qp: &QpProblem) -> (Vec<f64>, f64) {
     let (n, m) = (qp.n(), qp.m());
     let p = qp.p().to_dense();
     let a = qp.a().to_dense();

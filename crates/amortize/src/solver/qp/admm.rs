@@ -296,18 +296,35 @@ impl Admm {
         if let Some((y, lambda)) = warm {
             w.warm_start(y, lambda)?;
         }
-        if let Some(policy) = at_start {
-            w.consult_at_start(policy)?;
-        }
-        let status = loop {
-            w.step();
-            if let Some(status) = w.check(start.elapsed().as_secs_f64()) {
-                break status;
-            }
+        w.run(start)
+    }
+
+    /// Solves a parametric family one QP after another, OSQP-style: every QP shares the first
+    /// one's P and A (only q, l and u change), so the scaling, the ordering and symbolic
+    /// analysis of the KKT matrix, and its factor at the current ρ are computed once and
+    /// reused ([`AdmmWorkspace::reload`]). ρ carries over from one QP to the next (OSQP's
+    /// update keeps it too), each QP starts from zero, and `policy` (if any) chooses ρ as in
+    /// [`Admm::solve_with_policy`]. Each solution's `elapsed` is its own time, the first one's
+    /// with the set-up.
+    pub fn solve_sequence(
+        &self,
+        qps: &[QpProblem],
+        policy: Option<&dyn RhoPolicy>,
+    ) -> Result<Vec<QpSolution>> {
+        let Some(first) = qps.first() else {
+            return Ok(Vec::new());
         };
-        let mut solution = w.solution(status);
-        solution.elapsed = start.elapsed().as_secs_f64();
-        Ok(solution)
+        let start = Instant::now();
+        let defer = policy.is_some() && self.settings.policy_at_start;
+        let mut w = AdmmWorkspace::analysed(first, self.settings, defer)?;
+        w.policy = policy;
+        let mut solutions = vec![w.run(start)?];
+        for qp in &qps[1..] {
+            let start = Instant::now();
+            w.reload(qp)?;
+            solutions.push(w.run(start)?);
+        }
+        Ok(solutions)
     }
 
     /// Solves every QP of a batch, split over `threads` ≥ 1 threads, in order.
@@ -361,6 +378,9 @@ pub struct AdmmWorkspace<'a> {
     data: Scaled,
     rho: f64,
     rho_vec: Vec<f64>,
+    /// The ρ of the current numeric factor (equal to `rho_vec` except between a
+    /// [`AdmmWorkspace::reload`] and the policy's start consultation).
+    factor_rho: Vec<f64>,
     kkt: Kkt,
     y: Vec<f64>,
     z: Vec<f64>,
@@ -394,14 +414,33 @@ struct Residuals {
     eps_dual: f64,
 }
 
+/// The kind of a constraint row l ≤ aᵀy ≤ u, which sets its share of the base ρ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowKind {
+    /// l = −∞ and u = +∞.
+    Free,
+    /// u − l below [`EQUALITY_TOL`].
+    Equality,
+    /// Everything else.
+    Inequality,
+}
+
+fn row_kind(l: f64, u: f64) -> RowKind {
+    if l == f64::NEG_INFINITY && u == f64::INFINITY {
+        RowKind::Free
+    } else if u - l < EQUALITY_TOL {
+        RowKind::Equality
+    } else {
+        RowKind::Inequality
+    }
+}
+
 /// ρᵢ for base `rho`: free rows get 1e-6, equality rows 1e3·ρ, the others ρ.
 fn base_rho(d: &Scaled, i: usize, rho: f64) -> f64 {
-    if d.l[i] == f64::NEG_INFINITY && d.u[i] == f64::INFINITY {
-        RHO_MIN
-    } else if d.u[i] - d.l[i] < EQUALITY_TOL {
-        (RHO_EQUALITY_FACTOR * rho).min(RHO_MAX)
-    } else {
-        rho
+    match row_kind(d.l[i], d.u[i]) {
+        RowKind::Free => RHO_MIN,
+        RowKind::Equality => (RHO_EQUALITY_FACTOR * rho).min(RHO_MAX),
+        RowKind::Inequality => rho,
     }
 }
 
@@ -436,6 +475,7 @@ impl<'a> AdmmWorkspace<'a> {
             settings,
             data,
             rho,
+            factor_rho: rho_vec.clone(),
             rho_vec,
             kkt,
             y: vec![0.0; n],
@@ -458,6 +498,74 @@ impl<'a> AdmmWorkspace<'a> {
             last_rho_direction: 0.0,
             policy: None,
         })
+    }
+
+    /// Iterates from the current point until [`Self::check`] stops, consulting the policy at
+    /// the start first when the settings ask for it; `start` is when the solve began.
+    fn run(&mut self, start: Instant) -> Result<QpSolution> {
+        if let Some(policy) = self.policy.filter(|_| self.settings.policy_at_start) {
+            self.consult_at_start(policy)?;
+        } else if !self.kkt.is_factored() {
+            self.factor()?;
+        }
+        let status = loop {
+            self.step();
+            if let Some(status) = self.check(start.elapsed().as_secs_f64()) {
+                break status;
+            }
+        };
+        let mut solution = self.solution(status);
+        solution.elapsed = start.elapsed().as_secs_f64();
+        Ok(solution)
+    }
+
+    /// Moves to `qp`, which must have this workspace's P and A (OSQP's update of q, l and u):
+    /// the new vectors are scaled with the equilibration already computed, the KKT matrix
+    /// keeps its analysis, its factor and ρ, the iterate restarts at zero and the counters
+    /// and ρ schedule restart. An error, with nothing changed, when P or A differ.
+    pub fn reload(&mut self, qp: &'a QpProblem) -> Result<()> {
+        if qp.p() != self.qp.p() || qp.a() != self.qp.a() {
+            return Err(Error::invalid(
+                "ADMM update: the new QP's P or A differs from the analysed one (only q, l \
+                 and u may change; set up a new solve instead)",
+            ));
+        }
+        let d = &mut self.data;
+        for (j, (dst, &q)) in d.q.iter_mut().zip(qp.q()).enumerate() {
+            *dst = d.c * d.d[j] * q;
+        }
+        let mut kinds_changed = false;
+        for i in 0..qp.m() {
+            let before = row_kind(d.l[i], d.u[i]);
+            d.l[i] = d.e[i] * qp.l()[i];
+            d.u[i] = d.e[i] * qp.u()[i];
+            kinds_changed |= row_kind(d.l[i], d.u[i]) != before;
+        }
+        self.qp = qp;
+        if self.policy.is_some() && self.settings.policy_at_start {
+            // The policy starts from what a fresh solve shows it (the initial base ρ); its
+            // start consultation refactors only if its ρ differs from the factor's.
+            self.rho = self.settings.rho.clamp(RHO_MIN, RHO_MAX);
+            for i in 0..self.rho_vec.len() {
+                self.rho_vec[i] = base_rho(&self.data, i, self.rho);
+            }
+        } else if kinds_changed {
+            // OSQP's rule keeps its ρ, but a row that changed kind needs its share of it.
+            self.set_base_rho(self.rho)?;
+        }
+        for v in [&mut self.y, &mut self.delta_y] {
+            v.fill(0.0);
+        }
+        for v in [&mut self.z, &mut self.lambda, &mut self.delta_lambda] {
+            v.fill(0.0);
+        }
+        self.iters = 0;
+        self.rho_updates = 0;
+        self.factorisations = 0;
+        self.next_rho_check = self.settings.adaptive_rho_interval;
+        self.rho_interval = self.settings.adaptive_rho_interval;
+        self.last_rho_direction = 0.0;
+        Ok(())
     }
 
     /// Starts from (y, λ) in the original units instead of zero; z = Π_[l,u](Ay).
@@ -497,6 +605,11 @@ impl<'a> AdmmWorkspace<'a> {
     /// Whether the sparse form's factor is supernodal (dense blocks; else simplicial).
     pub fn kkt_is_supernodal(&self) -> bool {
         self.kkt.is_supernodal()
+    }
+
+    /// Iterations taken since the start (or the last [`Self::reload`]).
+    pub fn iterations(&self) -> usize {
+        self.iters
     }
 
     /// The per-constraint step sizes ρ (scaled units).
@@ -599,13 +712,21 @@ impl<'a> AdmmWorkspace<'a> {
             })
             .collect();
         self.rho = estimate;
+        // Against the factor's ρ (after a reload, `rho_vec` holds the fresh-start values).
+        let current = if self.kkt.is_factored() {
+            &self.factor_rho
+        } else {
+            &self.rho_vec
+        };
         let moved = proposed
             .iter()
-            .zip(&self.rho_vec)
+            .zip(current)
             .any(|(a, b)| (a / b).max(b / a) > self.settings.adaptive_rho_tolerance);
         if moved {
             self.rho_vec.copy_from_slice(&proposed);
             self.factor()?;
+        } else if self.kkt.is_factored() {
+            self.rho_vec.copy_from_slice(&self.factor_rho);
         }
         Ok(moved)
     }
@@ -638,7 +759,9 @@ impl<'a> AdmmWorkspace<'a> {
 
     fn factor(&mut self) -> Result<()> {
         self.factorisations += 1;
-        self.kkt.set_rho(&self.data.a, &self.rho_vec)
+        self.kkt.set_rho(&self.data.a, &self.rho_vec)?;
+        self.factor_rho.copy_from_slice(&self.rho_vec);
+        Ok(())
     }
 
     /// One ADMM iteration (eq. 58–59 with over-relaxation).

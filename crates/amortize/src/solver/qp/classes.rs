@@ -89,6 +89,114 @@ impl QpClass {
     }
 }
 
+/// A parametric family of one class: the matrices P and A of one generated QP, fixed, and a
+/// parameter of the class drawn afresh per instance (only q, l or u change, the setting of
+/// OSQP's update mode and of amortized optimization's contexts):
+///
+/// | class | parameter |
+/// |---|---|
+/// | random | q ~ N(0, I) |
+/// | equality | q ~ N(0, I) and b = Ax₀, x₀ ~ N(0, I) |
+/// | portfolio | expected returns μ ~ N(0, I) |
+/// | lasso | observations b = Av + ε (v and ε as in the class) |
+/// | svm | the hinge weight λ ~ U(0.5, 2) |
+/// | huber | observations b = Av + ε (as in the class) |
+/// | control | the initial state x₀ ~ U(−1, 1) |
+#[derive(Debug, Clone)]
+pub struct QpFamily {
+    class: QpClass,
+    n: usize,
+    base: QpProblem,
+    mpc: Option<MpcFamily>,
+}
+
+impl QpClass {
+    /// A parametric family of size parameter `n` ≥ 2 ([`QpFamily`]).
+    pub fn family(self, n: usize, rng: &mut StdRng) -> Result<QpFamily> {
+        let (base, mpc) = match self {
+            QpClass::Control => {
+                let family = MpcFamily::random(n, rng)?;
+                let x0 = family.sample_initial_state(rng);
+                (family.instance(&x0)?, Some(family))
+            }
+            _ => (self.generate(n, rng)?, None),
+        };
+        Ok(QpFamily {
+            class: self,
+            n,
+            base,
+            mpc,
+        })
+    }
+}
+
+impl QpFamily {
+    /// The class.
+    pub fn class(&self) -> QpClass {
+        self.class
+    }
+
+    /// The QP the matrices come from (itself a member of the family).
+    pub fn base(&self) -> &QpProblem {
+        &self.base
+    }
+
+    /// A member with a fresh parameter: the same P and A, new q, l or u.
+    pub fn instance(&self, rng: &mut StdRng) -> Result<QpProblem> {
+        let base = &self.base;
+        let (mut q, mut l, mut u) = (base.q().to_vec(), base.l().to_vec(), base.u().to_vec());
+        let n = self.n;
+        match self.class {
+            QpClass::Random => q.iter_mut().for_each(|v| *v = normal(rng)),
+            QpClass::Equality => {
+                q.iter_mut().for_each(|v| *v = normal(rng));
+                let x0: Vec<f64> = (0..n).map(|_| normal(rng)).collect();
+                base.a().mul_vec(&x0, &mut l);
+                u.copy_from_slice(&l);
+            }
+            QpClass::Portfolio => q[..n].iter_mut().for_each(|v| *v = -normal(rng)),
+            QpClass::Lasso => {
+                // Rows 0..n: Ax − r = b over the data columns 0..n.
+                let v = lasso_code(n, rng);
+                for r in 0..n {
+                    let b = data_product(base.a(), r, &v) + 0.01 * normal(rng);
+                    (l[r], u[r]) = (b, b);
+                }
+            }
+            QpClass::Svm => {
+                let lambda = rng.random_range(0.5..2.0);
+                q[n..].iter_mut().for_each(|v| *v = lambda);
+            }
+            QpClass::Huber => {
+                let v: Vec<f64> = (0..n).map(|_| normal(rng) / (n as f64).sqrt()).collect();
+                for r in 0..2 * n {
+                    let b = data_product(base.a(), r, &v) + huber_noise(rng);
+                    (l[r], u[r]) = (b, b);
+                }
+            }
+            QpClass::Control => {
+                let mpc = self
+                    .mpc
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("control family without its system (a bug)"))?;
+                let x0 = mpc.sample_initial_state(rng);
+                let qp = mpc.instance(&x0)?;
+                return base.with_vectors(qp.q().to_vec(), qp.l().to_vec(), qp.u().to_vec());
+            }
+        }
+        base.with_vectors(q, l, u)
+    }
+}
+
+/// Row `r` of A over its first `v.len()` columns (the data block of the fitting classes)
+/// times `v`.
+fn data_product(a: &CsrMatrix, r: usize, v: &[f64]) -> f64 {
+    a.row(r)
+        .filter(|&(c, _)| c < v.len())
+        .map(|(c, x)| x * v[c])
+        .sum()
+}
+
 /// `count` distinct positions of a rows×cols matrix with N(0, 1) values.
 fn sparse_triplets(
     rows: usize,
@@ -105,6 +213,28 @@ fn sparse_triplets(
 
 fn normal(rng: &mut StdRng) -> f64 {
     StandardNormal.sample(rng)
+}
+
+/// The lasso class's true code v: half zeros, the rest N(0, 1/n).
+fn lasso_code(n: usize, rng: &mut StdRng) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            if rng.random::<f64>() < 0.5 {
+                0.0
+            } else {
+                normal(rng) / (n as f64).sqrt()
+            }
+        })
+        .collect()
+}
+
+/// The Huber class's noise: N(0, ¼), or an outlier from U(0, 10) with probability 5%.
+fn huber_noise(rng: &mut StdRng) -> f64 {
+    if rng.random::<f64>() < 0.95 {
+        0.5 * normal(rng)
+    } else {
+        rng.random_range(0.0..10.0)
+    }
 }
 
 /// P = MMᵀ + 10⁻²I with M n×n at 15% density, dense row-major.
@@ -185,15 +315,7 @@ fn lasso(n: usize, rng: &mut StdRng) -> Result<QpProblem> {
     for &(r, c, v) in &data {
         dense[r * n + c] = v;
     }
-    let v: Vec<f64> = (0..n)
-        .map(|_| {
-            if rng.random::<f64>() < 0.5 {
-                0.0
-            } else {
-                normal(rng) / (n as f64).sqrt()
-            }
-        })
-        .collect();
+    let v = lasso_code(n, rng);
     let b: Vec<f64> = (0..m)
         .map(|r| (0..n).map(|c| dense[r * n + c] * v[c]).sum::<f64>() + 0.01 * normal(rng))
         .collect();
@@ -263,11 +385,7 @@ fn huber(n: usize, rng: &mut StdRng) -> Result<QpProblem> {
     let v: Vec<f64> = (0..n).map(|_| normal(rng) / (n as f64).sqrt()).collect();
     let b: Vec<f64> = (0..m)
         .map(|r| {
-            let noise = if rng.random::<f64>() < 0.95 {
-                0.5 * normal(rng)
-            } else {
-                rng.random_range(0.0..10.0)
-            };
+            let noise = huber_noise(rng);
             (0..n).map(|c| dense[r * n + c] * v[c]).sum::<f64>() + noise
         })
         .collect();

@@ -14,7 +14,7 @@ mod scaling;
 pub use admm::{
     Admm, AdmmSettings, AdmmWorkspace, KktForm, QpSolution, QpStatus, RhoPolicy, RHO_FEATURES,
 };
-pub use classes::QpClass;
+pub use classes::{QpClass, QpFamily};
 pub use mpc::{MpcFamily, MPC_HORIZON};
 
 use rand::rngs::StdRng;
@@ -28,6 +28,31 @@ use crate::{Error, Result};
 
 /// Bounds at or beyond ±1e30 are infinite (OSQP's convention); ±∞ is accepted too.
 pub const QP_INFINITY: f64 = 1e30;
+
+/// Bounds not NaN and l ≤ u.
+fn check_bounds(l: &[f64], u: &[f64]) -> Result<()> {
+    if l.iter().chain(u).any(|v| v.is_nan()) {
+        return Err(Error::invalid("QP: the bounds l or u contain NaN"));
+    }
+    if let Some(i) = (0..l.len()).find(|&i| l[i] > u[i]) {
+        return Err(Error::invalid(format!(
+            "QP: lower bound l[{i}] = {} exceeds upper bound u[{i}] = {}",
+            l[i], u[i]
+        )));
+    }
+    Ok(())
+}
+
+/// ±∞ for a bound at or beyond ±[`QP_INFINITY`].
+fn clip_infinity(v: f64) -> f64 {
+    if v >= QP_INFINITY {
+        f64::INFINITY
+    } else if v <= -QP_INFINITY {
+        f64::NEG_INFINITY
+    } else {
+        v
+    }
+}
 
 /// One QP instance: P (n×n, symmetric, both triangles stored), q (n), A (m×n), l, u (m).
 #[derive(Debug, Clone, PartialEq)]
@@ -67,15 +92,7 @@ impl QpProblem {
         if !a.values().iter().all(|v| v.is_finite()) {
             return Err(Error::invalid("QP: A contains NaN or infinite values"));
         }
-        if l.iter().chain(&u).any(|v| v.is_nan()) {
-            return Err(Error::invalid("QP: the bounds l or u contain NaN"));
-        }
-        if let Some(i) = (0..m).find(|&i| l[i] > u[i]) {
-            return Err(Error::invalid(format!(
-                "QP: lower bound l[{i}] = {} exceeds upper bound u[{i}] = {}",
-                l[i], u[i]
-            )));
-        }
+        check_bounds(&l, &u)?;
         let entry = |i: usize, j: usize| p.get(i, j);
         let scale = (0..n).fold(1.0f64, |s, i| s.max(entry(i, i).abs()));
         for i in 0..n {
@@ -98,21 +115,12 @@ impl QpProblem {
                 "QP: P is not positive semidefinite (the problem is not convex)",
             ));
         }
-        let clip = |v: f64| {
-            if v >= QP_INFINITY {
-                f64::INFINITY
-            } else if v <= -QP_INFINITY {
-                f64::NEG_INFINITY
-            } else {
-                v
-            }
-        };
         Ok(QpProblem {
             p,
             q,
             a,
-            l: l.into_iter().map(clip).collect(),
-            u: u.into_iter().map(clip).collect(),
+            l: l.into_iter().map(clip_infinity).collect(),
+            u: u.into_iter().map(clip_infinity).collect(),
         })
     }
 
@@ -158,6 +166,33 @@ impl QpProblem {
         let u: Vec<f64> = (0..m).map(|_| rng.random::<f64>()).collect();
         let l = (0..m).map(|_| -rng.random::<f64>()).collect();
         Self::new(CsrMatrix::from_dense(&p, n, n)?, q, a, l, u)
+    }
+
+    /// The QP with the same P and A and new vectors q, l, u: one member of a parametric
+    /// family (OSQP's update of the linear cost and bounds). The vectors get the checks of
+    /// [`QpProblem::new`]; the matrices, already checked, are shared by value.
+    pub fn with_vectors(&self, q: Vec<f64>, l: Vec<f64>, u: Vec<f64>) -> Result<Self> {
+        let (n, m) = (self.n(), self.m());
+        if q.len() != n || l.len() != m || u.len() != m {
+            return Err(Error::invalid(format!(
+                "QP update: q has length {}, l {} and u {}; the QP has {n} variables and {m} \
+                 constraints",
+                q.len(),
+                l.len(),
+                u.len()
+            )));
+        }
+        if !q.iter().all(|v| v.is_finite()) {
+            return Err(Error::invalid("QP: q contains NaN or infinite values"));
+        }
+        check_bounds(&l, &u)?;
+        Ok(QpProblem {
+            p: self.p.clone(),
+            q,
+            a: self.a.clone(),
+            l: l.into_iter().map(clip_infinity).collect(),
+            u: u.into_iter().map(clip_infinity).collect(),
+        })
     }
 
     /// Number of variables n.

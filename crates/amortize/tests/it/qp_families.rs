@@ -1,0 +1,165 @@
+use amortize::solver::qp::{
+    Admm, AdmmSettings, AdmmWorkspace, QpClass, QpStatus, RhoPolicy, RHO_FEATURES,
+};
+use amortize::Result;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::qp::clarabel_solve;
+
+/// Every class's family keeps the base QP's P and A, changes its parameter (q, l or u) from
+/// one instance to the next, and its instances are QPs that ADMM solves to Clarabel's
+/// objective.
+#[test]
+fn qp_families_share_matrices_and_vary_their_parameter() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(3);
+    let tight = Admm::new(AdmmSettings {
+        max_iters: 50_000,
+        ..AdmmSettings::accurate(1e-8)
+    })?;
+    for class in QpClass::ALL {
+        let family = class.family(6, &mut rng)?;
+        assert_eq!(family.class(), class);
+        let (a, b) = (family.instance(&mut rng)?, family.instance(&mut rng)?);
+        for qp in [&a, &b] {
+            assert_eq!(qp.p(), family.base().p(), "{}", class.name());
+            assert_eq!(qp.a(), family.base().a(), "{}", class.name());
+            let s = tight.solve(qp, None)?;
+            assert_eq!(s.status, QpStatus::Solved, "{}", class.name());
+            let (_, reference) = clarabel_solve(qp);
+            let rel = (s.objective - reference).abs() / reference.abs().max(1.0);
+            assert!(
+                rel < 1e-5,
+                "{}: relative objective error {rel}",
+                class.name()
+            );
+        }
+        assert!(
+            a.q() != b.q() || a.l() != b.l() || a.u() != b.u(),
+            "{}: two instances are the same QP",
+            class.name()
+        );
+    }
+    assert!(QpClass::Lasso.family(1, &mut rng).is_err());
+    Ok(())
+}
+
+/// Raises the ρ of every inequality row tenfold, from the equality feature alone: the same ρ
+/// for every QP of a family.
+struct InequalitiesUp;
+
+impl RhoPolicy for InequalitiesUp {
+    fn adjust(&self, features: &[f64], m: usize) -> Vec<f64> {
+        (0..m)
+            .map(|i| 1.0 - features[i * RHO_FEATURES + 6])
+            .collect()
+    }
+}
+
+/// OSQP's update mode: a family solved in sequence gives the answers of fresh solves, the first
+/// one exactly, with fewer factorisations (one analysis, ρ carried over); with a policy
+/// consulted at the start that proposes the factor's ρ again, only the first QP factors and,
+/// with the same scaling, every QP takes the iterations of its fresh solve.
+#[test]
+fn solve_sequence_reuses_the_factor_and_matches_fresh_solves() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(5);
+    for class in [QpClass::Lasso, QpClass::Control, QpClass::Random] {
+        let family = class.family(6, &mut rng)?;
+        let qps: Vec<_> = (0..6)
+            .map(|_| family.instance(&mut rng))
+            .collect::<Result<_>>()?;
+        let settings = AdmmSettings {
+            check_every: 1,
+            ..AdmmSettings::default()
+        };
+        let admm = Admm::new(settings)?;
+        let fresh: Vec<_> = qps
+            .iter()
+            .map(|qp| admm.solve(qp, None))
+            .collect::<Result<_>>()?;
+        let sequence = admm.solve_sequence(&qps, None)?;
+        assert_eq!(sequence.len(), qps.len());
+        assert_eq!(sequence[0].iters, fresh[0].iters, "{}", class.name());
+        assert_eq!(sequence[0].y, fresh[0].y, "{}", class.name());
+        for (qp, (s, f)) in qps.iter().zip(sequence.iter().zip(&fresh)) {
+            assert_eq!(s.status, QpStatus::Solved, "{}", class.name());
+            assert!(s.primal_residual.is_finite() && s.dual_residual.is_finite());
+            // Both meet eps 1e-3: their objectives agree to about that.
+            let gap = (s.objective - f.objective).abs() / f.objective.abs().max(1.0);
+            assert!(gap < 1e-2, "{}: objective gap {gap}", class.name());
+            assert!(qp.primal_residual(&s.y) < 1e-2, "{}", class.name());
+        }
+        let count = |v: &[amortize::solver::qp::QpSolution]| {
+            v.iter().map(|s| s.factorisations).sum::<usize>()
+        };
+        assert!(
+            count(&sequence) < count(&fresh),
+            "{}: {} factorisations in sequence, {} fresh",
+            class.name(),
+            count(&sequence),
+            count(&fresh)
+        );
+
+        let with_policy = Admm::new(AdmmSettings {
+            policy_at_start: true,
+            adaptive_rho: false,
+            ..settings
+        })?;
+        let fresh: Vec<_> = qps
+            .iter()
+            .map(|qp| with_policy.solve_with_policy(qp, None, Some(&InequalitiesUp)))
+            .collect::<Result<_>>()?;
+        let sequence = with_policy.solve_sequence(&qps, Some(&InequalitiesUp))?;
+        assert_eq!(sequence[0].factorisations, 1);
+        for (s, f) in sequence.iter().zip(&fresh) {
+            assert_eq!(f.factorisations, 1);
+            assert_eq!(s.status, QpStatus::Solved);
+            // The same ρ and, where q is fixed in the family (lasso, control), the same
+            // scaling as a fresh solve: the same iterations. Random QPs vary q, and a fresh
+            // solve's cost scaling follows q (the update keeps the first one's, as OSQP's).
+            if class != QpClass::Random {
+                assert_eq!(s.iters, f.iters, "{}", class.name());
+            }
+        }
+        assert!(sequence[1..].iter().all(|s| s.factorisations == 0));
+    }
+    assert!(Admm::default().solve_sequence(&[], None)?.is_empty());
+    Ok(())
+}
+
+/// A QP with other matrices is refused by the update, naming the problem, and the workspace
+/// still solves its own QP; new vectors of the wrong length, with NaN or with l > u are
+/// refused too.
+#[test]
+fn updates_refuse_other_matrices_and_bad_vectors() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(9);
+    let family = QpClass::Lasso.family(5, &mut rng)?;
+    let qp = family.instance(&mut rng)?;
+    let other = QpClass::Lasso.generate(5, &mut rng)?;
+    let admm = Admm::default();
+    let err = admm
+        .solve_sequence(&[qp.clone(), other.clone()], None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("P or A"), "{err}");
+
+    let mut w = AdmmWorkspace::new(&qp, AdmmSettings::default())?;
+    assert!(w.reload(&other).is_err());
+    let mut status = None;
+    while status.is_none() {
+        w.step();
+        status = w.check(0.0);
+    }
+    assert_eq!(status, Some(QpStatus::Solved));
+
+    let (n, m) = (qp.n(), qp.m());
+    let msg = |r: Result<amortize::solver::qp::QpProblem>| r.unwrap_err().to_string();
+    assert!(
+        msg(qp.with_vectors(vec![0.0; n + 1], qp.l().to_vec(), qp.u().to_vec())).contains("length")
+    );
+    let mut q = qp.q().to_vec();
+    q[0] = f64::NAN;
+    assert!(msg(qp.with_vectors(q, qp.l().to_vec(), qp.u().to_vec())).contains("NaN"));
+    assert!(msg(qp.with_vectors(qp.q().to_vec(), vec![1.0; m], vec![0.0; m])).contains("exceeds"));
+    Ok(())
+}
