@@ -9,12 +9,13 @@ use amortize::eval::{
 };
 use amortize::model::{Adjoint, FusedMlp, Model, ModelConfig, UnrolledConfig};
 use amortize::problem::{Problem, ProblemConfig, Sinusoid, Sphere};
-use amortize::solver::qp::{Admm, AdmmSettings, QpData, QpProblem};
+use amortize::solver::qp::{Admm, AdmmSettings, QpClass, QpData, QpProblem, RhoPolicy};
 use amortize::solver::{
     iterates_in_domain, solve_named, ProximalGradient, Settings, SolverOptions, SOLVER_NAMES,
 };
 use amortize::train::{
-    held_out_contexts, write_atomic, Checkpoint, JsonlWriter, Loaded, Observer, Record, Trainer,
+    held_out_contexts, load_policy_with_schedule, write_atomic, Checkpoint, JsonlWriter, Loaded,
+    Observer, Record, Trainer,
 };
 use amortize::{Error as LibError, Result as LibResult};
 use anyhow::{bail, Context, Result};
@@ -100,6 +101,9 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             l1,
             qp,
             qp_size,
+            qp_class,
+            rho_policy,
+            sequence,
             output,
         } => {
             let request = SolveRequest {
@@ -119,9 +123,16 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             let json = if request.solver == "admm" {
                 let source = match &qp {
                     Some(path) => QpSource::File(path),
-                    None => QpSource::Random { n: qp_size },
+                    None => QpSource::Generated {
+                        class: parse_qp_class(&qp_class)?,
+                        n: qp_size,
+                    },
                 };
-                solve_qps(source, &request)?
+                let mode = QpMode {
+                    policy: rho_policy.as_deref(),
+                    sequence,
+                };
+                solve_qps(source, mode, &request)?
             } else {
                 solve_command(&request)?
             };
@@ -174,11 +185,30 @@ struct SolveRequest {
 /// Where `amortize solve --solver admm` gets its QPs.
 enum QpSource<'a> {
     File(&'a Path),
-    Random { n: usize },
+    Generated { class: QpClass, n: usize },
 }
 
-/// Solves QPs with ADMM (eps_abs = eps_rel = --tol) and returns the JSON report per instance.
-fn solve_qps(source: QpSource, req: &SolveRequest) -> Result<serde_json::Value> {
+/// How `amortize solve --solver admm` solves them: an optional learned ρ policy's folder, and
+/// whether in sequence (OSQP's update mode).
+struct QpMode<'a> {
+    policy: Option<&'a Path>,
+    sequence: bool,
+}
+
+/// A QP class by its name in configs, or an error listing the names.
+fn parse_qp_class(name: &str) -> Result<QpClass> {
+    QpClass::ALL
+        .into_iter()
+        .find(|c| c.name() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = QpClass::ALL.iter().map(|c| c.name()).collect();
+            anyhow::anyhow!("unknown --qp-class '{name}' (known: {})", names.join(", "))
+        })
+}
+
+/// Solves QPs with ADMM (eps_abs = eps_rel = --tol), with OSQP's ρ rule or a learned policy,
+/// one by one or in sequence, and returns the JSON report per instance.
+fn solve_qps(source: QpSource, mode: QpMode, req: &SolveRequest) -> Result<serde_json::Value> {
     let qps: Vec<QpProblem> = match source {
         QpSource::File(path) => {
             let text = std::fs::read_to_string(path)
@@ -200,26 +230,63 @@ fn solve_qps(source: QpSource, req: &SolveRequest) -> Result<serde_json::Value> 
                 })
                 .collect::<Result<_>>()?
         }
-        QpSource::Random { n } => {
+        QpSource::Generated { class, n } => {
             if req.n == 0 || n == 0 {
                 bail!("--n and --qp-size must be at least 1");
             }
             let mut rng = StdRng::seed_from_u64(req.seed);
-            (0..req.n)
-                .map(|_| QpProblem::random(n, 10 * n, 0.15, &mut rng))
-                .collect::<LibResult<_>>()?
+            if mode.sequence {
+                let family = class.family(n, &mut rng)?;
+                (0..req.n)
+                    .map(|_| family.instance(&mut rng))
+                    .collect::<LibResult<_>>()?
+            } else {
+                (0..req.n)
+                    .map(|_| class.generate(n, &mut rng))
+                    .collect::<LibResult<_>>()?
+            }
         }
     };
-    let admm = Admm::new(AdmmSettings {
+    let mut settings = AdmmSettings {
         eps_abs: req.settings.tol,
         eps_rel: req.settings.tol,
         max_iters: req.settings.max_iters,
         ..AdmmSettings::default()
-    })?;
-    let solutions = admm.solve_batch(&qps, 1)?;
+    };
+    let policy = match mode.policy {
+        Some(dir) => {
+            let (net, schedule) = load_policy_with_schedule(dir)
+                .with_context(|| format!("--rho-policy {}", dir.display()))?;
+            // Files from before the schedule was saved get the built-in `run rlqp`'s.
+            let schedule = match schedule {
+                Some(s) => s,
+                None => crate::rlqp_run::load("rlqp", None, None)?.rlqp.schedule(),
+            };
+            settings = schedule.apply(settings);
+            Some((net.frozen()?, schedule))
+        }
+        None => None,
+    };
+    let admm = Admm::new(settings)?;
+    let rho_policy = policy.as_ref().map(|(p, _)| p as &dyn RhoPolicy);
+    let solutions = if mode.sequence {
+        admm.solve_sequence(&qps, rho_policy)?
+    } else {
+        qps.iter()
+            .map(|qp| admm.solve_with_policy(qp, None, rho_policy))
+            .collect::<LibResult<_>>()?
+    };
     Ok(serde_json::json!({
         "problem": "qp",
         "solver": "admm",
+        "rho": match (&policy, mode.policy) {
+            (Some((_, schedule)), Some(dir)) => serde_json::json!({
+                "policy": dir.display().to_string(),
+                "schedule": schedule,
+            }),
+            _ => serde_json::json!("osqp"),
+        },
+        "sequence": mode.sequence,
         "instances": solutions,
     }))
 }

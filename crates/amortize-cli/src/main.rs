@@ -131,9 +131,23 @@ pub enum Command {
         /// list of them.
         #[arg(long)]
         qp: Option<PathBuf>,
-        /// admm without --qp: variables n of the random QPs (m = 10n constraints).
+        /// admm without --qp: the size n of the generated QPs (random: n variables, m = 10n
+        /// constraints).
         #[arg(long, default_value_t = 10)]
         qp_size: usize,
+        /// admm without --qp: the class of the generated QPs (random, equality, portfolio,
+        /// lasso, svm, huber, control).
+        #[arg(long, default_value = "random")]
+        qp_class: String,
+        /// admm: choose ρ with a learned RLQP policy (a `policy/` folder written by
+        /// `run rlqp`), consulted on the schedule it was trained with.
+        #[arg(long)]
+        rho_policy: Option<PathBuf>,
+        /// admm: solve the QPs one after another in OSQP's update mode (one set-up; they must
+        /// share P and A). Without --qp, the QPs are drawn from one parametric family of
+        /// --qp-class.
+        #[arg(long)]
+        sequence: bool,
         /// Write the JSON here (atomically) instead of printing it.
         #[arg(long)]
         output: Option<PathBuf>,

@@ -283,7 +283,7 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
     })?;
     bar.finish_and_clear();
     let train_seconds = t0.elapsed().as_secs_f64();
-    save_policy(&dir.join("policy"), &policy)?;
+    save_policy(&dir.join("policy"), &policy, cfg.schedule())?;
     let mut csv = String::from("step,loss,speedup\n");
     for r in &records {
         csv.push_str(&format!("{},{},{}\n", r.step, r.loss, r.speedup));
@@ -659,7 +659,11 @@ fn per_class_policies(exp: &RlqpExperiment, dir: &Path, quiet: bool) -> Result<P
         })?;
         bar.finish_and_clear();
         train_seconds += t0.elapsed().as_secs_f64();
-        save_policy(&dir.join("policies").join(class.name()), &policy)?;
+        save_policy(
+            &dir.join("policies").join(class.name()),
+            &policy,
+            cfg.schedule(),
+        )?;
         let frozen = policy.frozen()?;
         for &n in &exp.eval.sizes {
             cells.push(compare(exp, class, n, &held_out(exp, class, n)?, &frozen)?);

@@ -925,6 +925,41 @@ fn run_rlqp_trains_a_policy_and_writes_the_comparison() {
         assert_eq!(solved, 1.0, "{row}");
     }
     assert!(run_dir.join("warm-start/warm-start.safetensors").exists());
+    // Deployment: `solve --solver admm --rho-policy` runs the policy on the schedule it was
+    // trained with (the tiny run's default interval 10, not the built-in run's 5), here on a
+    // lasso family in sequence; a folder without a policy is refused.
+    let o = run(bin()
+        .args([
+            "solve",
+            "--solver",
+            "admm",
+            "--qp-class",
+            "lasso",
+            "--qp-size",
+            "6",
+        ])
+        .args(["--n", "3", "--sequence", "--tol", "1e-4", "--rho-policy"])
+        .arg(run_dir.join("policy")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["rho"]["schedule"]["interval"], 10, "{}", v["rho"]);
+    assert_eq!(v["sequence"], true);
+    let instances = v["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 3);
+    for s in instances {
+        assert_eq!(s["status"], "solved", "{s}");
+        assert!(s["primal_residual"].as_f64().unwrap() < 1e-2, "{s}");
+    }
+    assert_fails_with(
+        &run(bin()
+            .args(["solve", "--solver", "admm", "--rho-policy"])
+            .arg(&dir)),
+        "policy.json",
+    );
+    assert_fails_with(
+        &run(bin().args(["solve", "--solver", "admm", "--qp-class", "qp9"])),
+        "--qp-class",
+    );
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, TINY_RLQP.replace("sizes = [6]", "sizes = []")).unwrap();
     assert_fails_with(

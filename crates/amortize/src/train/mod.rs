@@ -13,8 +13,8 @@ pub use implicit::implicit_gradient;
 pub use observer::{JsonlWriter, Observer, Record};
 pub use qp_warm_start::{QpWarmStart, QpWarmStartConfig, QpWarmStartRecord};
 pub use rlqp::{
-    iterations as qp_iterations, load_policy, save_policy, solve_costs, train_rho_policy,
-    RlqpConfig, RlqpRecord,
+    iterations as qp_iterations, load_policy, load_policy_with_schedule, save_policy, solve_costs,
+    train_rho_policy, RhoSchedule, RlqpConfig, RlqpRecord,
 };
 pub use smoothing::{es_gradient, smoothed_1d, GradientEstimator};
 pub use trainer::{

@@ -125,14 +125,18 @@ impl RlqpConfig {
         }
     }
 
-    /// The baseline's settings with the policy's interval.
+    /// The baseline's settings with the policy's schedule.
     pub fn policy_settings(&self) -> AdmmSettings {
-        AdmmSettings {
-            adaptive_rho_interval: self.interval,
-            policy_backoff: self.backoff,
-            policy_at_start: self.at_start,
-            policy_max_changes: self.max_changes,
-            ..self.baseline_settings()
+        self.schedule().apply(self.baseline_settings())
+    }
+
+    /// When ADMM consults the policy: `interval`, `backoff`, `at_start`, `max_changes`.
+    pub fn schedule(&self) -> RhoSchedule {
+        RhoSchedule {
+            interval: self.interval,
+            backoff: self.backoff,
+            at_start: self.at_start,
+            max_changes: self.max_changes,
         }
     }
 
@@ -242,22 +246,54 @@ pub fn train_rho_policy(
     Ok(records)
 }
 
-/// The JSON sidecar of a saved policy.
+/// When ADMM consults a ρ policy, as it was trained ([`RlqpConfig::schedule`]); saved beside
+/// θ so that a deployed policy runs as it learned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RhoSchedule {
+    /// Iterations before the first consultation after the start.
+    pub interval: usize,
+    /// Double the interval after every consultation.
+    pub backoff: bool,
+    /// Consult before the first iteration.
+    pub at_start: bool,
+    /// Stop after this many changes of ρ.
+    pub max_changes: Option<usize>,
+}
+
+impl RhoSchedule {
+    /// `settings` with this schedule.
+    pub fn apply(&self, settings: AdmmSettings) -> AdmmSettings {
+        AdmmSettings {
+            adaptive_rho_interval: self.interval,
+            policy_backoff: self.backoff,
+            policy_at_start: self.at_start,
+            policy_max_changes: self.max_changes,
+            ..settings
+        }
+    }
+}
+
+/// The JSON sidecar of a saved policy (`schedule` is absent in files written before it was
+/// saved).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyMeta {
     format: String,
     policy: RhoPolicyConfig,
+    #[serde(default)]
+    schedule: Option<RhoSchedule>,
 }
 
 const POLICY_FORMAT: &str = "amortize-rho-policy-1";
 
-/// Saves θ (`policy.safetensors`) and its configuration (`policy.json`) into `dir`, both
-/// written atomically.
-pub fn save_policy(dir: &Path, policy: &RhoPolicyNet) -> Result<()> {
+/// Saves θ (`policy.safetensors`), its configuration and the schedule it was trained with
+/// (`policy.json`) into `dir`, both written atomically.
+pub fn save_policy(dir: &Path, policy: &RhoPolicyNet, schedule: RhoSchedule) -> Result<()> {
     let meta = PolicyMeta {
         format: POLICY_FORMAT.into(),
         policy: policy.config().clone(),
+        schedule: Some(schedule),
     };
     ModelFiles::new(dir, "policy").save(&meta, &policy.params().to_map())
 }
@@ -265,9 +301,15 @@ pub fn save_policy(dir: &Path, policy: &RhoPolicyNet) -> Result<()> {
 /// Loads a policy saved by [`save_policy`], refusing a missing, corrupt or mismatched one with
 /// a message naming the problem.
 pub fn load_policy(dir: &Path) -> Result<RhoPolicyNet> {
+    Ok(load_policy_with_schedule(dir)?.0)
+}
+
+/// [`load_policy`] with the schedule saved beside it (`None` in files older than the
+/// schedule).
+pub fn load_policy_with_schedule(dir: &Path) -> Result<(RhoPolicyNet, Option<RhoSchedule>)> {
     let files = ModelFiles::new(dir, "policy");
     let meta: PolicyMeta = files.load_meta(POLICY_FORMAT, |m: &PolicyMeta| &m.format)?;
     let policy = RhoPolicyNet::new(meta.policy, &mut StdRng::seed_from_u64(0), &Device::Cpu)?;
     files.fill(policy.params(), &files.load_tensors()?, "policy")?;
-    Ok(policy)
+    Ok((policy, meta.schedule))
 }

@@ -486,7 +486,10 @@ fn rho_policy_never_reports_solved_above_tolerance() -> Result<()> {
 fn rlqp_training_beats_osqp_rule_and_policy_checkpoints_round_trip() -> Result<()> {
     use amortize::model::RhoPolicyNet;
     use amortize::solver::qp::{QpClass, RHO_FEATURES};
-    use amortize::train::{load_policy, qp_iterations, save_policy, train_rho_policy, RlqpConfig};
+    use amortize::train::{
+        load_policy, load_policy_with_schedule, qp_iterations, save_policy, train_rho_policy,
+        RlqpConfig,
+    };
     let cfg = RlqpConfig {
         classes: vec![QpClass::Random],
         sizes: vec![10],
@@ -524,8 +527,13 @@ fn rlqp_training_beats_osqp_rule_and_policy_checkpoints_round_trip() -> Result<(
 
     let dir = std::env::temp_dir().join(format!("amortize-test-{}-policy", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    save_policy(&dir, &policy)?;
-    let loaded = load_policy(&dir)?;
+    save_policy(&dir, &policy, cfg.schedule())?;
+    let (loaded, schedule) = load_policy_with_schedule(&dir)?;
+    assert_eq!(schedule, Some(cfg.schedule()));
+    assert_eq!(
+        schedule.map(|s| s.apply(cfg.baseline_settings())),
+        Some(cfg.policy_settings())
+    );
     let features: Vec<f64> = (0..5 * RHO_FEATURES)
         .map(|i| (i as f64 * 0.37).sin())
         .collect();
@@ -533,6 +541,12 @@ fn rlqp_training_beats_osqp_rule_and_policy_checkpoints_round_trip() -> Result<(
         policy.forward_rows(&features, 5)?,
         loaded.forward_rows(&features, 5)?
     );
+    // A sidecar written before the schedule was saved still loads, without one.
+    let meta = std::fs::read_to_string(dir.join("policy.json")).unwrap();
+    let mut old: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    old.as_object_mut().unwrap().remove("schedule");
+    std::fs::write(dir.join("policy.json"), old.to_string()).unwrap();
+    assert_eq!(load_policy_with_schedule(&dir)?.1, None);
     std::fs::write(dir.join("policy.safetensors"), b"not a tensor file").unwrap();
     let e = load_policy(&dir).err().expect("corrupt weights");
     assert!(e.to_string().contains("corrupt"), "{e}");
