@@ -120,11 +120,27 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 l1,
                 seed: cli.seed.unwrap_or(0),
             };
+            let qp_only = [
+                ("--qp", qp.is_some()),
+                ("--qp-class", qp_class.is_some()),
+                ("--rho-policy", rho_policy.is_some()),
+                ("--sequence", sequence),
+            ];
+            if let Some((flag, _)) = qp_only.iter().find(|(_, set)| *set) {
+                if request.solver != "admm" {
+                    bail!("{flag} is for --solver admm, not {}", request.solver);
+                }
+            }
             let json = if request.solver == "admm" {
-                let source = match &qp {
-                    Some(path) => QpSource::File(path),
-                    None => QpSource::Generated {
-                        class: parse_qp_class(&qp_class)?,
+                let source = match (&qp, &qp_class) {
+                    (Some(_), Some(_)) => {
+                        bail!("--qp-class generates QPs; it cannot be used with --qp (a file)")
+                    }
+                    (Some(path), None) => QpSource::File(path),
+                    (None, class) => QpSource::Generated {
+                        class: class
+                            .as_deref()
+                            .map_or(Ok(QpClass::Random), parse_qp_class)?,
                         n: qp_size,
                     },
                 };
@@ -231,8 +247,8 @@ fn solve_qps(source: QpSource, mode: QpMode, req: &SolveRequest) -> Result<serde
                 .collect::<Result<_>>()?
         }
         QpSource::Generated { class, n } => {
-            if req.n == 0 || n == 0 {
-                bail!("--n and --qp-size must be at least 1");
+            if req.n == 0 || n < 2 {
+                bail!("--n must be at least 1 and --qp-size at least 2");
             }
             let mut rng = StdRng::seed_from_u64(req.seed);
             if mode.sequence {
@@ -287,6 +303,7 @@ fn solve_qps(source: QpSource, mode: QpMode, req: &SolveRequest) -> Result<serde
             _ => serde_json::json!("osqp"),
         },
         "sequence": mode.sequence,
+        "settings": settings,
         "instances": solutions,
     }))
 }

@@ -135,10 +135,10 @@ pub enum Command {
         /// constraints).
         #[arg(long, default_value_t = 10)]
         qp_size: usize,
-        /// admm without --qp: the class of the generated QPs (random, equality, portfolio,
-        /// lasso, svm, huber, control).
-        #[arg(long, default_value = "random")]
-        qp_class: String,
+        /// admm without --qp: the class of the generated QPs (random, the default, equality,
+        /// portfolio, lasso, svm, huber, control).
+        #[arg(long)]
+        qp_class: Option<String>,
         /// admm: choose ρ with a learned RLQP policy (a `policy/` folder written by
         /// `run rlqp`), consulted on the schedule it was trained with.
         #[arg(long)]

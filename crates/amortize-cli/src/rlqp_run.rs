@@ -423,7 +423,7 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
         ));
     }
     if let Some((shared, own)) = &parametric {
-        // The class-specific policies where trained, else the shared one.
+        // The class-specific policies if they were trained, else the shared one.
         let (cells, title) = if own.is_empty() {
             (
                 shared,

@@ -943,6 +943,12 @@ fn run_rlqp_trains_a_policy_and_writes_the_comparison() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["rho"]["schedule"]["interval"], 10, "{}", v["rho"]);
+    assert_eq!(
+        v["settings"]["adaptive_rho_interval"], 10,
+        "{}",
+        v["settings"]
+    );
+    assert_eq!(v["settings"]["policy_at_start"], false, "{}", v["settings"]);
     assert_eq!(v["sequence"], true);
     let instances = v["instances"].as_array().unwrap();
     assert_eq!(instances.len(), 3);
@@ -959,6 +965,10 @@ fn run_rlqp_trains_a_policy_and_writes_the_comparison() {
     assert_fails_with(
         &run(bin().args(["solve", "--solver", "admm", "--qp-class", "qp9"])),
         "--qp-class",
+    );
+    assert_fails_with(
+        &run(bin().args(["solve", "--solver", "lbfgs", "--sequence"])),
+        "--sequence is for --solver admm",
     );
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, TINY_RLQP.replace("sizes = [6]", "sizes = []")).unwrap();

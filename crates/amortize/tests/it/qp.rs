@@ -562,7 +562,8 @@ fn rlqp_training_beats_osqp_rule_and_policy_checkpoints_round_trip() -> Result<(
     Ok(())
 }
 
-/// The policy's forward pass against hand-computed values, for both hidden activations.
+/// The policy's forward pass against hand-computed values (to f32 precision), for both hidden
+/// activations.
 #[test]
 fn rho_policy_forward_matches_hand_computation_for_both_activations() -> Result<()> {
     use amortize::model::{PolicyActivation, RhoPolicyConfig, RhoPolicyNet};
@@ -606,8 +607,9 @@ fn rho_policy_forward_matches_hand_computation_for_both_activations() -> Result<
         features[1] = -0.3;
         let out = net.forward_rows(&features, 1)?[0];
         let expected = 1.5 * act(0.5) - 0.5 * act(-0.8) + 0.05;
+        // The forward pass runs in f32.
         assert!(
-            (out - expected).abs() < 1e-12,
+            (out - expected).abs() < 1e-6,
             "{activation:?}: {out} vs {expected}"
         );
     }

@@ -127,6 +127,59 @@ fn solve_sequence_reuses_the_factor_and_matches_fresh_solves() -> Result<()> {
     Ok(())
 }
 
+/// Records what the policy is shown (every row's log ρ feature, at every consultation) and
+/// answers Δ = 1 on inequality rows at the start and Δ = 2 later: a 10× change, and a
+/// refactorisation, at the first scheduled consultation.
+struct Recorder(std::sync::Mutex<Vec<f64>>);
+
+impl RhoPolicy for Recorder {
+    fn adjust(&self, features: &[f64], _m: usize) -> Vec<f64> {
+        let rows = features.chunks(RHO_FEATURES);
+        self.0.lock().unwrap().extend(rows.clone().map(|f| f[0]));
+        rows.map(|f| {
+            let later = f[7] > 0.0;
+            (1.0 - f[6]) * if later { 2.0 } else { 1.0 }
+        })
+        .collect()
+    }
+}
+
+/// In sequence, a start policy is shown what a fresh solve shows it (the initial ρ, not the
+/// ρ the previous QP ended with) and consulted on the same schedule, so with the same scaling
+/// (lasso: q fixed) every QP repeats its fresh solve: the same features, iterations and
+/// factorisations.
+#[test]
+fn a_start_policy_in_sequence_repeats_fresh_solves() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(13);
+    let family = QpClass::Lasso.family(6, &mut rng)?;
+    let qps: Vec<_> = (0..4)
+        .map(|_| family.instance(&mut rng))
+        .collect::<Result<_>>()?;
+    let admm = Admm::new(AdmmSettings {
+        check_every: 1,
+        adaptive_rho_interval: 2,
+        policy_at_start: true,
+        ..AdmmSettings::default()
+    })?;
+    let mut fresh_features = Vec::new();
+    let mut fresh = Vec::new();
+    for qp in &qps {
+        let recorder = Recorder(Default::default());
+        fresh.push(admm.solve_with_policy(qp, None, Some(&recorder))?);
+        fresh_features.extend(recorder.0.into_inner().unwrap());
+    }
+    let recorder = Recorder(Default::default());
+    let sequence = admm.solve_sequence(&qps, Some(&recorder))?;
+    assert_eq!(recorder.0.into_inner().unwrap(), fresh_features);
+    for (s, f) in sequence.iter().zip(&fresh) {
+        assert_eq!(s.status, QpStatus::Solved);
+        assert_eq!((s.iters, s.factorisations), (f.iters, f.factorisations));
+        // The start's ρ and later changes (Δ is relative to OSQP's estimate of the moment).
+        assert!(f.factorisations >= 2, "{} factorisations", f.factorisations);
+    }
+    Ok(())
+}
+
 /// A QP with other matrices is refused by the update, naming the problem, and the workspace
 /// still solves its own QP; new vectors of the wrong length, with NaN or with l > u are
 /// refused too.

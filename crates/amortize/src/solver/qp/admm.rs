@@ -36,7 +36,9 @@ pub trait RhoPolicy: Sync {
 }
 
 fn slog(v: f64) -> f64 {
-    v.signum() * (1.0 + 1e4 * v.abs()).log10() / 4.0
+    // In f32, as the policy runs (f32's log10 is cheaper); clamped to stay finite.
+    let a = (1.0 + 1e4 * v.abs()).min(f64::from(f32::MAX)) as f32;
+    v.signum() * f64::from(a.log10() / 4.0)
 }
 
 /// The settings of [`Admm`], defaulting to OSQP's.
@@ -319,10 +321,12 @@ impl Admm {
         let mut w = AdmmWorkspace::analysed(first, self.settings, defer)?;
         w.policy = policy;
         let mut solutions = vec![w.run(start)?];
-        for qp in &qps[1..] {
+        for (k, qp) in qps.iter().enumerate().skip(1) {
             let start = Instant::now();
-            w.reload(qp)?;
-            solutions.push(w.run(start)?);
+            w.reload(qp)
+                .and_then(|()| w.run(start))
+                .map(|s| solutions.push(s))
+                .map_err(|e| Error::invalid(format!("QP {k} of the sequence: {e}")))?;
         }
         Ok(solutions)
     }
@@ -377,10 +381,11 @@ pub struct AdmmWorkspace<'a> {
     settings: AdmmSettings,
     data: Scaled,
     rho: f64,
+    /// ρ per constraint, always the ρ of the current numeric factor.
     rho_vec: Vec<f64>,
-    /// The ρ of the current numeric factor (equal to `rho_vec` except between a
-    /// [`AdmmWorkspace::reload`] and the policy's start consultation).
-    factor_rho: Vec<f64>,
+    /// After a [`AdmmWorkspace::reload`] with a start policy: the start consultation's log ρ
+    /// feature shows the initial base ρ, as in a fresh solve, not the carried-over ρ.
+    fresh_start_features: bool,
     kkt: Kkt,
     y: Vec<f64>,
     z: Vec<f64>,
@@ -414,9 +419,10 @@ struct Residuals {
     eps_dual: f64,
 }
 
-/// The kind of a constraint row l ≤ aᵀy ≤ u, which sets its share of the base ρ.
+/// The kind of a constraint row l ≤ aᵀy ≤ u, which sets its share of OSQP's base ρ (10⁻⁶
+/// on free rows, 10³ρ on equalities, ρ on the others).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RowKind {
+pub enum RowKind {
     /// l = −∞ and u = +∞.
     Free,
     /// u − l below [`EQUALITY_TOL`].
@@ -475,8 +481,8 @@ impl<'a> AdmmWorkspace<'a> {
             settings,
             data,
             rho,
-            factor_rho: rho_vec.clone(),
             rho_vec,
+            fresh_start_features: false,
             kkt,
             y: vec![0.0; n],
             z: vec![0.0; m],
@@ -522,13 +528,27 @@ impl<'a> AdmmWorkspace<'a> {
     /// Moves to `qp`, which must have this workspace's P and A (OSQP's update of q, l and u):
     /// the new vectors are scaled with the equilibration already computed, the KKT matrix
     /// keeps its analysis, its factor and ρ, the iterate restarts at zero and the counters
-    /// and ρ schedule restart. An error, with nothing changed, when P or A differ.
+    /// and ρ schedule restart. An error, with nothing changed, when P or A differ; an error
+    /// from the refactorisation a row that changed kind needs leaves the workspace without a
+    /// factor (the next solve refactors first).
     pub fn reload(&mut self, qp: &'a QpProblem) -> Result<()> {
         if qp.p() != self.qp.p() || qp.a() != self.qp.a() {
             return Err(Error::invalid(
                 "ADMM update: the new QP's P or A differs from the analysed one (only q, l \
                  and u may change; set up a new solve instead)",
             ));
+        }
+        self.iters = 0;
+        self.rho_updates = 0;
+        self.factorisations = 0;
+        self.next_rho_check = self.settings.adaptive_rho_interval;
+        self.rho_interval = self.settings.adaptive_rho_interval;
+        self.last_rho_direction = 0.0;
+        for v in [&mut self.y, &mut self.delta_y] {
+            v.fill(0.0);
+        }
+        for v in [&mut self.z, &mut self.lambda, &mut self.delta_lambda] {
+            v.fill(0.0);
         }
         let d = &mut self.data;
         for (j, (dst, &q)) in d.q.iter_mut().zip(qp.q()).enumerate() {
@@ -544,28 +564,22 @@ impl<'a> AdmmWorkspace<'a> {
         self.qp = qp;
         if self.policy.is_some() && self.settings.policy_at_start {
             // The policy starts from what a fresh solve shows it (the initial base ρ); its
-            // start consultation refactors only if its ρ differs from the factor's.
+            // start consultation refactors only if its ρ differs from the factor's, which a
+            // row that changed kind makes it do.
             self.rho = self.settings.rho.clamp(RHO_MIN, RHO_MAX);
-            for i in 0..self.rho_vec.len() {
-                self.rho_vec[i] = base_rho(&self.data, i, self.rho);
-            }
+            self.fresh_start_features = true;
         } else if kinds_changed {
             // OSQP's rule keeps its ρ, but a row that changed kind needs its share of it.
             self.set_base_rho(self.rho)?;
         }
-        for v in [&mut self.y, &mut self.delta_y] {
-            v.fill(0.0);
-        }
-        for v in [&mut self.z, &mut self.lambda, &mut self.delta_lambda] {
-            v.fill(0.0);
-        }
-        self.iters = 0;
-        self.rho_updates = 0;
-        self.factorisations = 0;
-        self.next_rho_check = self.settings.adaptive_rho_interval;
-        self.rho_interval = self.settings.adaptive_rho_interval;
-        self.last_rho_direction = 0.0;
         Ok(())
+    }
+
+    /// The kind of every constraint row (scaling does not change kinds).
+    pub fn constraint_kinds(&self) -> Vec<RowKind> {
+        (0..self.qp.m())
+            .map(|i| row_kind(self.data.l[i], self.data.u[i]))
+            .collect()
     }
 
     /// Starts from (y, λ) in the original units instead of zero; z = Π_[l,u](Ay).
@@ -641,7 +655,9 @@ impl<'a> AdmmWorkspace<'a> {
     /// is no residual balance to estimate yet).
     pub fn consult_at_start(&mut self, policy: &dyn RhoPolicy) -> Result<()> {
         self.residuals();
-        if self.apply_policy(policy, self.rho)? {
+        let moved = self.apply_policy(policy, self.rho);
+        self.fresh_start_features = false;
+        if moved? {
             self.rho_updates += 1;
         } else if !self.kkt.is_factored() {
             self.factor()?;
@@ -673,10 +689,14 @@ impl<'a> AdmmWorkspace<'a> {
         let mut f = Vec::with_capacity(m * RHO_FEATURES);
         for i in 0..m {
             let (z, l, u) = (self.z[i], d.l[i], d.u[i]);
+            let rho_i = match self.fresh_start_features {
+                true => base_rho(d, i, self.rho),
+                false => self.rho_vec[i],
+            };
             let slack = (z - l).min(u - z).min(1e4);
             let equality = if u - l < EQUALITY_TOL { 1.0 } else { 0.0 };
             f.extend_from_slice(&[
-                self.rho_vec[i].log10() / 3.0,
+                f64::from((rho_i as f32).log10() / 3.0),
                 slog(self.ay[i] - z),
                 slog(self.lambda[i]),
                 slog(slack),
@@ -708,25 +728,18 @@ impl<'a> AdmmWorkspace<'a> {
                 } else {
                     0.0
                 };
-                (base_rho(&self.data, i, estimate) * 10f64.powf(di)).clamp(RHO_MIN, RHO_MAX)
+                (base_rho(&self.data, i, estimate) * (di * std::f64::consts::LN_10).exp())
+                    .clamp(RHO_MIN, RHO_MAX)
             })
             .collect();
         self.rho = estimate;
-        // Against the factor's ρ (after a reload, `rho_vec` holds the fresh-start values).
-        let current = if self.kkt.is_factored() {
-            &self.factor_rho
-        } else {
-            &self.rho_vec
-        };
         let moved = proposed
             .iter()
-            .zip(current)
+            .zip(&self.rho_vec)
             .any(|(a, b)| (a / b).max(b / a) > self.settings.adaptive_rho_tolerance);
         if moved {
             self.rho_vec.copy_from_slice(&proposed);
             self.factor()?;
-        } else if self.kkt.is_factored() {
-            self.rho_vec.copy_from_slice(&self.factor_rho);
         }
         Ok(moved)
     }
@@ -759,9 +772,7 @@ impl<'a> AdmmWorkspace<'a> {
 
     fn factor(&mut self) -> Result<()> {
         self.factorisations += 1;
-        self.kkt.set_rho(&self.data.a, &self.rho_vec)?;
-        self.factor_rho.copy_from_slice(&self.rho_vec);
-        Ok(())
+        self.kkt.set_rho(&self.data.a, &self.rho_vec)
     }
 
     /// One ADMM iteration (eq. 58–59 with over-relaxation).
@@ -941,9 +952,11 @@ impl<'a> AdmmWorkspace<'a> {
                 let estimate = self.rho_estimate();
                 let tol = self.settings.adaptive_rho_tolerance;
                 let direction = (estimate / self.rho).ln().signum();
-                if (estimate > self.rho * tol || estimate < self.rho / tol)
-                    && self.set_base_rho(estimate).is_ok()
-                {
+                if estimate > self.rho * tol || estimate < self.rho / tol {
+                    // A failed refactorisation leaves no usable factor.
+                    if self.set_base_rho(estimate).is_err() {
+                        return Some(QpStatus::NumericalError);
+                    }
                     self.rho_updates += 1;
                     if direction * self.last_rho_direction < 0.0 {
                         self.rho_interval *= 2;

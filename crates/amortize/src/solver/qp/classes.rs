@@ -98,7 +98,7 @@ impl QpClass {
 /// | random | q ~ N(0, I) |
 /// | equality | q ~ N(0, I) and b = Ax₀, x₀ ~ N(0, I) |
 /// | portfolio | expected returns μ ~ N(0, I) |
-/// | lasso | observations b = Av + ε (v and ε as in the class) |
+/// | lasso | observations b = Av + ε (v and ε as in the class; λ stays the base QP's) |
 /// | svm | the hinge weight λ ~ U(0.5, 2) |
 /// | huber | observations b = Av + ε (as in the class) |
 /// | control | the initial state x₀ ~ U(−1, 1) |

@@ -194,6 +194,8 @@ impl Kkt {
 
     /// Refactors for new step sizes ρ (same length as at construction).
     pub(super) fn set_rho(&mut self, a: &CsrMatrix, rho: &[f64]) -> Result<()> {
+        // Not factored until the new factor succeeds: a failure leaves no usable one.
+        self.factored = false;
         match &mut self.form {
             Form::Sparse {
                 factor,

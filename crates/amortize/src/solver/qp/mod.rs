@@ -12,7 +12,8 @@ mod mpc;
 mod scaling;
 
 pub use admm::{
-    Admm, AdmmSettings, AdmmWorkspace, KktForm, QpSolution, QpStatus, RhoPolicy, RHO_FEATURES,
+    Admm, AdmmSettings, AdmmWorkspace, KktForm, QpSolution, QpStatus, RhoPolicy, RowKind,
+    RHO_FEATURES,
 };
 pub use classes::{QpClass, QpFamily};
 pub use mpc::{MpcFamily, MPC_HORIZON};
