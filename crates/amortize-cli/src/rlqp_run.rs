@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use amortize::model::{FrozenRhoPolicy, RhoPolicyNet};
-use amortize::solver::qp::{Admm, AdmmSettings, QpClass, QpProblem, QpStatus, RhoPolicy};
+use amortize::solver::qp::{
+    Admm, AdmmSettings, QpClass, QpProblem, QpSolution, QpStatus, RhoPolicy,
+};
 use amortize::train::{
     save_policy, train_rho_policy, write_atomic, QpWarmStart, QpWarmStartConfig, RlqpConfig,
 };
@@ -222,45 +224,68 @@ type WarmStarts = [(Vec<f64>, Vec<f64>)];
 /// One way of solving: ADMM settings and an optional ρ policy.
 type Method<'a> = (AdmmSettings, Option<&'a dyn RhoPolicy>);
 
-/// The outcome of every QP under each of `methods`, solved one after another on this thread,
-/// from zero or from its warm start. Each QP is solved `repeats` times by every method in
-/// turn (the methods alternate, so that both see the same machine conditions) and its
-/// seconds are the median of the repeats; the iterations are the same in every repeat.
-fn solve_all(
-    qps: &[QpProblem],
+/// The outcomes of every unit of work (one QP, or one family solved in sequence) under each
+/// of `methods`, one after another on this thread. Each unit is solved `repeats` times by
+/// every method in turn (the methods alternate, so that both see the same machine
+/// conditions); a QP's seconds are the median of its unit's times over the unit's QPs, and
+/// the iterations are those of the first repeat (every repeat gives the same).
+fn time_methods<U>(
+    units: &[U],
     methods: &[Method<'_>],
-    warm: Option<&WarmStarts>,
     repeats: usize,
+    solve: impl Fn(&Admm, usize, &U, Option<&dyn RhoPolicy>) -> amortize::Result<Vec<QpSolution>>,
 ) -> Result<Vec<Vec<Outcome>>> {
     let solvers = methods
         .iter()
         .map(|(settings, _)| Admm::new(*settings))
         .collect::<amortize::Result<Vec<_>>>()?;
     let mut outcomes: Vec<Vec<Outcome>> = methods.iter().map(|_| Vec::new()).collect();
-    for (i, qp) in qps.iter().enumerate() {
-        let start = warm.map(|w| (w[i].0.as_slice(), w[i].1.as_slice()));
+    for (i, unit) in units.iter().enumerate() {
         let mut seconds = vec![Vec::with_capacity(repeats); methods.len()];
         let mut first = Vec::with_capacity(methods.len());
         for r in 0..repeats.max(1) {
             for (k, (admm, (_, policy))) in solvers.iter().zip(methods).enumerate() {
                 let t0 = Instant::now();
-                let s = admm.solve_with_policy(qp, start, *policy)?;
+                let solutions = solve(admm, i, unit, *policy)?;
                 seconds[k].push(t0.elapsed().as_secs_f64());
                 if r == 0 {
-                    first.push(s);
+                    first.push(solutions);
                 }
             }
         }
-        for (k, s) in first.into_iter().enumerate() {
-            outcomes[k].push(Outcome {
-                seconds: crate::bench::median(std::mem::take(&mut seconds[k])),
+        for (k, solutions) in first.into_iter().enumerate() {
+            let per_qp = crate::bench::median(std::mem::take(&mut seconds[k]))
+                / solutions.len().max(1) as f64;
+            outcomes[k].extend(solutions.iter().map(|s| Outcome {
+                seconds: per_qp,
                 iters: s.iters as f64,
                 solved: s.status == QpStatus::Solved,
                 factorisations: s.factorisations as f64,
-            });
+            }));
         }
     }
     Ok(outcomes)
+}
+
+/// [`time_methods`] on single QPs, from zero or from each QP's warm start.
+fn solve_all(
+    qps: &[QpProblem],
+    methods: &[Method<'_>],
+    warm: Option<&WarmStarts>,
+    repeats: usize,
+) -> Result<Vec<Vec<Outcome>>> {
+    time_methods(qps, methods, repeats, |admm, i, qp, policy| {
+        let start = warm.map(|w| (w[i].0.as_slice(), w[i].1.as_slice()));
+        Ok(vec![admm.solve_with_policy(qp, start, policy)?])
+    })
+}
+
+/// OSQP's ρ rule, then `policy` on its schedule: the two methods every comparison times.
+fn osqp_and<'a>(cfg: &RlqpConfig, policy: &'a dyn RhoPolicy) -> [Method<'a>; 2] {
+    [
+        (cfg.baseline_settings(), None),
+        (cfg.policy_settings(), Some(policy)),
+    ]
 }
 
 /// Trains, saves and compares; returns the run folder.
@@ -527,19 +552,13 @@ fn compare(
     qps: &[QpProblem],
     policy: &dyn RhoPolicy,
 ) -> Result<Cell> {
-    let cfg = &exp.rlqp;
-    let mut outcomes = solve_all(
+    let outcomes = solve_all(
         qps,
-        &[
-            (cfg.baseline_settings(), None),
-            (cfg.policy_settings(), Some(policy)),
-        ],
+        &osqp_and(&exp.rlqp, policy),
         None,
         exp.eval.timing_repeats,
     )?;
-    let learned = outcomes.pop().unwrap_or_default();
-    let base = outcomes.pop().unwrap_or_default();
-    Ok(cell(class, n, &base, &learned))
+    Ok(cell(class, n, &outcomes[0], &outcomes[1]))
 }
 
 /// The cell of OSQP's rule (`base`) against a policy (`learned`) on the same QPs.
@@ -598,45 +617,17 @@ fn compare_parametric(
     families: &[Vec<QpProblem>],
     policy: &dyn RhoPolicy,
 ) -> Result<Cell> {
-    let cfg = &exp.rlqp;
-    let methods: [Method<'_>; 2] = [
-        (cfg.baseline_settings(), None),
-        (cfg.policy_settings(), Some(policy)),
-    ];
-    let solvers = methods
-        .iter()
-        .map(|(settings, _)| Admm::new(*settings))
-        .collect::<amortize::Result<Vec<_>>>()?;
-    let mut outcomes: [Vec<Outcome>; 2] = [Vec::new(), Vec::new()];
-    for qps in families {
-        let mut seconds = [Vec::new(), Vec::new()];
-        let mut first = Vec::new();
-        for r in 0..exp.eval.timing_repeats.max(1) {
-            for (k, (admm, (_, policy))) in solvers.iter().zip(&methods).enumerate() {
-                let t0 = Instant::now();
-                let solutions = admm.solve_sequence(qps, *policy)?;
-                seconds[k].push(t0.elapsed().as_secs_f64());
-                if r == 0 {
-                    first.push(solutions);
-                }
-            }
-        }
-        for (k, solutions) in first.into_iter().enumerate() {
-            let per_qp = crate::bench::median(std::mem::take(&mut seconds[k])) / qps.len() as f64;
-            outcomes[k].extend(solutions.iter().map(|s| Outcome {
-                seconds: per_qp,
-                iters: s.iters as f64,
-                solved: s.status == QpStatus::Solved,
-                factorisations: s.factorisations as f64,
-            }));
-        }
-    }
+    let outcomes = time_methods(
+        families,
+        &osqp_and(&exp.rlqp, policy),
+        exp.eval.timing_repeats,
+        |admm, _, qps, policy| admm.solve_sequence(qps, policy),
+    )?;
     Ok(cell(class, n, &outcomes[0], &outcomes[1]))
 }
 
 /// `per_class`: one policy per evaluated class, trained on that class alone, saved under
-/// `policies/<class>/` and compared on that class's held-out QPs. Returns the cells and the
-/// total training seconds.
+/// `policies/<class>/` and compared on that class's held-out QPs.
 fn per_class_policies(exp: &RlqpExperiment, dir: &Path, quiet: bool) -> Result<PerClass> {
     let mut cells = Vec::new();
     let mut policies = Vec::new();

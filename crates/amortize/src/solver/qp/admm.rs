@@ -425,7 +425,7 @@ struct Residuals {
 pub enum RowKind {
     /// l = −∞ and u = +∞.
     Free,
-    /// u − l below [`EQUALITY_TOL`].
+    /// u − l below 10⁻⁴.
     Equality,
     /// Everything else.
     Inequality,
@@ -694,7 +694,7 @@ impl<'a> AdmmWorkspace<'a> {
                 false => self.rho_vec[i],
             };
             let slack = (z - l).min(u - z).min(1e4);
-            let equality = if u - l < EQUALITY_TOL { 1.0 } else { 0.0 };
+            let equality = f64::from(u8::from(row_kind(l, u) == RowKind::Equality));
             f.extend_from_slice(&[
                 f64::from((rho_i as f32).log10() / 3.0),
                 slog(self.ay[i] - z),
