@@ -104,6 +104,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             qp_class,
             rho_policy,
             sequence,
+            warm_sequence,
             output,
         } => {
             let request = SolveRequest {
@@ -125,11 +126,15 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 ("--qp-class", qp_class.is_some()),
                 ("--rho-policy", rho_policy.is_some()),
                 ("--sequence", sequence),
+                ("--warm-sequence", warm_sequence),
             ];
             if let Some((flag, _)) = qp_only.iter().find(|(_, set)| *set) {
                 if request.solver != "admm" {
                     bail!("{flag} is for --solver admm, not {}", request.solver);
                 }
+            }
+            if warm_sequence && !sequence {
+                bail!("--warm-sequence starts each QP of a --sequence from the previous one's solution; add --sequence");
             }
             let json = if request.solver == "admm" {
                 let source = match (&qp, &qp_class) {
@@ -147,6 +152,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 let mode = QpMode {
                     policy: rho_policy.as_deref(),
                     sequence,
+                    warm_sequence,
                 };
                 solve_qps(source, mode, &request)?
             } else {
@@ -204,11 +210,13 @@ enum QpSource<'a> {
     Generated { class: QpClass, n: usize },
 }
 
-/// How `amortize solve --solver admm` solves them: an optional learned ρ policy's folder, and
-/// whether in sequence (OSQP's update mode).
+/// How `amortize solve --solver admm` solves them: an optional learned ρ policy's folder,
+/// whether in sequence (OSQP's update mode), and whether each QP of a sequence starts from
+/// the previous one's solution.
 struct QpMode<'a> {
     policy: Option<&'a Path>,
     sequence: bool,
+    warm_sequence: bool,
 }
 
 /// A QP class by its name in configs, or an error listing the names.
@@ -267,6 +275,7 @@ fn solve_qps(source: QpSource, mode: QpMode, req: &SolveRequest) -> Result<serde
         eps_abs: req.settings.tol,
         eps_rel: req.settings.tol,
         max_iters: req.settings.max_iters,
+        warm_start_sequence: mode.warm_sequence,
         ..AdmmSettings::default()
     };
     let policy = match mode.policy {

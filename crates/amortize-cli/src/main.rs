@@ -148,6 +148,10 @@ pub enum Command {
         /// --qp-class.
         #[arg(long)]
         sequence: bool,
+        /// admm with --sequence: start each QP from the previous one's solution instead of
+        /// zero (OSQP's warm starting in its update mode).
+        #[arg(long)]
+        warm_sequence: bool,
         /// Write the JSON here (atomically) instead of printing it.
         #[arg(long)]
         output: Option<PathBuf>,

@@ -190,6 +190,13 @@ pub struct Cell {
     pub learned_seconds: f64,
     /// osqp_seconds / learned_seconds (> 1: the learned policy is faster).
     pub time_ratio: f64,
+    /// Mean seconds per instance of the solve phase (numeric factorisations and iterations,
+    /// without the ρ-independent set-up both methods share), OSQP's rule.
+    pub osqp_solve_seconds: f64,
+    /// The same, learned policy.
+    pub learned_solve_seconds: f64,
+    /// osqp_solve_seconds / learned_solve_seconds.
+    pub solve_time_ratio: f64,
     /// Fraction solved to eps 1e-3, OSQP's rule.
     pub osqp_solved: f64,
     /// Fraction solved to eps 1e-3, learned policy.
@@ -204,6 +211,9 @@ pub struct Cell {
 struct Outcome {
     iters: f64,
     seconds: f64,
+    /// The solve phase of `seconds`: without the ρ-independent set-up
+    /// ([`QpSolution::setup_elapsed`]), by the solver's own clock.
+    solve_seconds: f64,
     solved: bool,
     factorisations: f64,
 }
@@ -227,8 +237,9 @@ type Method<'a> = (AdmmSettings, Option<&'a dyn RhoPolicy>);
 /// The outcomes of every unit of work (one QP, or one family solved in sequence) under each
 /// of `methods`, one after another on this thread. Each unit is solved `repeats` times by
 /// every method in turn (the methods alternate, so that both see the same machine
-/// conditions); a QP's seconds are the median of its unit's times over the unit's QPs, and
-/// the iterations are those of the first repeat (every repeat gives the same).
+/// conditions); a QP's seconds are the median of its unit's times over the unit's QPs (its
+/// solve-phase seconds likewise), and the iterations are those of the first repeat (every
+/// repeat gives the same).
 fn time_methods<U>(
     units: &[U],
     methods: &[Method<'_>],
@@ -242,22 +253,31 @@ fn time_methods<U>(
     let mut outcomes: Vec<Vec<Outcome>> = methods.iter().map(|_| Vec::new()).collect();
     for (i, unit) in units.iter().enumerate() {
         let mut seconds = vec![Vec::with_capacity(repeats); methods.len()];
+        let mut solve_seconds = seconds.clone();
         let mut first = Vec::with_capacity(methods.len());
         for r in 0..repeats.max(1) {
             for (k, (admm, (_, policy))) in solvers.iter().zip(methods).enumerate() {
                 let t0 = Instant::now();
                 let solutions = solve(admm, i, unit, *policy)?;
                 seconds[k].push(t0.elapsed().as_secs_f64());
+                solve_seconds[k].push(
+                    solutions
+                        .iter()
+                        .map(|s| s.elapsed - s.setup_elapsed)
+                        .sum::<f64>(),
+                );
                 if r == 0 {
                     first.push(solutions);
                 }
             }
         }
         for (k, solutions) in first.into_iter().enumerate() {
-            let per_qp = crate::bench::median(std::mem::take(&mut seconds[k]))
-                / solutions.len().max(1) as f64;
+            let count = solutions.len().max(1) as f64;
+            let per_qp = crate::bench::median(std::mem::take(&mut seconds[k])) / count;
+            let solve_per_qp = crate::bench::median(std::mem::take(&mut solve_seconds[k])) / count;
             outcomes[k].extend(solutions.iter().map(|s| Outcome {
                 seconds: per_qp,
+                solve_seconds: solve_per_qp,
                 iters: s.iters as f64,
                 solved: s.status == QpStatus::Solved,
                 factorisations: s.factorisations as f64,
@@ -480,7 +500,10 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
     let mut md = format!(
         "# Run `{}`\n\nES training: {} updates of {} QPs ({} antithetic pairs) in {:.0} s.\n\n\
          Held-out QPs, {} per cell; s/QP is the mean over QPs of each QP's median of {} solves \
-         (set-up and solve, one thread, the two methods alternating).\n\n",
+         (set-up and solve, one thread, the two methods alternating). The time ratio after \
+         set-up leaves out the set-up both methods pay alike (scaling, KKT assembly, ordering, \
+         symbolic analysis): it compares the numeric factorisations and iterations, OSQP's \
+         solve time plus its first factorisation.\n\n",
         exp.name,
         cfg.steps,
         cfg.batch,
@@ -573,6 +596,9 @@ fn cell(class: QpClass, n: usize, base: &[Outcome], learned: &[Outcome]) -> Cell
         .exp();
     let seconds = |r: &Outcome| r.seconds;
     let (osqp_seconds, learned_seconds) = (mean(base, seconds), mean(learned, seconds));
+    let solve_seconds = |r: &Outcome| r.solve_seconds;
+    let (osqp_solve_seconds, learned_solve_seconds) =
+        (mean(base, solve_seconds), mean(learned, solve_seconds));
     Cell {
         class,
         n,
@@ -582,6 +608,9 @@ fn cell(class: QpClass, n: usize, base: &[Outcome], learned: &[Outcome]) -> Cell
         osqp_seconds,
         learned_seconds,
         time_ratio: osqp_seconds / learned_seconds,
+        osqp_solve_seconds,
+        learned_solve_seconds,
+        solve_time_ratio: osqp_solve_seconds / learned_solve_seconds,
         osqp_solved: mean(base, solved),
         learned_solved: mean(learned, solved),
         osqp_factorisations: mean(base, |r| r.factorisations),
@@ -708,11 +737,11 @@ fn parametric_cells(
 /// The cells as CSV.
 fn cells_csv(cells: &[Cell]) -> String {
     let mut table = String::from(
-        "class,n,osqp_iters,learned_iters,iteration_ratio,osqp_seconds,learned_seconds,time_ratio,osqp_solved,learned_solved,osqp_factorisations,learned_factorisations\n",
+        "class,n,osqp_iters,learned_iters,iteration_ratio,osqp_seconds,learned_seconds,time_ratio,osqp_solved,learned_solved,osqp_factorisations,learned_factorisations,osqp_solve_seconds,learned_solve_seconds,solve_time_ratio\n",
     );
     for c in cells {
         table.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             c.class.name(),
             c.n,
             c.osqp_iters,
@@ -724,7 +753,10 @@ fn cells_csv(cells: &[Cell]) -> String {
             c.osqp_solved,
             c.learned_solved,
             c.osqp_factorisations,
-            c.learned_factorisations
+            c.learned_factorisations,
+            c.osqp_solve_seconds,
+            c.learned_solve_seconds,
+            c.solve_time_ratio
         ));
     }
     table
@@ -733,11 +765,11 @@ fn cells_csv(cells: &[Cell]) -> String {
 /// The cells as a Markdown table.
 fn cells_markdown(cells: &[Cell]) -> String {
     let mut md = String::from(
-        "| class | n | OSQP ρ iters | learned iters | ratio | OSQP s/QP | learned s/QP | time ratio | solved (OSQP / learned) | factorisations (OSQP / learned) |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| class | n | OSQP ρ iters | learned iters | ratio | OSQP s/QP | learned s/QP | time ratio | time ratio after set-up | solved (OSQP / learned) | factorisations (OSQP / learned) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for c in cells {
         md.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2e} | {:.2e} | {:.2} | {:.0}% / {:.0}% | {:.1} / {:.1} |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2e} | {:.2e} | {:.2} | {:.2} | {:.0}% / {:.0}% | {:.1} / {:.1} |\n",
             c.class.name(),
             c.n,
             c.osqp_iters,
@@ -746,6 +778,7 @@ fn cells_markdown(cells: &[Cell]) -> String {
             c.osqp_seconds,
             c.learned_seconds,
             c.time_ratio,
+            c.solve_time_ratio,
             100.0 * c.osqp_solved,
             100.0 * c.learned_solved,
             c.osqp_factorisations,

@@ -903,10 +903,22 @@ fn run_rlqp_trains_a_policy_and_writes_the_comparison() {
         5,
         "header and 2 classes × 2 sizes: {csv}"
     );
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
     for row in csv.lines().skip(1) {
         let cells: Vec<&str> = row.split(',').collect();
-        let ratio: f64 = cells[4].parse().unwrap();
+        let value = |name: &str| -> f64 { cells[column(name)].parse().unwrap() };
+        let ratio = value("iteration_ratio");
         assert!(ratio.is_finite() && ratio > 0.0, "{row}");
+        // The solve phase is a part of each method's time.
+        for method in ["osqp", "learned"] {
+            let (all, solve) = (
+                value(&format!("{method}_seconds")),
+                value(&format!("{method}_solve_seconds")),
+            );
+            assert!(solve > 0.0 && solve < all, "{method}: {row}");
+        }
+        assert!(value("solve_time_ratio") > 0.0, "{row}");
     }
     assert_eq!(
         std::fs::read_to_string(run_dir.join("training.csv"))
@@ -970,6 +982,40 @@ fn run_rlqp_trains_a_policy_and_writes_the_comparison() {
         &run(bin().args(["solve", "--solver", "lbfgs", "--sequence"])),
         "--sequence is for --solver admm",
     );
+    assert_fails_with(
+        &run(bin().args(["solve", "--solver", "admm", "--warm-sequence"])),
+        "add --sequence",
+    );
+    // A control family in sequence, each QP from the previous one's solution: all solved,
+    // the setting shown, and each solve's ρ-independent set-up reported as a part of it.
+    let o = run(bin().args([
+        "solve",
+        "--solver",
+        "admm",
+        "--qp-class",
+        "control",
+        "--qp-size",
+        "4",
+        "--n",
+        "3",
+        "--sequence",
+        "--warm-sequence",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["settings"]["warm_start_sequence"], true,
+        "{}",
+        v["settings"]
+    );
+    for s in v["instances"].as_array().unwrap() {
+        assert_eq!(s["status"], "solved", "{s}");
+        let (setup, all) = (
+            s["setup_elapsed"].as_f64().unwrap(),
+            s["elapsed"].as_f64().unwrap(),
+        );
+        assert!(setup > 0.0 && setup < all, "{s}");
+    }
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, TINY_RLQP.replace("sizes = [6]", "sizes = []")).unwrap();
     assert_fails_with(

@@ -86,6 +86,11 @@ pub struct AdmmSettings {
     /// included), keeping the last ρ (default none: no limit). Each change is a KKT
     /// refactorisation.
     pub policy_max_changes: Option<usize>,
+    /// In a sequence ([`Admm::solve_sequence`], [`AdmmWorkspace::reload`]): start each QP
+    /// from the previous one's iterate (y, z, λ) instead of zero (default false). OSQP's
+    /// `warm_starting` in its update mode: it pays when consecutive QPs are close, as in
+    /// receding-horizon control.
+    pub warm_start_sequence: bool,
 }
 
 /// How ADMM solves its KKT system (module `kkt`).
@@ -140,6 +145,7 @@ impl Default for AdmmSettings {
             policy_backoff: true,
             policy_at_start: false,
             policy_max_changes: None,
+            warm_start_sequence: false,
         }
     }
 }
@@ -224,6 +230,12 @@ pub struct QpSolution {
     pub factorisations: usize,
     /// Wall-clock seconds, set-up (scaling, factorisation) included.
     pub elapsed: f64,
+    /// The part of `elapsed` spent on the set-up that does not depend on ρ: scaling, KKT
+    /// assembly, ordering and symbolic analysis (for a QP moved to by
+    /// [`AdmmWorkspace::reload`], the rescaling of its vectors). `elapsed − setup_elapsed`
+    /// is the solve phase: numeric factorisations and iterations, OSQP's `solve_time` plus
+    /// its first factorisation.
+    pub setup_elapsed: f64,
     /// The infeasibility certificate: δλ (primal) or δy (dual), normalised to ‖·‖∞ = 1.
     pub certificate: Option<Vec<f64>>,
 }
@@ -305,7 +317,8 @@ impl Admm {
     /// one's P and A (only q, l and u change), so the scaling, the ordering and symbolic
     /// analysis of the KKT matrix, and its factor at the current ρ are computed once and
     /// reused ([`AdmmWorkspace::reload`]). ρ carries over from one QP to the next (OSQP's
-    /// update keeps it too), each QP starts from zero, and `policy` (if any) chooses ρ as in
+    /// update keeps it too), each QP starts from zero (or from the previous one's iterate with
+    /// `warm_start_sequence`), and `policy` (if any) chooses ρ as in
     /// [`Admm::solve_with_policy`]. Each solution's `elapsed` is its own time, the first one's
     /// with the set-up.
     pub fn solve_sequence(
@@ -399,6 +412,8 @@ pub struct AdmmWorkspace<'a> {
     at_lambda: Vec<f64>,
     work_n: Vec<f64>,
     work_m: Vec<f64>,
+    /// Seconds of the ρ-independent set-up of the current QP ([`QpSolution::setup_elapsed`]).
+    setup_seconds: f64,
     iters: usize,
     rho_updates: usize,
     factorisations: usize,
@@ -463,20 +478,14 @@ impl<'a> AdmmWorkspace<'a> {
     /// [`Self::new`], with the numeric factorisation left to the first ρ change when `defer`
     /// (the caller must then set ρ before stepping: [`Self::consult_at_start`] does).
     fn analysed(qp: &'a QpProblem, settings: AdmmSettings, defer: bool) -> Result<Self> {
+        let start = Instant::now();
         settings.validate()?;
         let data = equilibrate(qp, settings.scaling);
         let (n, m) = (qp.n(), qp.m());
         let rho = settings.rho.clamp(RHO_MIN, RHO_MAX);
         let rho_vec: Vec<f64> = (0..m).map(|i| base_rho(&data, i, rho)).collect();
-        let kkt = Kkt::new(
-            &data.p,
-            &data.a,
-            settings.sigma,
-            &rho_vec,
-            settings.kkt,
-            defer,
-        )?;
-        Ok(AdmmWorkspace {
+        let kkt = Kkt::new(&data.p, &data.a, settings.sigma, settings.kkt)?;
+        let mut w = AdmmWorkspace {
             qp,
             settings,
             data,
@@ -496,14 +505,20 @@ impl<'a> AdmmWorkspace<'a> {
             at_lambda: vec![0.0; n],
             work_n: vec![0.0; n],
             work_m: vec![0.0; m],
+            setup_seconds: 0.0,
             iters: 0,
             rho_updates: 0,
-            factorisations: usize::from(!defer),
+            factorisations: 0,
             next_rho_check: settings.adaptive_rho_interval,
             rho_interval: settings.adaptive_rho_interval,
             last_rho_direction: 0.0,
             policy: None,
-        })
+        };
+        w.setup_seconds = start.elapsed().as_secs_f64();
+        if !defer {
+            w.factor()?;
+        }
+        Ok(w)
     }
 
     /// Iterates from the current point until [`Self::check`] stops, consulting the policy at
@@ -522,16 +537,18 @@ impl<'a> AdmmWorkspace<'a> {
         };
         let mut solution = self.solution(status);
         solution.elapsed = start.elapsed().as_secs_f64();
+        solution.setup_elapsed = self.setup_seconds;
         Ok(solution)
     }
 
     /// Moves to `qp`, which must have this workspace's P and A (OSQP's update of q, l and u):
     /// the new vectors are scaled with the equilibration already computed, the KKT matrix
-    /// keeps its analysis, its factor and ρ, the iterate restarts at zero and the counters
-    /// and ρ schedule restart. An error, with nothing changed, when P or A differ; an error
-    /// from the refactorisation a row that changed kind needs leaves the workspace without a
-    /// factor (the next solve refactors first).
+    /// keeps its analysis, its factor and ρ, the iterate restarts at zero (or stays, with
+    /// `warm_start_sequence`) and the counters and ρ schedule restart. An error, with nothing
+    /// changed, when P or A differ; an error from the refactorisation a row that changed kind
+    /// needs leaves the workspace without a factor (the next solve refactors first).
     pub fn reload(&mut self, qp: &'a QpProblem) -> Result<()> {
+        let start = Instant::now();
         if qp.p() != self.qp.p() || qp.a() != self.qp.a() {
             return Err(Error::invalid(
                 "ADMM update: the new QP's P or A differs from the analysed one (only q, l \
@@ -544,12 +561,14 @@ impl<'a> AdmmWorkspace<'a> {
         self.next_rho_check = self.settings.adaptive_rho_interval;
         self.rho_interval = self.settings.adaptive_rho_interval;
         self.last_rho_direction = 0.0;
-        for v in [&mut self.y, &mut self.delta_y] {
-            v.fill(0.0);
+        // The scaling is kept, so the previous scaled iterate is a start for this QP as is.
+        if !self.settings.warm_start_sequence {
+            self.y.fill(0.0);
+            self.z.fill(0.0);
+            self.lambda.fill(0.0);
         }
-        for v in [&mut self.z, &mut self.lambda, &mut self.delta_lambda] {
-            v.fill(0.0);
-        }
+        self.delta_y.fill(0.0);
+        self.delta_lambda.fill(0.0);
         let d = &mut self.data;
         for (j, (dst, &q)) in d.q.iter_mut().zip(qp.q()).enumerate() {
             *dst = d.c * d.d[j] * q;
@@ -562,6 +581,7 @@ impl<'a> AdmmWorkspace<'a> {
             kinds_changed |= row_kind(d.l[i], d.u[i]) != before;
         }
         self.qp = qp;
+        self.setup_seconds = start.elapsed().as_secs_f64();
         if self.policy.is_some() && self.settings.policy_at_start {
             // The policy starts from what a fresh solve shows it (the initial base ρ); its
             // start consultation refactors only if its ρ differs from the factor's, which a
@@ -1007,6 +1027,7 @@ impl<'a> AdmmWorkspace<'a> {
             rho_updates: self.rho_updates,
             factorisations: self.factorisations,
             elapsed: 0.0,
+            setup_elapsed: 0.0,
             certificate,
         }
     }

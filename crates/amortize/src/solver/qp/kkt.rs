@@ -44,8 +44,8 @@ pub(super) struct Kkt {
     n: usize,
     sigma: f64,
     form: Form,
-    /// Whether the numeric factor matches the current ρ (false only between a deferred
-    /// [`Kkt::new`] and the first [`Kkt::set_rho`]).
+    /// Whether the numeric factor matches the current ρ (false between [`Kkt::new`] and the
+    /// first successful [`Kkt::set_rho`]).
     factored: bool,
 }
 
@@ -58,7 +58,7 @@ enum Form {
         work: Vec<f64>,
     },
     Reduced {
-        /// None until the first factorisation of a deferred analysis.
+        /// None until the first factorisation.
         factor: Option<Cholesky>,
         /// P as a dense row-major matrix, the start of every refactorisation.
         p_dense: Vec<f64>,
@@ -76,8 +76,9 @@ struct Assembled {
     rho_entries: Vec<usize>,
 }
 
-/// The upper triangle of the quasi-definite matrix in CSC form (sorted row indices).
-fn assemble(p: &CsrMatrix, a: &CsrMatrix, sigma: f64, rho: &[f64]) -> Assembled {
+/// The upper triangle of the quasi-definite matrix in CSC form (sorted row indices), with −1
+/// in place of every −1/ρᵢ (set by [`Kkt::set_rho`]).
+fn assemble(p: &CsrMatrix, a: &CsrMatrix, sigma: f64) -> Assembled {
     let (n, m) = (p.rows(), a.rows());
     let dim = n + m;
     let mut colptr = Vec::with_capacity(dim + 1);
@@ -101,7 +102,7 @@ fn assemble(p: &CsrMatrix, a: &CsrMatrix, sigma: f64, rho: &[f64]) -> Assembled 
     }
     // Columns n..n+m: row i of A above the diagonal entry −1/ρᵢ.
     let mut rho_entries = Vec::with_capacity(m);
-    for (i, &r) in rho.iter().enumerate() {
+    for i in 0..m {
         column.clear();
         column.extend(a.row(i));
         column.sort_unstable_by_key(|&(j, _)| j);
@@ -111,7 +112,7 @@ fn assemble(p: &CsrMatrix, a: &CsrMatrix, sigma: f64, rho: &[f64]) -> Assembled 
         }
         rho_entries.push(rowval.len());
         rowval.push(n + i);
-        nzval.push(-1.0 / r);
+        nzval.push(-1.0);
         colptr.push(rowval.len());
     }
     debug_assert_eq!(colptr.len(), dim + 1);
@@ -124,19 +125,12 @@ fn assemble(p: &CsrMatrix, a: &CsrMatrix, sigma: f64, rho: &[f64]) -> Assembled 
 }
 
 impl Kkt {
-    /// Analyses the system for P (n×n, both triangles stored), A (m×n), σ and ρ (m), picks
-    /// the form (`Auto`: reduced exactly when P is dense) and factors it, unless `defer` (then [`Kkt::set_rho`]
-    /// must come before the first solve: it saves a factorisation when ρ is about to change).
-    pub(super) fn new(
-        p: &CsrMatrix,
-        a: &CsrMatrix,
-        sigma: f64,
-        rho: &[f64],
-        choice: KktForm,
-        defer: bool,
-    ) -> Result<Self> {
+    /// Analyses the system for P (n×n, both triangles stored), A (m×n) and σ: picks the form
+    /// (`Auto`: reduced exactly when P is dense), assembles, orders and analyses it. This is
+    /// the part of the set-up that does not depend on ρ; the numeric factor comes from the
+    /// first [`Kkt::set_rho`], which must come before the first solve.
+    pub(super) fn new(p: &CsrMatrix, a: &CsrMatrix, sigma: f64, choice: KktForm) -> Result<Self> {
         let (n, m) = (p.rows(), a.rows());
-        debug_assert_eq!(rho.len(), m);
         let layout = match choice {
             KktForm::Auto if is_dense(p) => None,
             KktForm::Auto | KktForm::Sparse => Some(LdlLayout::Auto),
@@ -145,8 +139,8 @@ impl Kkt {
             KktForm::Reduced => None,
         };
         let form = if let Some(layout) = layout {
-            let matrix = assemble(p, a, sigma, rho);
-            let mut factor = SparseLdl::analyse(
+            let matrix = assemble(p, a, sigma);
+            let factor = SparseLdl::analyse(
                 n + m,
                 &matrix.col_ptr,
                 &matrix.row_idx,
@@ -154,23 +148,15 @@ impl Kkt {
                 n,
                 layout,
             )?;
-            if !defer {
-                factor.refactor()?;
-            }
             Form::Sparse {
                 factor: Box::new(factor),
                 rho_entries: matrix.rho_entries,
                 work: vec![0.0; n + m],
             }
         } else {
-            let p_dense = p.to_dense();
-            let factor = match defer {
-                true => None,
-                false => Some(reduced_factor(&p_dense, a, sigma, rho)?),
-            };
             Form::Reduced {
-                factor,
-                p_dense,
+                factor: None,
+                p_dense: p.to_dense(),
                 work: vec![0.0; m],
             }
         };
@@ -178,7 +164,7 @@ impl Kkt {
             n,
             sigma,
             form,
-            factored: !defer,
+            factored: false,
         })
     }
 
@@ -218,7 +204,7 @@ impl Kkt {
         Ok(())
     }
 
-    /// Whether the numeric factor is current (see `defer` in [`Kkt::new`]).
+    /// Whether the numeric factor is current (see [`Kkt::new`]).
     pub(super) fn is_factored(&self) -> bool {
         self.factored
     }
@@ -294,7 +280,7 @@ pub(super) fn shifted_is_positive_definite(p: &CsrMatrix, shift: f64) -> bool {
     let Ok(no_rows) = CsrMatrix::from_triplets(0, n, &[]) else {
         return false;
     };
-    let matrix = assemble(p, &no_rows, shift, &[]);
+    let matrix = assemble(p, &no_rows, shift);
     // All n pivots positive: the factor checks the count, and rejects zero or non-finite ones.
     SparseLdl::analyse(
         n,
