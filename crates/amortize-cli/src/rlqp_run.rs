@@ -820,8 +820,8 @@ struct WarmStartRow {
 }
 
 /// Trains the warm-start model of `ws`, saves it under `warm-start/`, compares cold and warm
-/// starts with OSQP's and the learned ρ on held-out initial states (`warm-start.csv`) and
-/// returns the report's section.
+/// starts with OSQP's and the learned ρ on held-out members of its family (`warm-start.csv`)
+/// and returns the report's section.
 fn warm_start_section(
     ws: &QpWarmStartConfig,
     cfg: &RlqpConfig,
@@ -840,14 +840,10 @@ fn warm_start_section(
     let train_seconds = t0.elapsed().as_secs_f64();
     model.save(&dir.join("warm-start"))?;
     let family = ws.family()?;
-    let x0s = ws.held_out_states(&family);
-    let qps: Vec<QpProblem> = x0s
-        .iter()
-        .map(|x0| family.instance(x0))
-        .collect::<amortize::Result<_>>()?;
+    let qps = ws.held_out_instances(&family)?;
     let t_predict = Instant::now();
-    let predictions = model.predict(&x0s)?;
-    let predict_seconds = t_predict.elapsed().as_secs_f64() / x0s.len() as f64;
+    let predictions = model.predict(&qps)?;
+    let predict_seconds = t_predict.elapsed().as_secs_f64() / qps.len() as f64;
     let mut rows = Vec::new();
     for (start, warm) in [("cold", false), ("warm", true)] {
         for (rho, settings, policy) in [
@@ -881,19 +877,22 @@ fn warm_start_section(
     }
     write_atomic(&dir.join("warm-start.csv"), csv.as_bytes())?;
     let mut md = format!(
-        "\n## Warm start on MPC (n_x = {}, {} variables, {} constraints)\n\n\
-         An MLP x₀ ↦ (y, λ) trained by regression on {} labelled initial states ({} steps, {:.0} s, \
-         final batch loss {:.4}); {} held-out initial states, eps 1e-3, termination checked every \
-         iteration, prediction time included in warm starts ({:.1e} s per state).\n\n\
+        "\n## Warm start on a {} family (n = {}, {} variables, {} constraints)\n\n\
+         An MLP from the {} entries of (q, l, u) that vary in the family to (y, λ), trained by \
+         regression on {} labelled members ({} steps, {:.0} s, final batch loss {:.4}); {} \
+         held-out members, eps 1e-3, termination checked every iteration, prediction time \
+         included in warm starts ({:.1e} s per QP).\n\n\
          | start | ρ | mean iterations | s/QP | solved | iterations vs cold OSQP |\n|---|---|---|---|---|---|\n",
-        family.states(),
-        family.variables(),
-        family.constraints(),
+        ws.class.name(),
+        ws.size,
+        family.base().n(),
+        family.base().m(),
+        model.input_count(),
         ws.train_instances,
         ws.steps,
         train_seconds,
         records.last().map_or(f64::NAN, |r| r.loss),
-        x0s.len(),
+        qps.len(),
         predict_seconds
     );
     let cold = rows[0].iters;

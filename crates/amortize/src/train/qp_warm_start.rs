@@ -1,13 +1,17 @@
 //! A fully-amortized warm start for ADMM on a parametric QP family (tutorial §6.4.5, RLQP's
-//! companion; §3 for fully-amortized models): an MLP maps the context x₀ of an MPC instance
-//! ([`MpcFamily`]) to a prediction of its primal-dual solution (y*, λ*), trained by regression
-//! (tutorial eq. 9) on labels from ADMM run to a tight tolerance. ADMM then starts from the
-//! prediction ([`crate::solver::qp::Admm::solve_with_policy`] with `warm`), so its termination
+//! companion; §3 for fully-amortized models). The members of a family share P and A
+//! ([`QpFamily`]); what changes between them is some of the data (q, l, u): the initial state
+//! x₀ of an MPC system, the observations b of a lasso or Huber fit, the returns μ of a
+//! portfolio. An MLP maps exactly those entries (the coordinates of (q, l, u) that differ
+//! between the training members) to a prediction of the member's primal-dual solution
+//! (y*, λ*), trained by regression (tutorial eq. 9) on labels from ADMM run to a tight
+//! tolerance. ADMM then starts from the prediction
+//! ([`crate::solver::qp::Admm::solve_with_policy`] with `warm`), so its termination
 //! criterion still decides when the answer is accepted: a poor prediction costs iterations,
 //! never correctness.
 //!
-//! Labels are standardised per coordinate (mean and standard deviation over the training set)
-//! and the loss is the mean squared error of the standardised prediction.
+//! Inputs and labels are standardised per coordinate (mean and standard deviation over the
+//! training set) and the loss is the mean squared error of the standardised prediction.
 
 use std::path::Path;
 
@@ -19,16 +23,21 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::ModelFiles;
 use crate::model::{Activation, Mlp, MlpConfig, Model};
 use crate::optim::Adam;
-use crate::solver::qp::{Admm, AdmmSettings, MpcFamily, QpStatus};
+use crate::solver::qp::{Admm, AdmmSettings, QpClass, QpFamily, QpProblem, QpStatus};
 use crate::{Error, Result};
 
 /// Settings of the warm-start model and its training; every field has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QpWarmStartConfig {
-    /// States n_x of the MPC family (default 10; the family is drawn from `seed`).
-    pub states: usize,
-    /// Training instances, each labelled once by ADMM (default 2,000).
+    /// The family's class (default control: one MPC system, its initial state x₀ varying;
+    /// [`QpFamily`] lists every class's parameter). The family is drawn from `seed`.
+    pub class: QpClass,
+    /// The family's size parameter n ≥ 2 (default 10: n_x = 10 states for control). Files
+    /// written before other classes were supported call it `states`.
+    #[serde(alias = "states")]
+    pub size: usize,
+    /// Training members, each labelled once by ADMM (default 2,000).
     pub train_instances: usize,
     /// Adam steps (default 3,000).
     pub steps: usize,
@@ -40,7 +49,7 @@ pub struct QpWarmStartConfig {
     pub hidden: Vec<usize>,
     /// Tolerance (eps_abs = eps_rel) of the labelling solves (default 1e-6).
     pub label_eps: f64,
-    /// Held-out initial states for the comparison with cold starts (default 200).
+    /// Held-out members for the comparison with cold starts (default 200).
     pub held_out: usize,
     /// Seed of the family, the data and θ (default 0).
     pub seed: u64,
@@ -49,7 +58,8 @@ pub struct QpWarmStartConfig {
 impl Default for QpWarmStartConfig {
     fn default() -> Self {
         QpWarmStartConfig {
-            states: 10,
+            class: QpClass::Control,
+            size: 10,
             train_instances: 2000,
             steps: 3000,
             batch: 64,
@@ -66,11 +76,11 @@ impl QpWarmStartConfig {
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::invalid(format!("warm start: {m}")));
-        if self.states < 2 {
-            return bad("states must be at least 2");
+        if self.size < 2 {
+            return bad("size must be at least 2");
         }
-        if self.train_instances == 0 || self.steps == 0 || self.batch == 0 || self.held_out == 0 {
-            return bad("train_instances, steps, batch and held_out must be at least 1");
+        if self.train_instances < 2 || self.steps == 0 || self.batch == 0 || self.held_out == 0 {
+            return bad("train_instances must be at least 2, steps, batch and held_out at least 1");
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return bad("learning_rate must be finite and > 0");
@@ -84,31 +94,38 @@ impl QpWarmStartConfig {
         Ok(())
     }
 
-    /// The MPC family the model is for (drawn from `seed`).
-    pub fn family(&self) -> Result<MpcFamily> {
-        MpcFamily::random(
-            self.states,
+    /// The family the model is for (drawn from `seed`; for control the same MPC system at
+    /// every call).
+    pub fn family(&self) -> Result<QpFamily> {
+        self.class.family(
+            self.size,
             &mut StdRng::seed_from_u64(self.seed ^ 0x0003_C017),
         )
     }
 
-    /// `held_out` initial states that training never sees.
-    pub fn held_out_states(&self, family: &MpcFamily) -> Vec<Vec<f64>> {
+    /// `held_out` members of `family` that training never sees.
+    pub fn held_out_instances(&self, family: &QpFamily) -> Result<Vec<QpProblem>> {
         let mut rng = StdRng::seed_from_u64(self.seed ^ 0x0004_E1D0_u64);
         (0..self.held_out)
-            .map(|_| family.sample_initial_state(&mut rng))
+            .map(|_| family.instance(&mut rng))
             .collect()
     }
 }
 
-/// The trained warm-start model: x₀ ↦ (ŷ, λ̂) for one [`MpcFamily`].
+/// The trained warm-start model: the varying data of a member of one [`QpFamily`] ↦ (ŷ, λ̂).
 pub struct QpWarmStart {
     config: QpWarmStartConfig,
     mlp: Mlp,
+    /// The coordinates of (q, l, u), concatenated, that the model reads.
+    inputs: Vec<usize>,
+    /// Per-input mean and standard deviation.
+    input_mean: Vec<f32>,
+    input_std: Vec<f32>,
     /// Per-coordinate label mean and standard deviation, (y, λ) concatenated.
     mean: Vec<f32>,
     std: Vec<f32>,
     variables: usize,
+    constraints: usize,
 }
 
 /// One record of warm-start training.
@@ -120,15 +137,89 @@ pub struct QpWarmStartRecord {
     pub loss: f64,
 }
 
-/// Labels (y*, λ*) of every initial state, concatenated, by ADMM at `eps`.
-fn labels(family: &MpcFamily, x0s: &[Vec<f64>], eps: f64) -> Result<Vec<Vec<f64>>> {
+/// (q, l, u) of `qp`, concatenated: the data a family's members may differ in.
+fn data(qp: &QpProblem) -> impl Iterator<Item = f64> + '_ {
+    qp.q().iter().chain(qp.l()).chain(qp.u()).copied()
+}
+
+/// The coordinates of (q, l, u) in which some member of `qps` differs from the first; an error
+/// when none does or when one of them is infinite in some member (a bound that comes and
+/// goes is not a number the model can read).
+fn varying_inputs(qps: &[QpProblem]) -> Result<Vec<usize>> {
+    let first: Vec<f64> = data(&qps[0]).collect();
+    let mut varies = vec![false; first.len()];
+    for qp in &qps[1..] {
+        for (k, v) in data(qp).enumerate() {
+            varies[k] |= v != first[k];
+        }
+    }
+    let inputs: Vec<usize> = (0..first.len()).filter(|&k| varies[k]).collect();
+    if inputs.is_empty() {
+        return Err(Error::invalid(
+            "warm start: the family's members do not differ in q, l or u",
+        ));
+    }
+    if qps
+        .iter()
+        .any(|qp| inputs.iter().any(|&k| !finite_at(qp, k)))
+    {
+        return Err(Error::invalid(
+            "warm start: a bound that differs between the family's members is infinite in some",
+        ));
+    }
+    Ok(inputs)
+}
+
+/// Whether coordinate `k` of (q, l, u) of `qp` is finite.
+fn finite_at(qp: &QpProblem, k: usize) -> bool {
+    data(qp).nth(k).is_some_and(f64::is_finite)
+}
+
+/// The entries `inputs` of (q, l, u) of `qp`.
+fn read_inputs(qp: &QpProblem, inputs: &[usize]) -> Vec<f64> {
+    let all: Vec<f64> = data(qp).collect();
+    inputs.iter().map(|&k| all[k]).collect()
+}
+
+/// Per-coordinate mean and standard deviation (at least 1e-6) of `rows`.
+fn moments(rows: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
+    let dim = rows[0].len();
+    let count = rows.len() as f64;
+    let mut mean = vec![0.0f64; dim];
+    for t in rows {
+        mean.iter_mut().zip(t).for_each(|(m, v)| *m += v / count);
+    }
+    let mut var = vec![0.0f64; dim];
+    for t in rows {
+        var.iter_mut()
+            .zip(t.iter().zip(&mean))
+            .for_each(|(s, (v, m))| *s += (v - m).powi(2) / count);
+    }
+    let std = var.iter().map(|v| v.sqrt().max(1e-6)).collect();
+    (mean, std)
+}
+
+/// `rows` standardised by `mean` and `std`.
+fn standardise(rows: &[Vec<f64>], mean: &[f64], std: &[f64]) -> Vec<Vec<f64>> {
+    rows.iter()
+        .map(|t| {
+            t.iter()
+                .zip(mean.iter().zip(std))
+                .map(|(v, (m, s))| (v - m) / s)
+                .collect()
+        })
+        .collect()
+}
+
+/// Labels (y*, λ*) of every member, concatenated, by ADMM at `eps`.
+fn labels(qps: &[QpProblem], eps: f64) -> Result<Vec<Vec<f64>>> {
     let admm = Admm::new(AdmmSettings {
         max_iters: 100_000,
         ..AdmmSettings::accurate(eps)
     })?;
-    x0s.iter()
-        .map(|x0| {
-            let s = admm.solve(&family.instance(x0)?, None)?;
+    qps.iter()
+        .map(|qp| {
+            let s = admm.solve(qp, None)?;
             if s.status != QpStatus::Solved {
                 return Err(Error::invalid(format!(
                     "warm start: a labelling solve ended {:?}",
@@ -140,16 +231,21 @@ fn labels(family: &MpcFamily, x0s: &[Vec<f64>], eps: f64) -> Result<Vec<Vec<f64>
         .collect()
 }
 
-/// The MLP x₀ ↦ (y, λ) (standardised) for `family`, θ drawn from `rng`.
-fn network(cfg: &QpWarmStartConfig, family: &MpcFamily, rng: &mut StdRng) -> Result<Mlp> {
+/// The MLP (standardised inputs ↦ standardised (y, λ)), θ drawn from `rng`.
+fn network(
+    cfg: &QpWarmStartConfig,
+    inputs: usize,
+    outputs: usize,
+    rng: &mut StdRng,
+) -> Result<Mlp> {
     Mlp::new(
         MlpConfig {
             hidden: cfg.hidden.clone(),
             activation: Activation::Relu,
             project_output: false,
         },
-        family.states(),
-        family.variables() + family.constraints(),
+        inputs,
+        outputs,
         rng,
         &Device::Cpu,
     )
@@ -165,7 +261,7 @@ fn rows_tensor(rows: &[&[f64]], device: &Device) -> Result<Tensor> {
 }
 
 impl QpWarmStart {
-    /// Labels `cfg.train_instances` random initial states of `cfg.family()` and fits the MLP;
+    /// Draws `cfg.train_instances` members of `cfg.family()`, labels them and fits the MLP;
     /// `observe` sees every step.
     pub fn train(
         cfg: &QpWarmStartConfig,
@@ -174,34 +270,18 @@ impl QpWarmStart {
         cfg.validate()?;
         let family = cfg.family()?;
         let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x57A2);
-        let x0s: Vec<Vec<f64>> = (0..cfg.train_instances)
-            .map(|_| family.sample_initial_state(&mut rng))
-            .collect();
-        let targets = labels(&family, &x0s, cfg.label_eps)?;
-        let dim = targets[0].len();
-        let count = targets.len() as f64;
-        let mut mean = vec![0.0f64; dim];
-        for t in &targets {
-            mean.iter_mut().zip(t).for_each(|(m, v)| *m += v / count);
-        }
-        let mut var = vec![0.0f64; dim];
-        for t in &targets {
-            var.iter_mut()
-                .zip(t.iter().zip(&mean))
-                .for_each(|(s, (v, m))| *s += (v - m).powi(2) / count);
-        }
-        let std: Vec<f64> = var.iter().map(|v| v.sqrt().max(1e-6)).collect();
-        let standardised: Vec<Vec<f64>> = targets
-            .iter()
-            .map(|t| {
-                t.iter()
-                    .zip(mean.iter().zip(&std))
-                    .map(|(v, (m, s))| (v - m) / s)
-                    .collect()
-            })
-            .collect();
+        let qps: Vec<QpProblem> = (0..cfg.train_instances)
+            .map(|_| family.instance(&mut rng))
+            .collect::<Result<_>>()?;
+        let inputs = varying_inputs(&qps)?;
+        let contexts: Vec<Vec<f64>> = qps.iter().map(|qp| read_inputs(qp, &inputs)).collect();
+        let (input_mean, input_std) = moments(&contexts);
+        let contexts = standardise(&contexts, &input_mean, &input_std);
+        let targets = labels(&qps, cfg.label_eps)?;
+        let (mean, std) = moments(&targets);
+        let standardised = standardise(&targets, &mean, &std);
         let device = Device::Cpu;
-        let mlp = network(cfg, &family, &mut rng)?;
+        let mlp = network(cfg, inputs.len(), mean.len(), &mut rng)?;
         let vars: Vec<candle_core::Var> = mlp.params().vars().cloned().collect();
         let adam = Adam::default();
         let tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
@@ -209,10 +289,12 @@ impl QpWarmStart {
         let mut records = Vec::with_capacity(cfg.steps);
         for step in 0..cfg.steps {
             let idx: Vec<usize> = (0..cfg.batch)
-                .map(|_| rng.random_range(0..x0s.len()))
+                .map(|_| rng.random_range(0..qps.len()))
                 .collect();
             let x = rows_tensor(
-                &idx.iter().map(|&i| x0s[i].as_slice()).collect::<Vec<_>>(),
+                &idx.iter()
+                    .map(|&i| contexts[i].as_slice())
+                    .collect::<Vec<_>>(),
                 &device,
             )?;
             let target = rows_tensor(
@@ -246,12 +328,17 @@ impl QpWarmStart {
             observe(&record);
             records.push(record);
         }
+        let to_f32 = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<f32>>();
         let model = QpWarmStart {
             config: cfg.clone(),
             mlp,
-            mean: mean.iter().map(|v| *v as f32).collect(),
-            std: std.iter().map(|v| *v as f32).collect(),
-            variables: family.variables(),
+            inputs,
+            input_mean: to_f32(&input_mean),
+            input_std: to_f32(&input_std),
+            mean: to_f32(&mean),
+            std: to_f32(&std),
+            variables: family.base().n(),
+            constraints: family.base().m(),
         };
         Ok((model, records))
     }
@@ -261,27 +348,45 @@ impl QpWarmStart {
         &self.config
     }
 
-    /// The predicted (y, λ) of every initial state, in the QP's original units.
-    pub fn predict(&self, x0s: &[Vec<f64>]) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
-        let nx = self.config.states;
-        if let Some(bad) = x0s.iter().find(|x| x.len() != nx) {
+    /// How many entries of (q, l, u) the model reads: those that differ between the
+    /// family's training members.
+    pub fn input_count(&self) -> usize {
+        self.inputs.len()
+    }
+
+    /// The predicted (y, λ) of every QP, in its original units. The QPs must be members of
+    /// the model's family (the same P and A); their sizes are checked, their matrices are not.
+    pub fn predict(&self, qps: &[QpProblem]) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+        let (n, m) = (self.variables, self.constraints);
+        if let Some(bad) = qps.iter().find(|qp| (qp.n(), qp.m()) != (n, m)) {
             return Err(Error::invalid(format!(
-                "warm start: an initial state has {} entries, the model's family has {nx}",
-                bad.len()
+                "warm start: a QP has {} variables and {} constraints, the model's family has \
+                 {n} and {m}",
+                bad.n(),
+                bad.m()
             )));
         }
-        if x0s.iter().flatten().any(|v| !v.is_finite()) {
-            return Err(Error::invalid(
-                "warm start: an initial state contains NaN or infinite values",
-            ));
-        }
-        if x0s.is_empty() {
+        if qps.is_empty() {
             return Ok(Vec::new());
         }
-        let x = rows_tensor(
-            &x0s.iter().map(|v| v.as_slice()).collect::<Vec<_>>(),
-            &Device::Cpu,
-        )?;
+        let contexts: Vec<Vec<f64>> = qps.iter().map(|qp| read_inputs(qp, &self.inputs)).collect();
+        if contexts.iter().flatten().any(|v| !v.is_finite()) {
+            return Err(Error::invalid(
+                "warm start: a bound the model reads is infinite in a QP (the family's \
+                 members have it finite)",
+            ));
+        }
+        let standardised: Vec<Vec<f32>> = contexts
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .zip(self.input_mean.iter().zip(&self.input_std))
+                    .map(|(v, (mu, s))| ((v - f64::from(*mu)) / f64::from(*s)) as f32)
+                    .collect()
+            })
+            .collect();
+        let flat: Vec<f32> = standardised.into_iter().flatten().collect();
+        let x = Tensor::from_vec(flat, (qps.len(), self.inputs.len()), &Device::Cpu)?;
         let out: Vec<Vec<f32>> = self.mlp.forward_raw(&x)?.to_dtype(DType::F32)?.to_vec2()?;
         Ok(out
             .into_iter()
@@ -297,22 +402,23 @@ impl QpWarmStart {
             .collect())
     }
 
-    /// Saves θ and the label statistics (`warm-start.safetensors`) and the settings
-    /// (`warm-start.json`) into `dir`, both atomically.
+    /// Saves θ and the input and label statistics (`warm-start.safetensors`) and the
+    /// settings with the inputs' positions (`warm-start.json`) into `dir`, both atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let mut map = self.mlp.params().to_map();
         let device = Device::Cpu;
-        map.insert(
-            "label.mean".into(),
-            Tensor::new(self.mean.as_slice(), &device)?,
-        );
-        map.insert(
-            "label.std".into(),
-            Tensor::new(self.std.as_slice(), &device)?,
-        );
+        for (name, values) in [
+            ("input.mean", &self.input_mean),
+            ("input.std", &self.input_std),
+            ("label.mean", &self.mean),
+            ("label.std", &self.std),
+        ] {
+            map.insert(name.into(), Tensor::new(values.as_slice(), &device)?);
+        }
         let meta = WarmStartMeta {
             format: WARM_START_FORMAT.into(),
             config: self.config.clone(),
+            inputs: self.inputs.clone(),
         };
         ModelFiles::new(dir, "warm-start").save(&meta, &map)
     }
@@ -324,11 +430,24 @@ impl QpWarmStart {
         let refuse = |reason: String| files.refuse(reason);
         let meta: WarmStartMeta =
             files.load_meta(WARM_START_FORMAT, |m: &WarmStartMeta| &m.format)?;
+        meta.config.validate()?;
         let family = meta.config.family()?;
-        let dim = family.variables() + family.constraints();
-        let mlp = network(&meta.config, &family, &mut StdRng::seed_from_u64(0))?;
+        let (variables, constraints) = (family.base().n(), family.base().m());
+        let data_len = variables + 2 * constraints;
+        if meta.inputs.is_empty() || meta.inputs.iter().any(|&k| k >= data_len) {
+            return Err(refuse(format!(
+                "its inputs do not fit the family's {data_len} entries of (q, l, u)"
+            )));
+        }
+        let outputs = variables + constraints;
+        let mlp = network(
+            &meta.config,
+            meta.inputs.len(),
+            outputs,
+            &mut StdRng::seed_from_u64(0),
+        )?;
         let mut tensors = files.load_tensors()?;
-        let mut stat = |name: &str| -> Result<Vec<f32>> {
+        let mut stat = |name: &str, dim: usize| -> Result<Vec<f32>> {
             let t = tensors
                 .remove(name)
                 .ok_or_else(|| refuse(format!("'{name}' is missing")))?;
@@ -341,14 +460,20 @@ impl QpWarmStart {
             }
             Ok(v)
         };
-        let (mean, std) = (stat("label.mean")?, stat("label.std")?);
+        let inputs = meta.inputs.len();
+        let (input_mean, input_std) = (stat("input.mean", inputs)?, stat("input.std", inputs)?);
+        let (mean, std) = (stat("label.mean", outputs)?, stat("label.std", outputs)?);
         files.fill(mlp.params(), &tensors, "model")?;
         Ok(QpWarmStart {
             config: meta.config,
             mlp,
+            inputs: meta.inputs,
+            input_mean,
+            input_std,
             mean,
             std,
-            variables: family.variables(),
+            variables,
+            constraints,
         })
     }
 }
@@ -358,6 +483,9 @@ impl QpWarmStart {
 struct WarmStartMeta {
     format: String,
     config: QpWarmStartConfig,
+    /// The positions in (q, l, u) the model reads.
+    inputs: Vec<usize>,
 }
 
-const WARM_START_FORMAT: &str = "amortize-qp-warm-start-1";
+/// Version 2 reads any family's varying data; version 1 (MPC only, x₀ as input) is refused.
+const WARM_START_FORMAT: &str = "amortize-qp-warm-start-2";

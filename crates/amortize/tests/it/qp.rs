@@ -771,62 +771,70 @@ fn mpc_instances_follow_the_dynamics_and_refuse_bad_initial_states() -> Result<(
     Ok(())
 }
 
-/// The warm-start model: trained briefly it already cuts ADMM's iterations on held-out
-/// initial states, its checkpoint round-trips, and bad inputs or checkpoints are refused.
+/// The warm-start model: trained briefly on a family's varying data (x₀ of an MPC system, the
+/// observations b of a lasso fit) it already cuts ADMM's iterations on held-out members, its
+/// checkpoint round-trips, and bad inputs or checkpoints are refused.
 #[test]
 fn qp_warm_start_cuts_iterations_and_its_checkpoint_round_trips() -> Result<()> {
+    use amortize::solver::qp::QpClass;
     use amortize::train::{QpWarmStart, QpWarmStartConfig};
-    let cfg = QpWarmStartConfig {
-        states: 4,
-        train_instances: 500,
-        steps: 1500,
-        hidden: vec![128, 128],
-        held_out: 30,
-        ..QpWarmStartConfig::default()
-    };
-    let (model, records) = QpWarmStart::train(&cfg, |_| {})?;
-    assert!(records.last().unwrap().loss < records[0].loss);
-    let family = cfg.family()?;
-    let x0s = cfg.held_out_states(&family);
-    let predictions = model.predict(&x0s)?;
     let admm = Admm::new(AdmmSettings {
         check_every: 1,
         ..AdmmSettings::default()
     })?;
-    let (mut cold, mut warm) = (0, 0);
-    for (x0, (y, lambda)) in x0s.iter().zip(&predictions) {
-        assert_eq!(
-            (y.len(), lambda.len()),
-            (family.variables(), family.constraints())
-        );
-        let qp = family.instance(x0)?;
-        cold += admm.solve(&qp, None)?.iters;
-        let s = admm.solve(&qp, Some((y, lambda)))?;
-        assert_eq!(s.status, QpStatus::Solved);
-        warm += s.iters;
-    }
-    assert!(
-        (warm as f64) < 0.9 * cold as f64,
-        "warm {warm} vs cold {cold} iterations"
-    );
-
     let dir = std::env::temp_dir().join(format!("amortize-test-{}-warm", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    model.save(&dir)?;
+    for (class, size, inputs) in [(QpClass::Control, 4, 8), (QpClass::Lasso, 6, 12)] {
+        let cfg = QpWarmStartConfig {
+            class,
+            size,
+            train_instances: 500,
+            steps: 1500,
+            hidden: vec![128, 128],
+            held_out: 30,
+            ..QpWarmStartConfig::default()
+        };
+        let (model, records) = QpWarmStart::train(&cfg, |_| {})?;
+        assert!(records.last().unwrap().loss < records[0].loss);
+        // Control reads x₀ twice (the l and u of its initial-state rows), lasso b twice.
+        assert_eq!(model.input_count(), inputs, "{}", class.name());
+        let family = cfg.family()?;
+        let qps = cfg.held_out_instances(&family)?;
+        let predictions = model.predict(&qps)?;
+        let (mut cold, mut warm) = (0, 0);
+        for (qp, (y, lambda)) in qps.iter().zip(&predictions) {
+            assert_eq!((y.len(), lambda.len()), (qp.n(), qp.m()));
+            cold += admm.solve(qp, None)?.iters;
+            let s = admm.solve(qp, Some((y, lambda)))?;
+            assert_eq!(s.status, QpStatus::Solved);
+            warm += s.iters;
+        }
+        assert!(
+            (warm as f64) < 0.9 * cold as f64,
+            "{}: warm {warm} vs cold {cold} iterations",
+            class.name()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        model.save(&dir)?;
+        let loaded = QpWarmStart::load(&dir)?;
+        assert_eq!(loaded.predict(&qps[..3])?, model.predict(&qps[..3])?);
+    }
+    // The lasso model in `dir` refuses QPs of another size and data it cannot read.
     let loaded = QpWarmStart::load(&dir)?;
-    assert_eq!(loaded.predict(&x0s[..3])?, model.predict(&x0s[..3])?);
-    let e = model.predict(&[vec![0.0; 5]]).unwrap_err().to_string();
-    assert!(e.contains("5 entries"), "{e}");
-    let e = model
-        .predict(&[vec![f64::INFINITY; 4]])
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("NaN or infinite"), "{e}");
+    let mut rng = StdRng::seed_from_u64(4);
+    let other = QpClass::Lasso.generate(7, &mut rng)?;
+    let e = loaded.predict(&[other]).unwrap_err().to_string();
+    assert!(e.contains("variables"), "{e}");
+    let member = loaded.config().family()?.base().clone();
+    let mut l = member.l().to_vec();
+    l[0] = f64::NEG_INFINITY;
+    let unbounded = member.with_vectors(member.q().to_vec(), l, member.u().to_vec())?;
+    let e = loaded.predict(&[unbounded]).unwrap_err().to_string();
+    assert!(e.contains("infinite"), "{e}");
     // A checkpoint of another family size does not fit.
     let json = std::fs::read_to_string(dir.join("warm-start.json")).unwrap();
     std::fs::write(
         dir.join("warm-start.json"),
-        json.replace("\"states\": 4", "\"states\": 5"),
+        json.replace("\"size\": 6", "\"size\": 7"),
     )
     .unwrap();
     let e = QpWarmStart::load(&dir).err().expect("mismatched family");
@@ -835,11 +843,20 @@ fn qp_warm_start_cuts_iterations_and_its_checkpoint_round_trips() -> Result<()> 
     let e = QpWarmStart::load(&dir).err().expect("corrupt weights");
     assert!(e.to_string().contains("corrupt"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(QpWarmStartConfig {
-        steps: 0,
-        ..QpWarmStartConfig::default()
+    for bad in [
+        QpWarmStartConfig {
+            steps: 0,
+            ..QpWarmStartConfig::default()
+        },
+        QpWarmStartConfig {
+            size: 1,
+            ..QpWarmStartConfig::default()
+        },
+    ] {
+        assert!(bad.validate().is_err());
     }
-    .validate()
-    .is_err());
+    // Files written when the size was called `states` still read.
+    let old: QpWarmStartConfig = serde_json::from_str(r#"{"states": 4}"#).unwrap();
+    assert_eq!((old.class, old.size), (QpClass::Control, 4));
     Ok(())
 }
