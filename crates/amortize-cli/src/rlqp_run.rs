@@ -96,8 +96,8 @@ pub struct RlqpExperiment {
     /// Held-out comparison settings.
     #[serde(default)]
     pub eval: RlqpEval,
-    /// A fully-amortized warm start for one MPC family, compared cold/warm with OSQP's and the
-    /// learned ρ (optional; its seed follows the experiment's).
+    /// A fully-amortized warm start for one parametric family (`class`, `size`), compared
+    /// cold/warm with OSQP's and the learned ρ (optional; its seed follows the experiment's).
     #[serde(default)]
     pub warm_start: Option<QpWarmStartConfig>,
     /// Also train one policy per evaluated class, on that class alone with the same settings,

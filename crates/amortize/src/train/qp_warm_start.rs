@@ -146,7 +146,10 @@ fn data(qp: &QpProblem) -> impl Iterator<Item = f64> + '_ {
 /// when none does or when one of them is infinite in some member (a bound that comes and
 /// goes is not a number the model can read).
 fn varying_inputs(qps: &[QpProblem]) -> Result<Vec<usize>> {
-    let first: Vec<f64> = data(&qps[0]).collect();
+    let Some(first) = qps.first() else {
+        return Err(Error::invalid("warm start: no training members"));
+    };
+    let first: Vec<f64> = data(first).collect();
     let mut varies = vec![false; first.len()];
     for qp in &qps[1..] {
         for (k, v) in data(qp).enumerate() {
@@ -181,9 +184,9 @@ fn read_inputs(qp: &QpProblem, inputs: &[usize]) -> Vec<f64> {
     inputs.iter().map(|&k| all[k]).collect()
 }
 
-/// Per-coordinate mean and standard deviation (at least 1e-6) of `rows`.
+/// Per-coordinate mean and standard deviation (at least 1e-6) of `rows` (none: empty).
 fn moments(rows: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
-    let dim = rows[0].len();
+    let dim = rows.first().map_or(0, Vec::len);
     let count = rows.len() as f64;
     let mut mean = vec![0.0f64; dim];
     for t in rows {
@@ -430,13 +433,18 @@ impl QpWarmStart {
         let refuse = |reason: String| files.refuse(reason);
         let meta: WarmStartMeta =
             files.load_meta(WARM_START_FORMAT, |m: &WarmStartMeta| &m.format)?;
-        meta.config.validate()?;
+        meta.config
+            .validate()
+            .map_err(|e| refuse(format!("its settings are invalid: {e}")))?;
         let family = meta.config.family()?;
         let (variables, constraints) = (family.base().n(), family.base().m());
         let data_len = variables + 2 * constraints;
-        if meta.inputs.is_empty() || meta.inputs.iter().any(|&k| k >= data_len) {
+        // Training writes them increasing, each an entry of (q, l, u).
+        let increasing = meta.inputs.windows(2).all(|w| w[0] < w[1]);
+        if meta.inputs.is_empty() || !increasing || meta.inputs.iter().any(|&k| k >= data_len) {
             return Err(refuse(format!(
-                "its inputs do not fit the family's {data_len} entries of (q, l, u)"
+                "its inputs are not increasing positions among the family's {data_len} entries \
+                 of (q, l, u)"
             )));
         }
         let outputs = variables + constraints;
@@ -456,6 +464,12 @@ impl QpWarmStart {
                 return Err(refuse(format!(
                     "'{name}' has {} entries, the family needs {dim}",
                     v.len()
+                )));
+            }
+            let usable = |x: &f32| x.is_finite() && (!name.ends_with(".std") || *x > 0.0);
+            if !v.iter().all(usable) {
+                return Err(refuse(format!(
+                    "'{name}' has entries that are not finite (or a deviation not > 0)"
                 )));
             }
             Ok(v)
@@ -483,7 +497,9 @@ impl QpWarmStart {
 struct WarmStartMeta {
     format: String,
     config: QpWarmStartConfig,
-    /// The positions in (q, l, u) the model reads.
+    /// The positions in (q, l, u) the model reads (absent in version 1: read as empty, so
+    /// that the format check names the problem).
+    #[serde(default)]
     inputs: Vec<usize>,
 }
 

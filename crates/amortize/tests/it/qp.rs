@@ -830,8 +830,16 @@ fn qp_warm_start_cuts_iterations_and_its_checkpoint_round_trips() -> Result<()> 
     let unbounded = member.with_vectors(member.q().to_vec(), l, member.u().to_vec())?;
     let e = loaded.predict(&[unbounded]).unwrap_err().to_string();
     assert!(e.contains("infinite"), "{e}");
-    // A checkpoint of another family size does not fit.
+    // A checkpoint of the first format (MPC only, no input positions) is refused by name.
     let json = std::fs::read_to_string(dir.join("warm-start.json")).unwrap();
+    let mut v1: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v1["format"] = "amortize-qp-warm-start-1".into();
+    v1.as_object_mut().unwrap().remove("inputs");
+    std::fs::write(dir.join("warm-start.json"), v1.to_string()).unwrap();
+    let e = QpWarmStart::load(&dir).err().expect("format 1");
+    assert!(e.to_string().contains("format"), "{e}");
+    // A checkpoint of another family size does not fit.
+    std::fs::write(dir.join("warm-start.json"), &json).unwrap();
     std::fs::write(
         dir.join("warm-start.json"),
         json.replace("\"size\": 6", "\"size\": 7"),

@@ -272,3 +272,39 @@ fn a_warm_sequence_starts_from_the_previous_solution() -> Result<()> {
     }
     Ok(())
 }
+
+/// A warm sequence keeps only a usable iterate: after an infeasible QP (whose iterate runs
+/// off along its certificate) the next QP starts from zero, exactly as in a cold sequence.
+#[test]
+fn a_warm_sequence_restarts_from_zero_after_an_infeasible_qp() -> Result<()> {
+    // y₁ ≥ 1, y₁ + y₂ ≤ −1, y₂ ≥ 0: infeasible; with y₁ + y₂ ≤ 3 instead, feasible.
+    let infeasible = amortize::solver::qp::QpProblem::from_dense(
+        &[1.0, 0.0, 0.0, 1.0],
+        vec![0.0, 0.0],
+        &[1.0, 0.0, 1.0, 1.0, 0.0, 1.0],
+        vec![1.0, f64::NEG_INFINITY, 0.0],
+        vec![f64::INFINITY, -1.0, f64::INFINITY],
+    )?;
+    let feasible = infeasible.with_vectors(
+        vec![0.0, 0.0],
+        infeasible.l().to_vec(),
+        vec![f64::INFINITY, 3.0, f64::INFINITY],
+    )?;
+    let cold = Admm::new(AdmmSettings {
+        check_every: 1,
+        ..AdmmSettings::default()
+    })?;
+    let warm = Admm::new(AdmmSettings {
+        warm_start_sequence: true,
+        ..*cold.settings()
+    })?;
+    let qps = [infeasible, feasible];
+    let (c, w) = (
+        cold.solve_sequence(&qps, None)?,
+        warm.solve_sequence(&qps, None)?,
+    );
+    assert_eq!(w[0].status, QpStatus::PrimalInfeasible);
+    assert_eq!(w[1].status, QpStatus::Solved);
+    assert_eq!((w[1].iters, &w[1].y), (c[1].iters, &c[1].y));
+    Ok(())
+}

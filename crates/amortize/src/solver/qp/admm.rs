@@ -87,8 +87,9 @@ pub struct AdmmSettings {
     /// refactorisation.
     pub policy_max_changes: Option<usize>,
     /// In a sequence ([`Admm::solve_sequence`], [`AdmmWorkspace::reload`]): start each QP
-    /// from the previous one's iterate (y, z, λ) instead of zero (default false). OSQP's
-    /// `warm_starting` in its update mode: it pays when consecutive QPs are close, as in
+    /// from the previous one's iterate (y, z, λ; z moved into the new bounds) instead of zero
+    /// (default false), unless the previous solve ended infeasible or in a numerical error.
+    /// OSQP's `warm_starting` in its update mode: it pays when consecutive QPs are close, as in
     /// receding-horizon control.
     pub warm_start_sequence: bool,
 }
@@ -232,7 +233,8 @@ pub struct QpSolution {
     pub elapsed: f64,
     /// The part of `elapsed` spent on the set-up that does not depend on ρ: scaling, KKT
     /// assembly, ordering and symbolic analysis (for a QP moved to by
-    /// [`AdmmWorkspace::reload`], the rescaling of its vectors). `elapsed − setup_elapsed`
+    /// [`AdmmWorkspace::reload`], the check that its P and A are the analysed ones and the
+    /// rescaling of its vectors). `elapsed − setup_elapsed`
     /// is the solve phase: numeric factorisations and iterations, OSQP's `solve_time` plus
     /// its first factorisation.
     pub setup_elapsed: f64,
@@ -414,6 +416,8 @@ pub struct AdmmWorkspace<'a> {
     work_m: Vec<f64>,
     /// Seconds of the ρ-independent set-up of the current QP ([`QpSolution::setup_elapsed`]).
     setup_seconds: f64,
+    /// How the last [`Self::run`] ended (a warm sequence keeps only a usable iterate).
+    last_status: Option<QpStatus>,
     iters: usize,
     rho_updates: usize,
     factorisations: usize,
@@ -506,6 +510,7 @@ impl<'a> AdmmWorkspace<'a> {
             work_n: vec![0.0; n],
             work_m: vec![0.0; m],
             setup_seconds: 0.0,
+            last_status: None,
             iters: 0,
             rho_updates: 0,
             factorisations: 0,
@@ -535,6 +540,7 @@ impl<'a> AdmmWorkspace<'a> {
                 break status;
             }
         };
+        self.last_status = Some(status);
         let mut solution = self.solution(status);
         solution.elapsed = start.elapsed().as_secs_f64();
         solution.setup_elapsed = self.setup_seconds;
@@ -561,8 +567,20 @@ impl<'a> AdmmWorkspace<'a> {
         self.next_rho_check = self.settings.adaptive_rho_interval;
         self.rho_interval = self.settings.adaptive_rho_interval;
         self.last_rho_direction = 0.0;
-        // The scaling is kept, so the previous scaled iterate is a start for this QP as is.
-        if !self.settings.warm_start_sequence {
+        // The scaling is kept, so the previous scaled iterate is a start for this QP as is,
+        // unless that solve ended on a certificate (an iterate running off to infinity) or a
+        // numerical error: then, as OSQP does without a solution, from zero.
+        let usable = matches!(
+            self.last_status,
+            Some(QpStatus::Solved | QpStatus::MaxIterations | QpStatus::MaxTime)
+        ) && self
+            .y
+            .iter()
+            .chain(&self.z)
+            .chain(&self.lambda)
+            .all(|v| v.is_finite());
+        let warm = self.settings.warm_start_sequence && usable;
+        if !warm {
             self.y.fill(0.0);
             self.z.fill(0.0);
             self.lambda.fill(0.0);
@@ -579,6 +597,10 @@ impl<'a> AdmmWorkspace<'a> {
             d.l[i] = d.e[i] * qp.l()[i];
             d.u[i] = d.e[i] * qp.u()[i];
             kinds_changed |= row_kind(d.l[i], d.u[i]) != before;
+            if warm {
+                // A kept z moves into the new bounds (as the first step's projection would).
+                self.z[i] = self.z[i].clamp(d.l[i], d.u[i]);
+            }
         }
         self.qp = qp;
         self.setup_seconds = start.elapsed().as_secs_f64();

@@ -44,8 +44,8 @@ pub(super) struct Kkt {
     n: usize,
     sigma: f64,
     form: Form,
-    /// Whether the numeric factor matches the current ρ (false between [`Kkt::new`] and the
-    /// first successful [`Kkt::set_rho`]).
+    /// Whether the numeric factor matches the current ρ (false after [`Kkt::new`] and after a
+    /// failed [`Kkt::set_rho`], until one succeeds).
     factored: bool,
 }
 
