@@ -143,8 +143,7 @@ fn data(qp: &QpProblem) -> impl Iterator<Item = f64> + '_ {
 }
 
 /// The coordinates of (q, l, u) in which some member of `qps` differs from the first; an error
-/// when none does or when one of them is infinite in some member (a bound that comes and
-/// goes is not a number the model can read).
+/// when none does.
 fn varying_inputs(qps: &[QpProblem]) -> Result<Vec<usize>> {
     let Some(first) = qps.first() else {
         return Err(Error::invalid("warm start: no training members"));
@@ -162,26 +161,26 @@ fn varying_inputs(qps: &[QpProblem]) -> Result<Vec<usize>> {
             "warm start: the family's members do not differ in q, l or u",
         ));
     }
-    if qps
-        .iter()
-        .any(|qp| inputs.iter().any(|&k| !finite_at(qp, k)))
-    {
-        return Err(Error::invalid(
-            "warm start: a bound that differs between the family's members is infinite in some",
-        ));
-    }
     Ok(inputs)
 }
 
-/// Whether coordinate `k` of (q, l, u) of `qp` is finite.
-fn finite_at(qp: &QpProblem, k: usize) -> bool {
-    data(qp).nth(k).is_some_and(f64::is_finite)
-}
-
-/// The entries `inputs` of (q, l, u) of `qp`.
-fn read_inputs(qp: &QpProblem, inputs: &[usize]) -> Vec<f64> {
-    let all: Vec<f64> = data(qp).collect();
-    inputs.iter().map(|&k| all[k]).collect()
+/// The entries `inputs` of (q, l, u) of every QP; an error when one is infinite (a bound that
+/// comes and goes between members is not a number the model can read).
+fn read_contexts(qps: &[QpProblem], inputs: &[usize]) -> Result<Vec<Vec<f64>>> {
+    qps.iter()
+        .map(|qp| {
+            let all: Vec<f64> = data(qp).collect();
+            let context: Vec<f64> = inputs.iter().map(|&k| all[k]).collect();
+            if context.iter().all(|v| v.is_finite()) {
+                Ok(context)
+            } else {
+                Err(Error::invalid(
+                    "warm start: a bound the model reads (an entry of (q, l, u) that varies in \
+                     the family) is infinite in a QP",
+                ))
+            }
+        })
+        .collect()
 }
 
 /// Per-coordinate mean and standard deviation (at least 1e-6) of `rows` (none: empty).
@@ -277,7 +276,7 @@ impl QpWarmStart {
             .map(|_| family.instance(&mut rng))
             .collect::<Result<_>>()?;
         let inputs = varying_inputs(&qps)?;
-        let contexts: Vec<Vec<f64>> = qps.iter().map(|qp| read_inputs(qp, &inputs)).collect();
+        let contexts = read_contexts(&qps, &inputs)?;
         let (input_mean, input_std) = moments(&contexts);
         let contexts = standardise(&contexts, &input_mean, &input_std);
         let targets = labels(&qps, cfg.label_eps)?;
@@ -372,24 +371,16 @@ impl QpWarmStart {
         if qps.is_empty() {
             return Ok(Vec::new());
         }
-        let contexts: Vec<Vec<f64>> = qps.iter().map(|qp| read_inputs(qp, &self.inputs)).collect();
-        if contexts.iter().flatten().any(|v| !v.is_finite()) {
-            return Err(Error::invalid(
-                "warm start: a bound the model reads is infinite in a QP (the family's \
-                 members have it finite)",
-            ));
-        }
-        let standardised: Vec<Vec<f32>> = contexts
-            .iter()
-            .map(|c| {
-                c.iter()
-                    .zip(self.input_mean.iter().zip(&self.input_std))
-                    .map(|(v, (mu, s))| ((v - f64::from(*mu)) / f64::from(*s)) as f32)
-                    .collect()
-            })
-            .collect();
-        let flat: Vec<f32> = standardised.into_iter().flatten().collect();
-        let x = Tensor::from_vec(flat, (qps.len(), self.inputs.len()), &Device::Cpu)?;
+        let to_f64 = |v: &[f32]| v.iter().map(|x| f64::from(*x)).collect::<Vec<f64>>();
+        let standardised = standardise(
+            &read_contexts(qps, &self.inputs)?,
+            &to_f64(&self.input_mean),
+            &to_f64(&self.input_std),
+        );
+        let x = rows_tensor(
+            &standardised.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+            &Device::Cpu,
+        )?;
         let out: Vec<Vec<f32>> = self.mlp.forward_raw(&x)?.to_dtype(DType::F32)?.to_vec2()?;
         Ok(out
             .into_iter()

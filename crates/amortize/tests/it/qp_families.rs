@@ -227,6 +227,20 @@ fn updates_refuse_other_matrices_and_bad_vectors() -> Result<()> {
     Ok(())
 }
 
+/// ADMM checking termination every iteration, restarting each QP of a sequence from zero
+/// and from the previous one's iterate (`warm_start_sequence`).
+fn cold_and_warm_sequences() -> Result<(Admm, Admm)> {
+    let cold = Admm::new(AdmmSettings {
+        check_every: 1,
+        ..AdmmSettings::default()
+    })?;
+    let warm = Admm::new(AdmmSettings {
+        warm_start_sequence: true,
+        ..*cold.settings()
+    })?;
+    Ok((cold, warm))
+}
+
 /// With `warm_start_sequence`, each QP of a sequence starts from the previous one's iterate
 /// (OSQP's warm starting in its update mode): a QP repeated after its own solve stops at the
 /// first check, where a cold start iterates again; QPs that differ still solve to the
@@ -237,14 +251,7 @@ fn a_warm_sequence_starts_from_the_previous_solution() -> Result<()> {
     for class in [QpClass::Control, QpClass::Lasso] {
         let family = class.family(6, &mut rng)?;
         let (a, b) = (family.instance(&mut rng)?, family.instance(&mut rng)?);
-        let cold = Admm::new(AdmmSettings {
-            check_every: 1,
-            ..AdmmSettings::default()
-        })?;
-        let warm = Admm::new(AdmmSettings {
-            warm_start_sequence: true,
-            ..*cold.settings()
-        })?;
+        let (cold, warm) = cold_and_warm_sequences()?;
         let repeated = [a.clone(), a.clone()];
         let (c, w) = (
             cold.solve_sequence(&repeated, None)?,
@@ -290,14 +297,7 @@ fn a_warm_sequence_restarts_from_zero_after_an_infeasible_qp() -> Result<()> {
         infeasible.l().to_vec(),
         vec![f64::INFINITY, 3.0, f64::INFINITY],
     )?;
-    let cold = Admm::new(AdmmSettings {
-        check_every: 1,
-        ..AdmmSettings::default()
-    })?;
-    let warm = Admm::new(AdmmSettings {
-        warm_start_sequence: true,
-        ..*cold.settings()
-    })?;
+    let (cold, warm) = cold_and_warm_sequences()?;
     let qps = [infeasible, feasible];
     let (c, w) = (
         cold.solve_sequence(&qps, None)?,

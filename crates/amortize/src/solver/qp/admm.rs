@@ -234,9 +234,8 @@ pub struct QpSolution {
     /// The part of `elapsed` spent on the set-up that does not depend on ρ: scaling, KKT
     /// assembly, ordering and symbolic analysis (for a QP moved to by
     /// [`AdmmWorkspace::reload`], the check that its P and A are the analysed ones and the
-    /// rescaling of its vectors). `elapsed − setup_elapsed`
-    /// is the solve phase: numeric factorisations and iterations, OSQP's `solve_time` plus
-    /// its first factorisation.
+    /// rescaling of its vectors). `elapsed − setup_elapsed` is the solve phase: numeric
+    /// factorisations and iterations, OSQP's `solve_time` plus its first factorisation.
     pub setup_elapsed: f64,
     /// The infeasibility certificate: δλ (primal) or δy (dual), normalised to ‖·‖∞ = 1.
     pub certificate: Option<Vec<f64>>,
@@ -570,16 +569,17 @@ impl<'a> AdmmWorkspace<'a> {
         // The scaling is kept, so the previous scaled iterate is a start for this QP as is,
         // unless that solve ended on a certificate (an iterate running off to infinity) or a
         // numerical error: then, as OSQP does without a solution, from zero.
-        let usable = matches!(
-            self.last_status,
-            Some(QpStatus::Solved | QpStatus::MaxIterations | QpStatus::MaxTime)
-        ) && self
-            .y
-            .iter()
-            .chain(&self.z)
-            .chain(&self.lambda)
-            .all(|v| v.is_finite());
-        let warm = self.settings.warm_start_sequence && usable;
+        let warm = self.settings.warm_start_sequence
+            && matches!(
+                self.last_status,
+                Some(QpStatus::Solved | QpStatus::MaxIterations | QpStatus::MaxTime)
+            )
+            && self
+                .y
+                .iter()
+                .chain(&self.z)
+                .chain(&self.lambda)
+                .all(|v| v.is_finite());
         if !warm {
             self.y.fill(0.0);
             self.z.fill(0.0);
