@@ -110,17 +110,21 @@ fn admm_solves_an_equality_constrained_qp_exactly() -> Result<()> {
     Ok(())
 }
 
-/// Infeasible QPs end in the matching status with a valid certificate.
-#[test]
-fn admm_detects_primal_and_dual_infeasibility() -> Result<()> {
-    // y₁ ≥ 1 and y₁ + y₂ ≤ −1 and y₂ ≥ 0: no feasible point.
-    let qp = QpProblem::from_dense(
+/// min ½‖y‖² s.t. y₁ ≥ 1, y₁ + y₂ ≤ −1 and y₂ ≥ 0: no feasible point.
+pub(crate) fn primal_infeasible_qp() -> Result<QpProblem> {
+    QpProblem::from_dense(
         &[1.0, 0.0, 0.0, 1.0],
         vec![0.0, 0.0],
         &[1.0, 0.0, 1.0, 1.0, 0.0, 1.0],
         vec![1.0, f64::NEG_INFINITY, 0.0],
         vec![f64::INFINITY, -1.0, f64::INFINITY],
-    )?;
+    )
+}
+
+/// Infeasible QPs end in the matching status with a valid certificate.
+#[test]
+fn admm_detects_primal_and_dual_infeasibility() -> Result<()> {
+    let qp = primal_infeasible_qp()?;
     let s = Admm::default().solve(&qp, None)?;
     assert_eq!(s.status, QpStatus::PrimalInfeasible);
     // The certificate δλ satisfies Aᵀδλ ≈ 0 and uᵀδλ₊ + lᵀδλ₋ < 0.

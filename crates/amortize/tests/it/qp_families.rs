@@ -5,7 +5,7 @@ use amortize::Result;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::qp::clarabel_solve;
+use crate::qp::{clarabel_solve, primal_infeasible_qp};
 
 /// Every class's family keeps the base QP's P and A, changes its parameter (q, l or u) from
 /// one instance to the next, and its instances are QPs that ADMM solves to Clarabel's
@@ -285,13 +285,7 @@ fn a_warm_sequence_starts_from_the_previous_solution() -> Result<()> {
 #[test]
 fn a_warm_sequence_restarts_from_zero_after_an_infeasible_qp() -> Result<()> {
     // y₁ ≥ 1, y₁ + y₂ ≤ −1, y₂ ≥ 0: infeasible; with y₁ + y₂ ≤ 3 instead, feasible.
-    let infeasible = amortize::solver::qp::QpProblem::from_dense(
-        &[1.0, 0.0, 0.0, 1.0],
-        vec![0.0, 0.0],
-        &[1.0, 0.0, 1.0, 1.0, 0.0, 1.0],
-        vec![1.0, f64::NEG_INFINITY, 0.0],
-        vec![f64::INFINITY, -1.0, f64::INFINITY],
-    )?;
+    let infeasible = primal_infeasible_qp()?;
     let feasible = infeasible.with_vectors(
         vec![0.0, 0.0],
         infeasible.l().to_vec(),
