@@ -67,7 +67,8 @@ pub struct AdmmSettings {
     pub scaling: usize,
     /// Adapt ρ from the ratio of the residuals (default true).
     pub adaptive_rho: bool,
-    /// Iterations between ρ estimates (default 25).
+    /// Iterations between ρ estimates (default 50, OSQP 1.x's: with it and termination checked
+    /// every iteration this ADMM takes OSQP C 1.1.3's iterations on lasso and control QPs).
     pub adaptive_rho_interval: usize,
     /// Refactor only when the estimate differs by more than this factor (default 5).
     pub adaptive_rho_tolerance: f64,
@@ -139,7 +140,7 @@ impl Default for AdmmSettings {
             time_limit: None,
             scaling: 10,
             adaptive_rho: true,
-            adaptive_rho_interval: 25,
+            adaptive_rho_interval: 50,
             adaptive_rho_tolerance: 5.0,
             check_every: 25,
             kkt: KktForm::Auto,
