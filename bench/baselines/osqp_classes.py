@@ -44,14 +44,22 @@ import time  # noqa: E402
 CONFIGS = (("default", {}), ("check1", {"check_termination": 1}))
 
 
+QP_KEYS = ("class", "n", "vars", "rows", "P", "q", "A", "l", "u")
+
+
 def load_qps(path):
     groups = collections.defaultdict(list)
     with open(path) as f:
         for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
             try:
                 qp = json.loads(line)
+                missing = [k for k in QP_KEYS if k not in qp] if isinstance(qp, dict) else ["an object"]
+                if missing:
+                    raise ValueError(f"missing {', '.join(missing)}")
                 groups[(qp["class"], int(qp["n"]))].append(qp)
-            except (ValueError, KeyError) as exc:
+            except (ValueError, TypeError) as exc:
                 raise SystemExit(f"{path}:{number}: not a QP line ({exc})")
     return groups
 
@@ -103,11 +111,21 @@ def summary(per_qp):
             "solved_fraction": sum(r[3] for r in per_qp) / k}
 
 
+CELL_KEYS = ("class", "n", "learned_iters", "learned_seconds", "learned_solved", "osqp_iters", "osqp_seconds")
+
+
 def read_cells(path):
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return {(row["class"], int(row["n"])): row for row in csv.DictReader(f)}
+        rows = list(csv.DictReader(f))
+    for number, row in enumerate(rows, 2):
+        missing = [k for k in CELL_KEYS if not row.get(k)]
+        if missing:
+            raise SystemExit(f"{path}:{number}: missing {', '.join(missing)}")
+        if float(row["learned_iters"]) <= 0 or float(row["learned_seconds"]) <= 0:
+            raise SystemExit(f"{path}:{number}: learned iterations and seconds must be > 0")
+    return {(row["class"], int(row["n"])): row for row in rows}
 
 
 def joined(policy, cells, c_rows):
