@@ -892,10 +892,10 @@ fn warm_start_section(
             warm.then_some(predictions.as_slice()),
             repeats,
         )?;
-        let (timed, osqp_check_every) = osqp_timed(&outcomes[0], &outcomes[1]);
+        let (osqp_clocked, osqp_check_every) = osqp_timed(&outcomes[0], &outcomes[1]);
         let predict = if warm { predict_seconds } else { 0.0 };
         for (rho, counted, timed, check_every) in [
-            ("OSQP", &outcomes[0], timed, osqp_check_every),
+            ("OSQP", &outcomes[0], osqp_clocked, osqp_check_every),
             ("learned", &outcomes[2], &outcomes[2][..], 1),
         ] {
             rows.push(WarmStartRow {

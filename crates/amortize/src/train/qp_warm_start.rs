@@ -142,6 +142,16 @@ fn data(qp: &QpProblem) -> impl Iterator<Item = f64> + '_ {
     qp.q().iter().chain(qp.l()).chain(qp.u()).copied()
 }
 
+/// Entry `k` of (q, l, u), concatenated, without collecting them.
+fn data_entry(qp: &QpProblem, k: usize) -> f64 {
+    let (n, m) = (qp.n(), qp.m());
+    match k {
+        k if k < n => qp.q()[k],
+        k if k < n + m => qp.l()[k - n],
+        k => qp.u()[k - n - m],
+    }
+}
+
 /// The coordinates of (q, l, u) in which some member of `qps` differs from the first; an error
 /// when none does.
 fn varying_inputs(qps: &[QpProblem]) -> Result<Vec<usize>> {
@@ -169,8 +179,7 @@ fn varying_inputs(qps: &[QpProblem]) -> Result<Vec<usize>> {
 fn read_contexts(qps: &[QpProblem], inputs: &[usize]) -> Result<Vec<Vec<f64>>> {
     qps.iter()
         .map(|qp| {
-            let all: Vec<f64> = data(qp).collect();
-            let context: Vec<f64> = inputs.iter().map(|&k| all[k]).collect();
+            let context: Vec<f64> = inputs.iter().map(|&k| data_entry(qp, k)).collect();
             if context.iter().all(|v| v.is_finite()) {
                 Ok(context)
             } else {
