@@ -5,9 +5,10 @@ side by side with the run's learned rho.
     python osqp_classes.py RUN_DIR [--repeats 3]      # RUN_DIR holds qps.jsonl (or give its path)
 
 Reads `qps.jsonl` (one QP per line: sparse triplets for P and A, bounds with null for infinity)
-and solves each QP with the `osqp` package, one thread, eps_abs = eps_rel = 1e-3, in two
-configurations: OSQP's defaults (termination checked every 25 iterations) and
-check_termination = 1 (iterations counted exactly, as amortize counts them). Each QP is solved
+and solves each QP with the `osqp` package, one thread, eps_abs = eps_rel = 1e-3, in three
+configurations: OSQP's defaults (termination checked every 25 iterations), check_termination =
+1 (iterations counted exactly, as amortize counts them) and check_termination = 5 (the
+intervals at which `run rlqp` times both of its methods). Each QP is solved
 `--repeats` times per configuration, the configurations alternating; its time is the median of
 OSQP's own timers, setup_time + solve_time (scaling, KKT assembly, ordering, factorisation and
 iterations; no Python overhead), the same span amortize times for its solves.
@@ -18,8 +19,8 @@ and Python's wall-clock around setup + solve) and solved fraction per configurat
 When the run's tables sit beside qps.jsonl (`rlqp.csv`: the shared policy; `rlqp-per-class.csv`:
 the class-specific policies, same QPs), it also prints a markdown table per policy and writes
 `osqp-c.csv` there (atomically). Ratios are taken conservatively for the learned rho: iterations
-and time each against the smaller of OSQP C's two configurations' means (iterations: usually the
-exact count of check_termination = 1, as the default's counts are multiples of 25). "both" marks
+and time each against the smallest of OSQP C's three configurations' means (iterations: usually
+the exact count of check_termination = 1, as the others' counts are multiples of 5 or 25). "both" marks
 a cell where the learned rho needs >= 3x fewer iterations and is >= 2x faster, with every QP
 solved by both.
 
@@ -41,7 +42,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-CONFIGS = (("default", {}), ("check1", {"check_termination": 1}))
+CONFIGS = (("default", {}), ("check1", {"check_termination": 1}), ("check5", {"check_termination": 5}))
 
 
 QP_KEYS = ("class", "n", "vars", "rows", "P", "q", "A", "l", "u")
@@ -135,8 +136,8 @@ def joined(policy, cells, c_rows):
         if cell is None:
             continue
         learned_iters, learned_seconds = float(cell["learned_iters"]), float(cell["learned_seconds"])
-        c_best = min(c["default"]["seconds_mean"], c["check1"]["seconds_mean"])
-        c_iters = min(c["default"]["iters_mean"], c["check1"]["iters_mean"])
+        c_best = min(c[label]["seconds_mean"] for label, _ in CONFIGS)
+        c_iters = min(c[label]["iters_mean"] for label, _ in CONFIGS)
         it_ratio = c_iters / learned_iters
         time_ratio = c_best / learned_seconds
         all_solved = min(c[label]["solved_fraction"] for label, _ in CONFIGS) == 1 and float(cell["learned_solved"]) == 1
@@ -145,6 +146,7 @@ def joined(policy, cells, c_rows):
                      "osqp_c_iters_default": c["default"]["iters_mean"],
                      "learned_iters": learned_iters, "iteration_ratio": it_ratio,
                      "osqp_c_seconds_check1": c["check1"]["seconds_mean"],
+                     "osqp_c_seconds_check5": c["check5"]["seconds_mean"],
                      "osqp_c_seconds_default": c["default"]["seconds_mean"],
                      "learned_seconds": learned_seconds, "time_ratio": time_ratio,
                      "osqp_c_solved": min(c[label]["solved_fraction"] for label, _ in CONFIGS),
@@ -158,13 +160,13 @@ def joined(policy, cells, c_rows):
 def markdown(title, rows):
     lines = [f"\n{title}\n",
              "| class | n | OSQP C iters (exact / default) | learned iters | iteration ratio | "
-             "OSQP C s/QP (exact / default) | learned s/QP | time ratio | both |",
+             "OSQP C s/QP (check every 1 / 5 / 25) | learned s/QP | time ratio | both |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['class']} | {r['n']} | {r['osqp_c_iters_check1']:.1f} / {r['osqp_c_iters_default']:.1f} | "
             f"{r['learned_iters']:.1f} | {r['iteration_ratio']:.2f} | {r['osqp_c_seconds_check1']:.3g} / "
-            f"{r['osqp_c_seconds_default']:.3g} | {r['learned_seconds']:.3g} | {r['time_ratio']:.2f} | "
+            f"{r['osqp_c_seconds_check5']:.3g} / {r['osqp_c_seconds_default']:.3g} | {r['learned_seconds']:.3g} | {r['time_ratio']:.2f} | "
             f"{'yes' if r['both_targets'] else 'no'} |")
     return "\n".join(lines)
 

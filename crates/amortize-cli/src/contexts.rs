@@ -103,37 +103,40 @@ fn parse_csv(text: &str) -> Result<Vec<Vec<f64>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use amortize::testing::ScratchDir;
 
-    fn write(name: &str, text: &str) -> std::path::PathBuf {
-        let p = std::env::temp_dir().join(format!("amortize-ctx-{}-{name}", std::process::id()));
+    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
     }
 
     #[test]
     fn reads_csv_with_header_and_json_forms() {
-        let p = write("a.csv", "a,b\n1,2\n3, 4\n");
+        let dir = ScratchDir::new("contexts-good").unwrap();
+        let p = write(&dir, "a.csv", "a,b\n1,2\n3, 4\n");
         assert_eq!(
             read_contexts(&p, 2).unwrap(),
             vec![vec![1.0, 2.0], vec![3.0, 4.0]]
         );
-        let p = write("a.json", "[[1,2],[3,4]]");
+        let p = write(&dir, "a.json", "[[1,2],[3,4]]");
         assert_eq!(read_contexts(&p, 2).unwrap().len(), 2);
-        let p = write("b.json", "{\"contexts\": [[1,2]]}");
+        let p = write(&dir, "b.json", "{\"contexts\": [[1,2]]}");
         assert_eq!(read_contexts(&p, 2).unwrap(), vec![vec![1.0, 2.0]]);
     }
 
     #[test]
     fn refuses_bad_files() {
-        let p = write("w.csv", "1,2,3\n");
+        let dir = ScratchDir::new("contexts-bad").unwrap();
+        let p = write(&dir, "w.csv", "1,2,3\n");
         assert!(format!("{:#}", read_contexts(&p, 2).unwrap_err()).contains("expects 2"));
-        let p = write("n.csv", "1,NaN\n");
+        let p = write(&dir, "n.csv", "1,NaN\n");
         assert!(format!("{:#}", read_contexts(&p, 2).unwrap_err()).contains("NaN"));
-        let p = write("i.json", "[[1, 1e999]]");
+        let p = write(&dir, "i.json", "[[1, 1e999]]");
         assert!(read_contexts(&p, 2).is_err());
-        let p = write("x.json", "[[1, \"a\"]]");
+        let p = write(&dir, "x.json", "[[1, \"a\"]]");
         assert!(format!("{:#}", read_contexts(&p, 2).unwrap_err()).contains("not a number"));
-        let p = write("x.yaml", "1");
+        let p = write(&dir, "x.yaml", "1");
         assert!(read_contexts(&p, 1).is_err());
         assert!(read_contexts(Path::new("/nonexistent/x.csv"), 1).is_err());
     }

@@ -39,6 +39,11 @@ pub struct RlqpEval {
     /// Solves per QP and method for the wall-clock (default 3): the methods alternate and
     /// each QP's seconds are the median.
     pub timing_repeats: usize,
+    /// Termination-check intervals at which both methods are timed (default [1, 5, 25]; 1
+    /// must be among them). The iterates do not depend on the interval, only where a solve
+    /// stops: iterations are counted at interval 1, and each method's time is that of its
+    /// fastest interval among those that solve as many QPs ([`fastest`]).
+    pub check_intervals: Vec<usize>,
 }
 
 impl Default for RlqpEval {
@@ -49,6 +54,7 @@ impl Default for RlqpEval {
             instances: 20,
             export_qps: false,
             timing_repeats: 3,
+            check_intervals: vec![1, 5, 25],
         }
     }
 }
@@ -159,6 +165,15 @@ pub fn load(spec: &str, seed: Option<u64>, steps: Option<usize>) -> Result<RlqpE
             "eval: classes must be non-empty, sizes >= 2, instances >= 1 and timing_repeats >= 1"
         );
     }
+    exp.eval.check_intervals.sort_unstable();
+    exp.eval.check_intervals.dedup();
+    if exp.eval.check_intervals.first() != Some(&1) {
+        bail!(
+            "eval: check_intervals must include 1 (iterations are counted with termination \
+             checked every iteration) and be >= 1, got {:?}",
+            exp.eval.check_intervals
+        );
+    }
     if let Some(p) = &exp.parametric {
         if p.classes.is_empty()
             || p.sizes.iter().any(|n| *n < 2)
@@ -184,14 +199,17 @@ pub struct Cell {
     pub learned_iters: f64,
     /// Geometric mean over instances of N_OSQP / N_learned.
     pub iteration_ratio: f64,
-    /// Mean seconds per instance (set-up and solve), OSQP's rule at the faster of its two
-    /// check intervals (`osqp_check_every`).
+    /// Mean seconds per instance (set-up and solve), OSQP's rule at its fastest check
+    /// interval (`osqp_check_every`).
     pub osqp_seconds: f64,
-    /// The termination-check interval of OSQP's timed runs: 1 (as its iterations are counted)
-    /// or OSQP's default 25, whichever was faster on average while solving as many QPs.
+    /// The termination-check interval of OSQP's timed runs: of `[eval] check_intervals`, the
+    /// fastest on average while solving as many QPs as interval 1 ([`fastest`]).
     pub osqp_check_every: usize,
-    /// Mean seconds per instance (set-up and solve), learned policy.
+    /// Mean seconds per instance (set-up and solve), learned policy at its fastest check
+    /// interval (`learned_check_every`).
     pub learned_seconds: f64,
+    /// The termination-check interval of the learned policy's timed runs (as for OSQP's).
+    pub learned_check_every: usize,
     /// osqp_seconds / learned_seconds (> 1: the learned policy is faster).
     pub time_ratio: f64,
     /// Mean seconds per instance of the solve phase (numeric factorisations and iterations,
@@ -305,21 +323,38 @@ fn solve_all(
     })
 }
 
-/// The three methods every comparison times: OSQP's ρ rule with termination checked every
-/// iteration (its exact iteration count), the same rule at OSQP's default check interval
-/// (25: fewer residual evaluations, often the faster of the two in wall-clock), then
-/// `policy` on its schedule (checked every iteration).
-fn osqp_and<'a>(cfg: &RlqpConfig, policy: &'a dyn RhoPolicy) -> [Method<'a>; 3] {
-    let exact = cfg.baseline_settings();
-    let default_check = AdmmSettings {
-        check_every: AdmmSettings::default().check_every,
-        ..exact
-    };
-    [
-        (exact, None),
-        (default_check, None),
-        (cfg.policy_settings(), Some(policy)),
-    ]
+/// The methods every comparison times, two per termination-check interval of `intervals`
+/// (ascending, the first 1): OSQP's ρ rule, then `policy` on its schedule. Only where a solve
+/// stops depends on the interval (ρ is adapted and the policy consulted on their own
+/// schedules, with residuals computed there whatever the interval), so interval 1 gives each
+/// method's exact iteration count and the others can only be faster per iteration.
+fn osqp_and<'a>(
+    cfg: &RlqpConfig,
+    policy: &'a dyn RhoPolicy,
+    intervals: &[usize],
+) -> Vec<Method<'a>> {
+    let (osqp, learned) = (cfg.baseline_settings(), cfg.policy_settings());
+    intervals
+        .iter()
+        .flat_map(|&check_every| {
+            [
+                (
+                    AdmmSettings {
+                        check_every,
+                        ..osqp
+                    },
+                    None,
+                ),
+                (
+                    AdmmSettings {
+                        check_every,
+                        ..learned
+                    },
+                    Some(policy),
+                ),
+            ]
+        })
+        .collect()
 }
 
 /// Trains, saves and compares; returns the run folder.
@@ -514,10 +549,11 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
     let mut md = format!(
         "# Run `{}`\n\nES training: {} updates of {} QPs ({} antithetic pairs) in {:.0} s.\n\n\
          Held-out QPs, {} per cell; s/QP is the mean over QPs of each QP's median of {} solves \
-         (set-up and solve, one thread, the methods alternating). OSQP's ρ rule counts its \
-         iterations with termination checked every iteration, as the learned ρ does, and is \
-         timed at that interval and at OSQP's default of 25 (fewer residual evaluations); its \
-         s/QP is the faster of the two (the interval in brackets). The time ratio after \
+         (set-up and solve, one thread, the methods alternating). Both methods count their \
+         iterations with termination checked every iteration, and both are timed at each \
+         termination-check interval of {:?} (OSQP's default is 25; a longer one evaluates \
+         residuals less often and may overshoot by a few iterations): each one's s/QP is \
+         that of its fastest interval (in brackets). The time ratio after \
          set-up leaves out the set-up both methods pay alike (scaling, KKT assembly, ordering, \
          symbolic analysis): it compares the numeric factorisations and iterations, OSQP's \
          solve time plus its first factorisation.\n\n",
@@ -527,7 +563,8 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
         cfg.samples,
         train_seconds,
         exp.eval.instances,
-        exp.eval.timing_repeats
+        exp.eval.timing_repeats,
+        exp.eval.check_intervals
     );
     md.push_str(&cells_markdown(&cells));
     if let Some(p) = &per_class {
@@ -557,12 +594,7 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
     }
     if let Some(ws) = &exp.warm_start {
         md.push_str(&warm_start_section(
-            ws,
-            cfg,
-            &frozen,
-            &dir,
-            exp.eval.timing_repeats,
-            quiet,
+            ws, cfg, &frozen, &dir, &exp.eval, quiet,
         )?);
     }
     md.push_str("\n## Figures\n\n");
@@ -592,34 +624,53 @@ fn compare(
     qps: &[QpProblem],
     policy: &dyn RhoPolicy,
 ) -> Result<Cell> {
+    let intervals = &exp.eval.check_intervals;
     let outcomes = solve_all(
         qps,
-        &osqp_and(&exp.rlqp, policy),
+        &osqp_and(&exp.rlqp, policy, intervals),
         None,
         exp.eval.timing_repeats,
     )?;
-    Ok(cell(class, n, &outcomes))
+    Ok(cell(class, n, &outcomes, intervals))
 }
 
-/// OSQP's timed outcomes and their termination-check interval: those at OSQP's default
-/// interval (25) when they were faster on average and solved as many QPs as those checked
-/// every iteration, else the latter (1).
-fn osqp_timed<'o>(exact: &'o [Outcome], default_check: &'o [Outcome]) -> (&'o [Outcome], usize) {
+/// A method's timed outcomes and their termination-check interval, from its outcomes at each
+/// of `intervals` (the first at interval 1, the exact count): the interval with the least
+/// mean time among those that solved as many QPs as interval 1 (ties: the smaller interval).
+fn fastest<'o>(runs: &[&'o [Outcome]], intervals: &[usize]) -> (&'o [Outcome], usize) {
     let seconds = |r: &Outcome| r.seconds;
-    match mean(default_check, solved) == mean(exact, solved)
-        && mean(default_check, seconds) < mean(exact, seconds)
-    {
-        true => (default_check, AdmmSettings::default().check_every),
-        false => (exact, 1),
-    }
+    let exact_solved = mean(runs[0], solved);
+    runs.iter()
+        .zip(intervals)
+        .filter(|(run, _)| mean(run, solved) == exact_solved)
+        .fold((runs[0], intervals[0]), |best, (run, &k)| {
+            match mean(run, seconds) < mean(best.0, seconds) {
+                true => (*run, k),
+                false => best,
+            }
+        })
+}
+
+/// The outcomes of [`osqp_and`]'s methods split into OSQP's and the policy's, one run per
+/// check interval each.
+fn split_methods(outcomes: &[Vec<Outcome>]) -> (Vec<&[Outcome]>, Vec<&[Outcome]>) {
+    let osqp = outcomes.iter().step_by(2).map(Vec::as_slice).collect();
+    let learned = outcomes
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(Vec::as_slice)
+        .collect();
+    (osqp, learned)
 }
 
 /// The cell of OSQP's rule against a policy on the same QPs, from the outcomes of
-/// [`osqp_and`]'s three methods: OSQP's iterations, solved fraction and factorisations from
-/// its exact count; its time from whichever check interval was faster on average (the
-/// default interval only if it solved as many QPs).
-fn cell(class: QpClass, n: usize, outcomes: &[Vec<Outcome>]) -> Cell {
-    let [base, default_check, learned] = [&outcomes[0], &outcomes[1], &outcomes[2]];
+/// [`osqp_and`]'s methods at `intervals`: iterations, solved fractions and factorisations
+/// from the exact count (interval 1), each method's time from its fastest interval
+/// ([`fastest`]).
+fn cell(class: QpClass, n: usize, outcomes: &[Vec<Outcome>], intervals: &[usize]) -> Cell {
+    let (osqp_runs, learned_runs) = split_methods(outcomes);
+    let (base, learned) = (osqp_runs[0], learned_runs[0]);
     let k = base.len() as f64;
     let ratio = (base
         .iter()
@@ -630,10 +681,13 @@ fn cell(class: QpClass, n: usize, outcomes: &[Vec<Outcome>]) -> Cell {
         .exp();
     let seconds = |r: &Outcome| r.seconds;
     let solve_seconds = |r: &Outcome| r.solve_seconds;
-    let (timed, osqp_check_every) = osqp_timed(base, default_check);
-    let (osqp_seconds, learned_seconds) = (mean(timed, seconds), mean(learned, seconds));
-    let (osqp_solve_seconds, learned_solve_seconds) =
-        (mean(timed, solve_seconds), mean(learned, solve_seconds));
+    let (osqp_timed, osqp_check_every) = fastest(&osqp_runs, intervals);
+    let (learned_timed, learned_check_every) = fastest(&learned_runs, intervals);
+    let (osqp_seconds, learned_seconds) = (mean(osqp_timed, seconds), mean(learned_timed, seconds));
+    let (osqp_solve_seconds, learned_solve_seconds) = (
+        mean(osqp_timed, solve_seconds),
+        mean(learned_timed, solve_seconds),
+    );
     Cell {
         class,
         n,
@@ -643,6 +697,7 @@ fn cell(class: QpClass, n: usize, outcomes: &[Vec<Outcome>]) -> Cell {
         osqp_seconds,
         osqp_check_every,
         learned_seconds,
+        learned_check_every,
         time_ratio: osqp_seconds / learned_seconds,
         osqp_solve_seconds,
         learned_solve_seconds,
@@ -682,13 +737,14 @@ fn compare_parametric(
     families: &[Vec<QpProblem>],
     policy: &dyn RhoPolicy,
 ) -> Result<Cell> {
+    let intervals = &exp.eval.check_intervals;
     let outcomes = time_methods(
         families,
-        &osqp_and(&exp.rlqp, policy),
+        &osqp_and(&exp.rlqp, policy, intervals),
         exp.eval.timing_repeats,
         |admm, _, qps, policy| admm.solve_sequence(qps, policy),
     )?;
-    Ok(cell(class, n, &outcomes))
+    Ok(cell(class, n, &outcomes, intervals))
 }
 
 /// `per_class`: one policy per evaluated class, trained on that class alone, saved under
@@ -773,11 +829,11 @@ fn parametric_cells(
 /// The cells as CSV.
 fn cells_csv(cells: &[Cell]) -> String {
     let mut table = String::from(
-        "class,n,osqp_iters,learned_iters,iteration_ratio,osqp_seconds,learned_seconds,time_ratio,osqp_solved,learned_solved,osqp_factorisations,learned_factorisations,osqp_solve_seconds,learned_solve_seconds,solve_time_ratio,osqp_check_every\n",
+        "class,n,osqp_iters,learned_iters,iteration_ratio,osqp_seconds,learned_seconds,time_ratio,osqp_solved,learned_solved,osqp_factorisations,learned_factorisations,osqp_solve_seconds,learned_solve_seconds,solve_time_ratio,osqp_check_every,learned_check_every\n",
     );
     for c in cells {
         table.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             c.class.name(),
             c.n,
             c.osqp_iters,
@@ -793,7 +849,8 @@ fn cells_csv(cells: &[Cell]) -> String {
             c.osqp_solve_seconds,
             c.learned_solve_seconds,
             c.solve_time_ratio,
-            c.osqp_check_every
+            c.osqp_check_every,
+            c.learned_check_every
         ));
     }
     table
@@ -802,11 +859,11 @@ fn cells_csv(cells: &[Cell]) -> String {
 /// The cells as a Markdown table.
 fn cells_markdown(cells: &[Cell]) -> String {
     let mut md = String::from(
-        "| class | n | OSQP ρ iters | learned iters | ratio | OSQP s/QP (check interval) | learned s/QP | time ratio | time ratio after set-up | solved (OSQP / learned) | factorisations (OSQP / learned) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| class | n | OSQP ρ iters | learned iters | ratio | OSQP s/QP (check interval) | learned s/QP (check interval) | time ratio | time ratio after set-up | solved (OSQP / learned) | factorisations (OSQP / learned) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for c in cells {
         md.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2e} ({}) | {:.2e} | {:.2} | {:.2} | {:.0}% / {:.0}% | {:.1} / {:.1} |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2e} ({}) | {:.2e} ({}) | {:.2} | {:.2} | {:.0}% / {:.0}% | {:.1} / {:.1} |\n",
             c.class.name(),
             c.n,
             c.osqp_iters,
@@ -815,6 +872,7 @@ fn cells_markdown(cells: &[Cell]) -> String {
             c.osqp_seconds,
             c.osqp_check_every,
             c.learned_seconds,
+            c.learned_check_every,
             c.time_ratio,
             c.solve_time_ratio,
             100.0 * c.osqp_solved,
@@ -855,7 +913,7 @@ struct WarmStartRow {
     iters: f64,
     seconds: f64,
     solved: f64,
-    /// The termination-check interval of the timed solves ([`osqp_timed`] for OSQP's ρ).
+    /// The termination-check interval of the timed solves ([`fastest`]).
     check_every: usize,
 }
 
@@ -867,9 +925,10 @@ fn warm_start_section(
     cfg: &RlqpConfig,
     policy: &dyn RhoPolicy,
     dir: &Path,
-    repeats: usize,
+    eval: &RlqpEval,
     quiet: bool,
 ) -> Result<String> {
+    let (repeats, intervals) = (eval.timing_repeats, &eval.check_intervals);
     let bar = progress::bar(ws.steps as u64, "warm start", quiet);
     let t0 = Instant::now();
     let (model, records) = QpWarmStart::train(ws, |r| {
@@ -888,22 +947,20 @@ fn warm_start_section(
     for (start, warm) in [("cold", false), ("warm", true)] {
         let outcomes = solve_all(
             &qps,
-            &osqp_and(cfg, policy),
+            &osqp_and(cfg, policy, intervals),
             warm.then_some(predictions.as_slice()),
             repeats,
         )?;
-        let (osqp_clocked, osqp_check_every) = osqp_timed(&outcomes[0], &outcomes[1]);
+        let (osqp, learned) = split_methods(&outcomes);
         let predict = if warm { predict_seconds } else { 0.0 };
-        for (rho, counted, timed, check_every) in [
-            ("OSQP", &outcomes[0], osqp_clocked, osqp_check_every),
-            ("learned", &outcomes[2], &outcomes[2][..], 1),
-        ] {
+        for (rho, runs) in [("OSQP", osqp), ("learned", learned)] {
+            let (timed, check_every) = fastest(&runs, intervals);
             rows.push(WarmStartRow {
                 start,
                 rho,
-                iters: mean(counted, |r| r.iters),
+                iters: mean(runs[0], |r| r.iters),
                 seconds: mean(timed, |r| r.seconds) + predict,
-                solved: mean(counted, solved),
+                solved: mean(runs[0], solved),
                 check_every,
             });
         }
@@ -921,7 +978,7 @@ fn warm_start_section(
          An MLP from the {} entries of (q, l, u) that vary in the family to (y, λ), trained by \
          regression on {} labelled members ({} steps, {:.0} s, final batch loss {:.4}); {} \
          held-out members, eps 1e-3, iterations counted with termination checked every \
-         iteration; OSQP's ρ timed at the faster of that and its default interval of 25 (in \
+         iteration; each ρ timed at its fastest termination-check interval of {:?} (in \
          brackets), prediction time included in warm starts ({:.1e} s per QP).\n\n\
          | start | ρ | mean iterations | s/QP (check interval) | solved | iterations vs cold OSQP |\n|---|---|---|---|---|---|\n",
         ws.class.name(),
@@ -934,6 +991,7 @@ fn warm_start_section(
         train_seconds,
         records.last().map_or(f64::NAN, |r| r.loss),
         qps.len(),
+        intervals,
         predict_seconds
     );
     let cold = rows[0].iters;
@@ -966,22 +1024,46 @@ mod tests {
         }
     }
 
-    /// OSQP's time is the faster check interval's, unless that one solved fewer QPs; its
-    /// iterations are always the exact count.
+    /// Each method's time is its fastest check interval's, unless that one solved fewer QPs;
+    /// the iterations are always the exact count (interval 1).
     #[test]
-    fn a_cell_times_osqp_at_its_faster_check_interval() {
-        let exact = vec![outcome(40.0, 4.0, true), outcome(60.0, 6.0, true)];
-        let learned = vec![outcome(10.0, 1.0, true), outcome(20.0, 2.0, true)];
-        let faster = vec![outcome(50.0, 3.0, true), outcome(75.0, 5.0, true)];
-        let c = cell(QpClass::Lasso, 5, &[exact.clone(), faster, learned.clone()]);
-        assert_eq!(c.osqp_check_every, 25);
-        assert_eq!((c.osqp_iters, c.osqp_seconds), (50.0, 4.0));
+    fn a_cell_times_each_method_at_its_fastest_check_interval() {
+        let intervals = [1, 5, 25];
+        let osqp_exact = vec![outcome(40.0, 4.0, true), outcome(60.0, 6.0, true)];
+        let learned_exact = vec![outcome(10.0, 2.0, true), outcome(20.0, 2.0, true)];
+        let osqp_5 = vec![outcome(40.0, 4.5, true), outcome(60.0, 4.5, true)];
+        let osqp_25 = vec![outcome(50.0, 3.0, true), outcome(75.0, 5.0, true)];
+        let learned_5 = vec![outcome(10.0, 1.0, true), outcome(20.0, 2.0, true)];
+        let learned_25 = vec![outcome(25.0, 1.0, true), outcome(25.0, 1.0, false)];
+        let c = cell(
+            QpClass::Lasso,
+            5,
+            &[
+                osqp_exact.clone(),
+                learned_exact.clone(),
+                osqp_5,
+                learned_5,
+                osqp_25,
+                learned_25,
+            ],
+            &intervals,
+        );
+        // OSQP: 25 is the fastest (4.0 s against 5.0 and 4.5). The learned ρ: 25 is faster
+        // still but solved one QP fewer, so 5 (1.5 s against 2.0).
+        assert_eq!((c.osqp_check_every, c.osqp_seconds), (25, 4.0));
+        assert_eq!((c.learned_check_every, c.learned_seconds), (5, 1.5));
+        assert_eq!((c.osqp_iters, c.learned_iters), (50.0, 15.0));
         assert_eq!(c.time_ratio, 4.0 / 1.5);
+        assert_eq!(c.learned_solved, 1.0);
+        // When no longer interval is faster, the exact runs are timed.
         let slower = vec![outcome(50.0, 5.0, true), outcome(75.0, 7.0, true)];
-        let c = cell(QpClass::Lasso, 5, &[exact.clone(), slower, learned.clone()]);
+        let c = cell(
+            QpClass::Lasso,
+            5,
+            &[osqp_exact, learned_exact, slower.clone(), slower],
+            &intervals[..2],
+        );
         assert_eq!((c.osqp_check_every, c.osqp_seconds), (1, 5.0));
-        let unsolved = vec![outcome(50.0, 1.0, true), outcome(4000.0, 2.0, false)];
-        let c = cell(QpClass::Lasso, 5, &[exact, unsolved, learned]);
-        assert_eq!((c.osqp_check_every, c.osqp_seconds), (1, 5.0));
+        assert_eq!((c.learned_check_every, c.learned_seconds), (1, 2.0));
     }
 }

@@ -4,17 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use amortize::testing::ScratchDir;
+
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_amortize"));
     c.arg("--quiet");
     c
 }
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("amortize-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch folder for one test, removed when the test ends (pass or fail).
+fn tmpdir(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("cli-{name}")).unwrap()
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -560,21 +560,24 @@ fn init_from_starts_lista_from_a_trained_alista() {
     }
 }
 
-/// Runs the built-in experiment `name` on `threads` threads and returns its run folder.
-fn reproduce(name: &str, threads: usize) -> PathBuf {
+/// Runs the built-in experiment `name` on `threads` threads and returns its run folder (and
+/// the scratch folder holding it, removed when dropped).
+fn reproduce(name: &str, threads: usize) -> (ScratchDir, PathBuf) {
     let dir = tmpdir(name);
     let o = run(bin()
         .args(["--threads", &threads.to_string(), "--out"])
         .arg(&dir)
         .args(["run", name]));
     assert!(o.status.success(), "{}", stderr(&o));
-    dir.join(name)
+    let run_dir = dir.join(name);
+    (dir, run_dir)
 }
 
 /// Runs the built-in experiment `name` on `threads` threads and returns its model's NMSE (dB)
 /// at layer 16.
 fn reproduced_nmse_at_16(name: &str, threads: usize) -> f64 {
-    model_nmse_at(&reproduce(name, threads), 16)
+    let (_scratch, run_dir) = reproduce(name, threads);
+    model_nmse_at(&run_dir, 16)
 }
 
 /// Full reproduction (about 6 minutes): ALISTA with momentum and adaptive thresholds, trained
@@ -594,7 +597,7 @@ fn reproduce_alista() {
 #[test]
 #[ignore = "reproduction run, minutes: cargo test --release -- --ignored"]
 fn reproduce_lista_lasso_paper() {
-    let run_dir = reproduce("lista-lasso-paper", 1);
+    let (_scratch, run_dir) = reproduce("lista-lasso-paper", 1);
     let gap = layers_csv_value(&run_dir, 16, "model_gap");
     let fista = layers_csv_value(&run_dir, 16, "fista_gap");
     assert!(gap <= 3e-3, "LISTA-16 mean relative gap {gap}");
@@ -919,8 +922,11 @@ fn run_rlqp_trains_a_policy_and_writes_the_comparison() {
             assert!(solve > 0.0 && solve < all, "{method}: {row}");
         }
         assert!(value("solve_time_ratio") > 0.0, "{row}");
-        // OSQP is timed at the faster of checking every iteration and its default 25.
-        assert!([1.0, 25.0].contains(&value("osqp_check_every")), "{row}");
+        // Each method is timed at its fastest check interval of the default [1, 5, 25].
+        for method in ["osqp", "learned"] {
+            let k = value(&format!("{method}_check_every"));
+            assert!([1.0, 5.0, 25.0].contains(&k), "{method}: {row}");
+        }
     }
     assert_eq!(
         std::fs::read_to_string(run_dir.join("training.csv"))
@@ -938,12 +944,8 @@ fn run_rlqp_trains_a_policy_and_writes_the_comparison() {
         let cells: Vec<&str> = row.split(',').collect();
         let solved: f64 = cells[4].parse().unwrap();
         assert_eq!(solved, 1.0, "{row}");
-        // The learned ρ is timed checking every iteration, OSQP's at its faster interval.
-        let check_every = cells[5];
-        assert!(
-            check_every == "1" || (cells[1] == "OSQP" && check_every == "25"),
-            "{row}"
-        );
+        // Each ρ is timed at its fastest check interval.
+        assert!(["1", "5", "25"].contains(&cells[5]), "{row}");
     }
     assert!(run_dir.join("warm-start/warm-start.safetensors").exists());
     // Deployment: `solve --solver admm --rho-policy` runs the policy on the schedule it was

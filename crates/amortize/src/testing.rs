@@ -1,4 +1,8 @@
-//! Helpers shared by tests: the problem zoo and finite-difference checks.
+//! Helpers shared by tests: the problem zoo, finite-difference checks and scratch folders.
+
+use std::ffi::OsStr;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
@@ -72,4 +76,49 @@ pub fn sample_pair(problem: &dyn Problem, n: usize, seed: u64) -> Result<(Tensor
     let y = Tensor::from_vec(y, (n, d), &Device::Cpu)?;
     let y = problem.to_domain(&y)?;
     Ok((x, y))
+}
+
+/// A fresh, empty folder under the system's temporary directory, named after the process and
+/// `name`, removed with everything in it when dropped: also when the test using it fails, so
+/// test runs leave nothing behind. It reads as a [`Path`].
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// Creates `<temp>/amortize-<pid>-<name>`, emptying it first if a previous run with the
+    /// same process id left it.
+    pub fn new(name: &str) -> std::io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("amortize-{}-{name}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        Ok(ScratchDir(dir))
+    }
+}
+
+impl Deref for ScratchDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for ScratchDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<OsStr> for ScratchDir {
+    fn as_ref(&self) -> &OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        // Best effort: a folder that cannot be removed must not turn a pass into a panic.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

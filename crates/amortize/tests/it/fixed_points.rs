@@ -644,8 +644,8 @@ fn fixed_point_models_and_families_refuse_bad_input() -> Result<()> {
 
 #[test]
 fn neural_fp_checkpoint_round_trips() -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("amortize-test-{}-nfp", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = amortize::testing::ScratchDir::new("test-nfp").unwrap();
+    let dir = scratch.join("model");
     let config = ProblemConfig::FixedPointToy(FixedPointToyConfig::default());
     let p = config.build()?;
     let model = ModelConfig::NeuralFp(NeuralFpConfig {

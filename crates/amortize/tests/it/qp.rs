@@ -581,8 +581,8 @@ fn rlqp_training_beats_osqp_rule_and_policy_checkpoints_round_trip() -> Result<(
         "learned {learned} vs OSQP's rule {base} iterations"
     );
 
-    let dir = std::env::temp_dir().join(format!("amortize-test-{}-policy", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = amortize::testing::ScratchDir::new("test-policy").unwrap();
+    let dir = scratch.join("policy");
     save_policy(&dir, &policy, cfg.schedule())?;
     let (loaded, schedule) = load_policy_with_schedule(&dir)?;
     assert_eq!(schedule, Some(cfg.schedule()));
@@ -838,7 +838,8 @@ fn qp_warm_start_cuts_iterations_and_its_checkpoint_round_trips() -> Result<()> 
         check_every: 1,
         ..AdmmSettings::default()
     })?;
-    let dir = std::env::temp_dir().join(format!("amortize-test-{}-warm", std::process::id()));
+    let scratch = amortize::testing::ScratchDir::new("test-warm").unwrap();
+    let dir = scratch.join("model");
     for (class, size, inputs) in [(QpClass::Control, 4, 8), (QpClass::Lasso, 6, 12)] {
         let cfg = QpWarmStartConfig {
             class,

@@ -1,16 +1,11 @@
-use std::path::PathBuf;
-
 use amortize::prelude::*;
-use amortize::testing::max_abs_diff;
+use amortize::testing::{max_abs_diff, ScratchDir};
 use amortize::train::{Observer, Record};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("amortize-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("test-{name}")).unwrap()
 }
 
 /// The default MLP with these hidden widths for `problem`, θ drawn from `seed`.
