@@ -87,6 +87,45 @@ impl Default for RlqpParametric {
     }
 }
 
+/// Training settings of one class-specific policy that differ from `[rlqp]`'s
+/// (`[[class_settings]]`, with `per_class = true`): the sizes it trains on and when ADMM
+/// consults it. A class whose factorisations are dear can, for example, be given a policy that
+/// sets ρ once, before the first iteration (`max_changes = 1`: one factorisation per solve).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassSettings {
+    /// The class whose policy these settings train.
+    pub class: QpClass,
+    /// Training sizes n (default `[rlqp] sizes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sizes: Option<Vec<usize>>,
+    /// Iterations before the first scheduled consultation (default `[rlqp] interval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<usize>,
+    /// Changes of ρ after which the policy is no longer consulted, the start's included
+    /// (default `[rlqp] max_changes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_changes: Option<usize>,
+    /// Iterations one factorisation counts for in the training loss (default `[rlqp]
+    /// refactor_cost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refactor_cost: Option<f64>,
+}
+
+impl ClassSettings {
+    /// `base` (the experiment's `[rlqp]`) restricted to this class, with these settings.
+    fn apply(&self, base: &RlqpConfig) -> RlqpConfig {
+        RlqpConfig {
+            classes: vec![self.class],
+            sizes: self.sizes.clone().unwrap_or_else(|| base.sizes.clone()),
+            interval: self.interval.unwrap_or(base.interval),
+            max_changes: self.max_changes.or(base.max_changes),
+            refactor_cost: self.refactor_cost.unwrap_or(base.refactor_cost),
+            ..base.clone()
+        }
+    }
+}
+
 /// An RLQP experiment file: `name`, `seed`, `[rlqp]` (training) and `[eval]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,6 +152,23 @@ pub struct RlqpExperiment {
     /// Also compare on parametric families in OSQP's update mode (optional).
     #[serde(default)]
     pub parametric: Option<RlqpParametric>,
+    /// Per-class training settings of the class-specific policies (`per_class`); classes
+    /// not listed train with `[rlqp]`'s.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_settings: Vec<ClassSettings>,
+}
+
+impl RlqpExperiment {
+    /// The training settings of `class`'s class-specific policy.
+    pub fn class_config(&self, class: QpClass) -> RlqpConfig {
+        match self.class_settings.iter().find(|c| c.class == class) {
+            Some(settings) => settings.apply(&self.rlqp),
+            None => RlqpConfig {
+                classes: vec![class],
+                ..self.rlqp.clone()
+            },
+        }
+    }
 }
 
 /// The built-in RLQP experiment.
@@ -164,6 +220,24 @@ pub fn load(spec: &str, seed: Option<u64>, steps: Option<usize>) -> Result<RlqpE
         bail!(
             "eval: classes must be non-empty, sizes >= 2, instances >= 1 and timing_repeats >= 1"
         );
+    }
+    for (k, settings) in exp.class_settings.iter().enumerate() {
+        let class = settings.class.name();
+        if !exp.per_class {
+            bail!("class_settings ({class}) needs per_class = true: they train class-specific policies");
+        }
+        if !exp.eval.classes.contains(&settings.class) {
+            bail!("class_settings: {class} is not among eval.classes, so no policy of its own is trained");
+        }
+        if exp.class_settings[..k]
+            .iter()
+            .any(|c| c.class == settings.class)
+        {
+            bail!("class_settings: {class} is listed twice");
+        }
+        exp.class_config(settings.class)
+            .validate()
+            .with_context(|| format!("class_settings for {class}"))?;
     }
     exp.eval.check_intervals.sort_unstable();
     exp.eval.check_intervals.dedup();
@@ -398,7 +472,7 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
                     exported.push('\n');
                 }
             }
-            cells.push(compare(exp, class, n, &qps, &frozen)?);
+            cells.push(compare(exp, &exp.rlqp, class, n, &qps, &frozen)?);
             bar.inc(1);
         }
     }
@@ -571,8 +645,10 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
         md.push_str(&format!(
             "\n## Class-specific policies\n\nOne policy per class, trained on that class alone \
              with the same settings ({} updates each; {:.0} s in all), on the same held-out QPs \
-             (`policies/<class>/`, `rlqp-per-class.csv`):\n\n",
-            cfg.steps, p.train_seconds
+             (`policies/<class>/`, `rlqp-per-class.csv`){}:\n\n",
+            cfg.steps,
+            p.train_seconds,
+            class_settings_text(&exp.class_settings)
         ));
         md.push_str(&cells_markdown(&p.cells));
     }
@@ -608,6 +684,33 @@ pub fn run(exp: &RlqpExperiment, out: &Path, quiet: bool) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The report's words for `[[class_settings]]`: empty without any.
+fn class_settings_text(settings: &[ClassSettings]) -> String {
+    let described: Vec<String> = settings
+        .iter()
+        .map(|c| {
+            let mut parts = Vec::new();
+            if let Some(sizes) = &c.sizes {
+                parts.push(format!("trained at n = {sizes:?}"));
+            }
+            if let Some(k) = c.interval {
+                parts.push(format!("first consulted after {k} iterations"));
+            }
+            if let Some(k) = c.max_changes {
+                parts.push(format!("at most {k} change(s) of ρ"));
+            }
+            if let Some(r) = c.refactor_cost {
+                parts.push(format!("a factorisation counted as {r} iterations"));
+            }
+            format!("{}: {}", c.class.name(), parts.join(", "))
+        })
+        .collect();
+    match described.is_empty() {
+        true => String::new(),
+        false => format!(", except ({})", described.join("; ")),
+    }
+}
+
 /// The held-out QPs of one class and size (the same for every policy compared).
 fn held_out(exp: &RlqpExperiment, class: QpClass, n: usize) -> Result<Vec<QpProblem>> {
     let mut rng = StdRng::seed_from_u64(exp.seed ^ 0xE7A1 ^ (n as u64) << 8);
@@ -616,9 +719,11 @@ fn held_out(exp: &RlqpExperiment, class: QpClass, n: usize) -> Result<Vec<QpProb
         .collect::<amortize::Result<_>>()?)
 }
 
-/// OSQP's ρ rule against `policy` on `qps` (one class and size).
+/// OSQP's ρ rule against `policy` on `qps` (one class and size); `cfg` is the policy's
+/// training settings (its schedule).
 fn compare(
     exp: &RlqpExperiment,
+    cfg: &RlqpConfig,
     class: QpClass,
     n: usize,
     qps: &[QpProblem],
@@ -627,7 +732,7 @@ fn compare(
     let intervals = &exp.eval.check_intervals;
     let outcomes = solve_all(
         qps,
-        &osqp_and(&exp.rlqp, policy, intervals),
+        &osqp_and(cfg, policy, intervals),
         None,
         exp.eval.timing_repeats,
     )?;
@@ -732,6 +837,7 @@ fn held_out_families(
 /// by both methods in turn; a QP's seconds are its family's median time over the QPs.
 fn compare_parametric(
     exp: &RlqpExperiment,
+    cfg: &RlqpConfig,
     class: QpClass,
     n: usize,
     families: &[Vec<QpProblem>],
@@ -740,7 +846,7 @@ fn compare_parametric(
     let intervals = &exp.eval.check_intervals;
     let outcomes = time_methods(
         families,
-        &osqp_and(&exp.rlqp, policy, intervals),
+        &osqp_and(cfg, policy, intervals),
         exp.eval.timing_repeats,
         |admm, _, qps, policy| admm.solve_sequence(qps, policy),
     )?;
@@ -754,10 +860,7 @@ fn per_class_policies(exp: &RlqpExperiment, dir: &Path, quiet: bool) -> Result<P
     let mut policies = Vec::new();
     let mut train_seconds = 0.0;
     for &class in &exp.eval.classes {
-        let cfg = RlqpConfig {
-            classes: vec![class],
-            ..exp.rlqp.clone()
-        };
+        let cfg = exp.class_config(class);
         let policy = RhoPolicyNet::new(
             cfg.policy.clone(),
             &mut StdRng::seed_from_u64(exp.seed),
@@ -778,9 +881,16 @@ fn per_class_policies(exp: &RlqpExperiment, dir: &Path, quiet: bool) -> Result<P
         )?;
         let frozen = policy.frozen()?;
         for &n in &exp.eval.sizes {
-            cells.push(compare(exp, class, n, &held_out(exp, class, n)?, &frozen)?);
+            cells.push(compare(
+                exp,
+                &cfg,
+                class,
+                n,
+                &held_out(exp, class, n)?,
+                &frozen,
+            )?);
         }
-        policies.push((class, frozen));
+        policies.push((class, cfg, frozen));
     }
     Ok(PerClass {
         cells,
@@ -795,8 +905,8 @@ struct PerClass {
     cells: Vec<Cell>,
     /// Training time of all the class-specific policies.
     train_seconds: f64,
-    /// The trained policies.
-    policies: Vec<(QpClass, FrozenRhoPolicy)>,
+    /// The trained policies, with their training settings.
+    policies: Vec<(QpClass, RlqpConfig, FrozenRhoPolicy)>,
 }
 
 /// The `[parametric]` comparison: the shared policy's cells, and the class-specific
@@ -812,12 +922,14 @@ fn parametric_cells(
     let bar = progress::bar(total, "families", quiet);
     let (mut cells, mut class_cells) = (Vec::new(), Vec::new());
     for &class in &params.classes {
-        let own = per_class.and_then(|p| p.policies.iter().find(|(c, _)| *c == class));
+        let own = per_class.and_then(|p| p.policies.iter().find(|(c, _, _)| *c == class));
         for &n in &params.sizes {
             let families = held_out_families(exp, params, class, n)?;
-            cells.push(compare_parametric(exp, class, n, &families, shared)?);
-            if let Some((_, policy)) = own {
-                class_cells.push(compare_parametric(exp, class, n, &families, policy)?);
+            cells.push(compare_parametric(
+                exp, &exp.rlqp, class, n, &families, shared,
+            )?);
+            if let Some((_, cfg, policy)) = own {
+                class_cells.push(compare_parametric(exp, cfg, class, n, &families, policy)?);
             }
             bar.inc(1);
         }
@@ -1065,5 +1177,63 @@ mod tests {
         );
         assert_eq!((c.osqp_check_every, c.osqp_seconds), (1, 5.0));
         assert_eq!((c.learned_check_every, c.learned_seconds), (1, 2.0));
+    }
+
+    /// `[[class_settings]]` changes only its class's training settings, and is refused
+    /// without `per_class`, for a class not evaluated, twice for one class, or with settings
+    /// `[rlqp]` would refuse.
+    #[test]
+    fn class_settings_train_their_class_only() {
+        let base = "name = \"t\"\nper_class = true\n[rlqp]\nsizes = [10]\nmax_iters = 100\n\
+                    [eval]\nclasses = [\"lasso\", \"svm\"]\n";
+        let dir = amortize::testing::ScratchDir::new("rlqp-class-settings").unwrap();
+        let path = dir.join("rlqp.toml");
+        let load_text = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            load(path.to_str().unwrap(), None, None)
+        };
+        let exp = load_text(&format!(
+            "{base}[[class_settings]]\nclass = \"lasso\"\nsizes = [20, 50]\nmax_changes = 1\n"
+        ))
+        .unwrap();
+        let lasso = exp.class_config(QpClass::Lasso);
+        assert_eq!(lasso.classes, vec![QpClass::Lasso]);
+        assert_eq!(
+            (lasso.sizes.clone(), lasso.max_changes),
+            (vec![20, 50], Some(1))
+        );
+        assert_eq!(lasso.interval, exp.rlqp.interval);
+        let svm = exp.class_config(QpClass::Svm);
+        assert_eq!(svm.classes, vec![QpClass::Svm]);
+        assert_eq!(
+            (svm.sizes, svm.max_changes),
+            (vec![10], exp.rlqp.max_changes)
+        );
+        for (extra, needle) in [
+            (
+                "[[class_settings]]\nclass = \"control\"\n",
+                "not among eval.classes",
+            ),
+            (
+                "[[class_settings]]\nclass = \"svm\"\n[[class_settings]]\nclass = \"svm\"\n",
+                "twice",
+            ),
+            (
+                "[[class_settings]]\nclass = \"svm\"\nsizes = []\n",
+                "class_settings for svm",
+            ),
+            (
+                "[[class_settings]]\nclass = \"svm\"\ninterval = 60\n",
+                "class_settings for svm",
+            ),
+        ] {
+            let e = format!("{:#}", load_text(&format!("{base}{extra}")).unwrap_err());
+            assert!(e.contains(needle), "{extra}: {e}");
+        }
+        let without = base.replace("per_class = true\n", "");
+        let e = load_text(&format!("{without}[[class_settings]]\nclass = \"svm\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("per_class"), "{e}");
     }
 }

@@ -1056,7 +1056,8 @@ fn run_rlqp_with_class_specific_policies() {
         "name = \"tiny-rlqp\"\nper_class = true\n",
     );
     let text = text[..text.find("[warm_start]").unwrap()].to_string()
-        + "[parametric]\nclasses = [\"lasso\", \"control\", \"svm\"]\nsizes = [6]\nfamilies = 2\ninstances = 3\n";
+        + "[parametric]\nclasses = [\"lasso\", \"control\", \"svm\"]\nsizes = [6]\nfamilies = 2\ninstances = 3\n"
+        + "[[class_settings]]\nclass = \"svm\"\nsizes = [8]\nmax_changes = 1\n";
     std::fs::write(&cfg, &text).unwrap();
     let o = run(bin().arg("--out").arg(&dir).arg("run").arg(&cfg));
     assert!(o.status.success(), "{}", stderr(&o));
@@ -1074,8 +1075,24 @@ fn run_rlqp_with_class_specific_policies() {
             .join(format!("policies/{class}/policy.safetensors"))
             .exists());
     }
+    // svm's policy trained with its own settings, and is saved with its own schedule; the
+    // other class's with `[rlqp]`'s.
+    for (class, cap) in [("svm", "1"), ("random", "null")] {
+        let json =
+            std::fs::read_to_string(run_dir.join(format!("policies/{class}/policy.json"))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            v["schedule"]["max_changes"].to_string(),
+            cap,
+            "{class}: {json}"
+        );
+    }
     let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
     assert!(report.contains("## Class-specific policies"), "{report}");
+    assert!(
+        report.contains("svm: trained at n = [8], at most 1 change(s) of ρ"),
+        "{report}"
+    );
     for figure in [
         "time-ratio",
         "iteration-ratio-per-class",
