@@ -400,7 +400,9 @@ struct SolveCosts {
     setup: f64,
     /// One numeric factorisation of the KKT matrix.
     factor: f64,
-    /// One iteration with its termination check (the RLQP comparison checks every iteration).
+    /// One iteration with its termination check (every iteration; `run rlqp` counts
+    /// iterations that way and times each method at its fastest check interval, so this
+    /// cost is an upper bound there).
     iteration: f64,
     /// OSQP's rule, checked every iteration: iterations, factorisations, measured seconds.
     osqp: (f64, f64, f64),

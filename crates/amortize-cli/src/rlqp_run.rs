@@ -145,7 +145,8 @@ pub struct RlqpExperiment {
     /// cold/warm with OSQP's and the learned ρ (optional; its seed follows the experiment's).
     #[serde(default)]
     pub warm_start: Option<QpWarmStartConfig>,
-    /// Also train one policy per evaluated class, on that class alone with the same settings,
+    /// Also train one policy per evaluated class, on that class alone with the same settings
+    /// (unless `class_settings` gives it others),
     /// and compare it with OSQP's ρ on that class's held-out QPs (default false).
     #[serde(default)]
     pub per_class: bool,
@@ -741,13 +742,17 @@ fn compare(
 
 /// A method's timed outcomes and their termination-check interval, from its outcomes at each
 /// of `intervals` (the first at interval 1, the exact count): the interval with the least
-/// mean time among those that solved as many QPs as interval 1 (ties: the smaller interval).
+/// mean time among those that solved exactly the QPs interval 1 solved (ties: the smaller
+/// interval). The iterates are the same at every interval, but a solve checked less often
+/// could end differently (an infeasibility test at an iteration the other skips); such an
+/// interval is not a like-for-like solve and is left out. The choice is made on the times it
+/// reports, for both methods alike.
 fn fastest<'o>(runs: &[&'o [Outcome]], intervals: &[usize]) -> (&'o [Outcome], usize) {
     let seconds = |r: &Outcome| r.seconds;
-    let exact_solved = mean(runs[0], solved);
+    let same_solved = |run: &[Outcome]| run.iter().zip(runs[0]).all(|(a, b)| a.solved == b.solved);
     runs.iter()
         .zip(intervals)
-        .filter(|(run, _)| mean(run, solved) == exact_solved)
+        .filter(|(run, _)| same_solved(run))
         .fold((runs[0], intervals[0]), |best, (run, &k)| {
             match mean(run, seconds) < mean(best.0, seconds) {
                 true => (*run, k),
@@ -1177,6 +1182,68 @@ mod tests {
         );
         assert_eq!((c.osqp_check_every, c.osqp_seconds), (1, 5.0));
         assert_eq!((c.learned_check_every, c.learned_seconds), (1, 2.0));
+    }
+
+    /// Δ = 0 everywhere (OSQP's rule through the policy hook).
+    struct Zero;
+
+    impl RhoPolicy for Zero {
+        fn adjust(&self, _features: &[f64], m: usize) -> Vec<f64> {
+            vec![0.0; m]
+        }
+    }
+
+    /// `osqp_and` lays the methods out per interval, OSQP's rule then the policy, each with
+    /// that interval and its own settings, and `split_methods` takes them apart in that
+    /// order; `fastest` breaks a tie towards the smaller interval.
+    #[test]
+    fn methods_are_laid_out_and_split_per_interval() {
+        let cfg = RlqpConfig {
+            at_start: true,
+            max_changes: Some(1),
+            ..RlqpConfig::default()
+        };
+        let intervals = [1, 5, 25];
+        let methods = osqp_and(&cfg, &Zero, &intervals);
+        assert_eq!(methods.len(), 6);
+        for (k, pair) in methods.chunks(2).enumerate() {
+            let ((osqp, none), (learned, some)) = (&pair[0], &pair[1]);
+            assert!(
+                none.is_none() && some.is_some(),
+                "interval {}",
+                intervals[k]
+            );
+            assert_eq!(
+                (osqp.check_every, learned.check_every),
+                (intervals[k], intervals[k])
+            );
+            assert!(!osqp.policy_at_start);
+            assert_eq!(
+                (learned.policy_at_start, learned.policy_max_changes),
+                (true, Some(1))
+            );
+        }
+        // Outcomes tagged by their method's position come back split by method.
+        let outcomes: Vec<Vec<Outcome>> =
+            (0..6).map(|k| vec![outcome(k as f64, 1.0, true)]).collect();
+        let (osqp, learned) = split_methods(&outcomes);
+        let tags = |runs: &[&[Outcome]]| runs.iter().map(|r| r[0].iters).collect::<Vec<_>>();
+        assert_eq!(
+            (tags(&osqp), tags(&learned)),
+            (vec![0.0, 2.0, 4.0], vec![1.0, 3.0, 5.0])
+        );
+        // Equal times: the smaller interval.
+        assert_eq!(fastest(&osqp, &intervals).1, 1);
+        let (a, b, c) = (
+            vec![outcome(1.0, 3.0, true)],
+            vec![outcome(1.0, 2.0, true)],
+            vec![outcome(1.0, 2.0, true)],
+        );
+        assert_eq!(fastest(&[&a, &b, &c], &intervals).1, 5);
+        // The same fraction solved, but not the same QP: not like for like.
+        let exact = vec![outcome(1.0, 3.0, true), outcome(1.0, 3.0, false)];
+        let swapped = vec![outcome(1.0, 1.0, false), outcome(1.0, 1.0, true)];
+        assert_eq!(fastest(&[&exact, &swapped], &intervals[..2]).1, 1);
     }
 
     /// `[[class_settings]]` changes only its class's training settings, and is refused

@@ -1087,6 +1087,20 @@ fn run_rlqp_with_class_specific_policies() {
             "{class}: {json}"
         );
     }
+    // ... and is compared on its own schedule: at most one change of ρ after the first
+    // factorisation (the tiny run's policy is not consulted at the start).
+    for file in ["rlqp-per-class.csv", "rlqp-parametric-per-class.csv"] {
+        let csv = std::fs::read_to_string(run_dir.join(file)).unwrap();
+        let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        let column = header
+            .iter()
+            .position(|h| *h == "learned_factorisations")
+            .unwrap();
+        for row in csv.lines().skip(1).filter(|r| r.starts_with("svm")) {
+            let f: f64 = row.split(',').nth(column).unwrap().parse().unwrap();
+            assert!(f <= 2.0, "{file}: {row}");
+        }
+    }
     let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
     assert!(report.contains("## Class-specific policies"), "{report}");
     assert!(

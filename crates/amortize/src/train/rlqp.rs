@@ -109,6 +109,9 @@ impl RlqpConfig {
         if !(self.refactor_cost.is_finite() && self.refactor_cost >= 0.0) {
             return bad("refactor_cost must be finite and >= 0");
         }
+        if self.max_changes == Some(0) {
+            return bad("max_changes must be >= 1 (leave it out for no limit)");
+        }
         if self.max_iters < 2 * self.interval {
             return bad("max_iters must be at least twice the interval");
         }

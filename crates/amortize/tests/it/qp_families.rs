@@ -190,6 +190,56 @@ fn a_start_policy_in_sequence_repeats_fresh_solves() -> Result<()> {
     Ok(())
 }
 
+/// A policy that may change ρ once (`policy_max_changes = Some(1)`) is consulted once per QP in
+/// sequence too, as in fresh solves: from the second QP on the factor already holds the ρ the
+/// start asks for, so nothing is refactored, but the start still spends the change (it once
+/// did not, and the policy was consulted again mid-solve, which it was not trained for).
+#[test]
+fn a_once_only_start_policy_is_consulted_once_per_qp_in_sequence() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(13);
+    let family = QpClass::Lasso.family(6, &mut rng)?;
+    let qps: Vec<_> = (0..4)
+        .map(|_| family.instance(&mut rng))
+        .collect::<Result<_>>()?;
+    let admm = Admm::new(AdmmSettings {
+        check_every: 1,
+        adaptive_rho_interval: 2,
+        policy_at_start: true,
+        policy_max_changes: Some(1),
+        ..AdmmSettings::default()
+    })?;
+    let mut fresh_features = Vec::new();
+    let mut fresh = Vec::new();
+    for qp in &qps {
+        let recorder = Recorder(Default::default());
+        fresh.push(admm.solve_with_policy(qp, None, Some(&recorder))?);
+        let features = recorder.0.into_inner().unwrap();
+        assert_eq!(features.len(), qp.m(), "one consultation per fresh solve");
+        fresh_features.extend(features);
+    }
+    let recorder = Recorder(Default::default());
+    let sequence = admm.solve_sequence(&qps, Some(&recorder))?;
+    assert_eq!(recorder.0.into_inner().unwrap(), fresh_features);
+    for (k, (s, f)) in sequence.iter().zip(&fresh).enumerate() {
+        assert_eq!(s.status, QpStatus::Solved);
+        assert!(
+            s.iters > 2,
+            "the solve outlasts the first scheduled consultation"
+        );
+        assert_eq!(s.iters, f.iters, "QP {k}");
+        assert_eq!(f.factorisations, 1);
+        assert_eq!(s.factorisations, usize::from(k == 0), "QP {k}");
+    }
+    // No changes at all is not a cap: it is refused.
+    let e = Admm::new(AdmmSettings {
+        policy_max_changes: Some(0),
+        ..AdmmSettings::default()
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("policy_max_changes"), "{e}");
+    Ok(())
+}
+
 /// A QP with other matrices is refused by the update, naming the problem, and the workspace
 /// still solves its own QP; new vectors of the wrong length, with NaN or with l > u are
 /// refused too.

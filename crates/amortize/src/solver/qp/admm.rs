@@ -85,8 +85,10 @@ pub struct AdmmSettings {
     /// With a ρ policy: also consult it before the first iteration (default false).
     pub policy_at_start: bool,
     /// With a ρ policy: stop consulting it after this many changes of ρ (the start's
-    /// included), keeping the last ρ (default none: no limit). Each change is a KKT
-    /// refactorisation.
+    /// included), keeping the last ρ (default none: no limit; at least 1). Each change is a
+    /// KKT refactorisation. A start consultation counts as a change when it moves ρ away from
+    /// a fresh start's base ρ, also in a sequence, where the factor may already hold the ρ
+    /// it asks for (so `Some(1)` with `policy_at_start` is "ρ chosen once per QP").
     pub policy_max_changes: Option<usize>,
     /// In a sequence ([`Admm::solve_sequence`], [`AdmmWorkspace::reload`]): start each QP
     /// from the previous one's iterate (y, z, λ; z moved into the new bounds) instead of zero
@@ -184,6 +186,10 @@ impl AdmmSettings {
                 "adaptive_rho_interval must be >= 1 and adaptive_rho_tolerance >= 1",
             ),
             (self.check_every >= 1, "check_every must be >= 1"),
+            (
+                self.policy_max_changes != Some(0),
+                "policy_max_changes must be >= 1 (leave it out for no limit)",
+            ),
         ];
         match problems.iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err(Error::invalid(format!("ADMM settings: {msg}"))),
@@ -699,11 +705,12 @@ impl<'a> AdmmWorkspace<'a> {
     /// is no residual balance to estimate yet).
     pub fn consult_at_start(&mut self, policy: &dyn RhoPolicy) -> Result<()> {
         self.residuals();
-        let moved = self.apply_policy(policy, self.rho);
+        let (moved, changed) = self.apply_policy(policy, self.rho, true)?;
         self.fresh_start_features = false;
-        if moved? {
+        if changed {
             self.rho_updates += 1;
-        } else if !self.kkt.is_factored() {
+        }
+        if !moved && !self.kkt.is_factored() {
             self.factor()?;
         }
         Ok(())
@@ -754,8 +761,17 @@ impl<'a> AdmmWorkspace<'a> {
     }
 
     /// The policy's ρ at an adaptation point; refactors (and changes ρ) only when some ρᵢ
-    /// moves by more than `adaptive_rho_tolerance`, as OSQP's rule does.
-    fn apply_policy(&mut self, policy: &dyn RhoPolicy, estimate: f64) -> Result<bool> {
+    /// moves by more than `adaptive_rho_tolerance`, as OSQP's rule does. Returns whether it
+    /// refactored, and whether the consultation counts as a change of ρ: the same, except at
+    /// the start (`at_start`), where it counts when the policy's ρ differs from the base ρ a
+    /// fresh solve starts from, even if the factor (kept from the previous QP of a sequence)
+    /// already holds it.
+    fn apply_policy(
+        &mut self,
+        policy: &dyn RhoPolicy,
+        estimate: f64,
+        at_start: bool,
+    ) -> Result<(bool, bool)> {
         let m = self.qp.m();
         let features = self.rho_features(estimate);
         let delta = policy.adjust(&features, m);
@@ -777,15 +793,21 @@ impl<'a> AdmmWorkspace<'a> {
             })
             .collect();
         self.rho = estimate;
-        let moved = proposed
-            .iter()
-            .zip(&self.rho_vec)
-            .any(|(a, b)| (a / b).max(b / a) > self.settings.adaptive_rho_tolerance);
+        let tol = self.settings.adaptive_rho_tolerance;
+        let far = |a: f64, b: f64| (a / b).max(b / a) > tol;
+        let moved = proposed.iter().zip(&self.rho_vec).any(|(&a, &b)| far(a, b));
+        let changed = match at_start {
+            true => proposed
+                .iter()
+                .enumerate()
+                .any(|(i, &a)| far(a, base_rho(&self.data, i, estimate))),
+            false => moved,
+        };
         if moved {
             self.rho_vec.copy_from_slice(&proposed);
             self.factor()?;
         }
-        Ok(moved)
+        Ok((moved, changed))
     }
 
     /// A scheduled consultation of `policy` (after the start): ρ changes when the policy
@@ -801,7 +823,7 @@ impl<'a> AdmmWorkspace<'a> {
             return Ok(());
         }
         let estimate = self.rho_estimate();
-        if self.apply_policy(policy, estimate)? {
+        if self.apply_policy(policy, estimate, false)?.0 {
             self.rho_updates += 1;
         }
         // A change refactors the KKT matrix and a consultation evaluates the policy on every
