@@ -42,7 +42,7 @@ pub struct RlqpEval {
     /// Termination-check intervals at which both methods are timed (default [1, 5, 25]; 1
     /// must be among them). The iterates do not depend on the interval, only where a solve
     /// stops: iterations are counted at interval 1, and each method's time is that of its
-    /// fastest interval among those that solve as many QPs ([`fastest`]).
+    /// fastest interval among those that solve the same QPs as interval 1 ([`fastest`]).
     pub check_intervals: Vec<usize>,
 }
 
@@ -278,7 +278,7 @@ pub struct Cell {
     /// interval (`osqp_check_every`).
     pub osqp_seconds: f64,
     /// The termination-check interval of OSQP's timed runs: of `[eval] check_intervals`, the
-    /// fastest on average while solving as many QPs as interval 1 ([`fastest`]).
+    /// fastest on average among those that solve the same QPs as interval 1 ([`fastest`]).
     pub osqp_check_every: usize,
     /// Mean seconds per instance (set-up and solve), learned policy at its fastest check
     /// interval (`learned_check_every`).
@@ -1141,7 +1141,7 @@ mod tests {
         }
     }
 
-    /// Each method's time is its fastest check interval's, unless that one solved fewer QPs;
+    /// Each method's time is its fastest check interval's, unless that one solved other QPs;
     /// the iterations are always the exact count (interval 1).
     #[test]
     fn a_cell_times_each_method_at_its_fastest_check_interval() {

@@ -337,7 +337,8 @@ fn qp_classes_are_solved_and_agree_with_clarabel() -> Result<()> {
 }
 
 /// The ADMM iterates are OSQP's: at its default settings (with termination checked every
-/// iteration) this ADMM takes exactly the iterations of the OSQP C solver (osqp 1.1.3 from
+/// iteration) this ADMM takes the iterations of the OSQP C solver (exactly on these QPs when
+/// measured; the test leaves 2 iterations of slack for rounding) (osqp 1.1.3 from
 /// PyPI, recorded with check_termination = 1, eps_abs = eps_rel = 1e-3, on these QPs as
 /// `bench/baselines/osqp_classes.py` reads them), at a fixed ρ and with OSQP's adaptive ρ,
 /// and reaches its objective. Control QPs (q = 0) check OSQP's cost scaling: scaling a small

@@ -1,5 +1,5 @@
 use amortize::solver::qp::{
-    Admm, AdmmSettings, AdmmWorkspace, QpClass, QpStatus, RhoPolicy, RHO_FEATURES,
+    Admm, AdmmSettings, AdmmWorkspace, QpClass, QpSolution, QpStatus, RhoPolicy, RHO_FEATURES,
 };
 use amortize::Result;
 use rand::rngs::StdRng;
@@ -99,9 +99,7 @@ fn solve_sequence_reuses_the_factor_and_matches_fresh_solves() -> Result<()> {
             assert!(gap < 1e-2, "{}: objective gap {gap}", class.name());
             assert!(qp.primal_residual(&s.y) < 1e-2, "{}", class.name());
         }
-        let count = |v: &[amortize::solver::qp::QpSolution]| {
-            v.iter().map(|s| s.factorisations).sum::<usize>()
-        };
+        let count = |v: &[QpSolution]| v.iter().map(|s| s.factorisations).sum::<usize>();
         assert!(
             count(&sequence) < count(&fresh),
             "{}: {} factorisations in sequence, {} fresh",
@@ -154,12 +152,18 @@ impl RhoPolicy for Recorder {
     }
 }
 
-/// In sequence, a start policy is shown what a fresh solve shows it (the initial ρ, not the
-/// ρ the previous QP ended with) and consulted on the same schedule, so with the same scaling
-/// (lasso: q fixed) every QP repeats its fresh solve: the same features, iterations and
-/// factorisations.
-#[test]
-fn a_start_policy_in_sequence_repeats_fresh_solves() -> Result<()> {
+/// Four QPs of one lasso family, each solved fresh and then all in sequence by a start policy
+/// (`Recorder`, consulted before the first iteration and every 2 iterations after, at most
+/// `max_changes` changes of ρ): the fresh solutions with what each fresh solve showed the
+/// policy, and the sequence's with what it showed the policy in all.
+struct FreshAndSequence {
+    fresh: Vec<QpSolution>,
+    fresh_features: Vec<Vec<f64>>,
+    sequence: Vec<QpSolution>,
+    sequence_features: Vec<f64>,
+}
+
+fn fresh_and_sequence(max_changes: Option<usize>) -> Result<FreshAndSequence> {
     let mut rng = StdRng::seed_from_u64(13);
     let family = QpClass::Lasso.family(6, &mut rng)?;
     let qps: Vec<_> = (0..4)
@@ -169,19 +173,34 @@ fn a_start_policy_in_sequence_repeats_fresh_solves() -> Result<()> {
         check_every: 1,
         adaptive_rho_interval: 2,
         policy_at_start: true,
+        policy_max_changes: max_changes,
         ..AdmmSettings::default()
     })?;
-    let mut fresh_features = Vec::new();
-    let mut fresh = Vec::new();
+    let (mut fresh, mut fresh_features) = (Vec::new(), Vec::new());
     for qp in &qps {
         let recorder = Recorder(Default::default());
         fresh.push(admm.solve_with_policy(qp, None, Some(&recorder))?);
-        fresh_features.extend(recorder.0.into_inner().unwrap());
+        fresh_features.push(recorder.0.into_inner().unwrap());
     }
     let recorder = Recorder(Default::default());
     let sequence = admm.solve_sequence(&qps, Some(&recorder))?;
-    assert_eq!(recorder.0.into_inner().unwrap(), fresh_features);
-    for (s, f) in sequence.iter().zip(&fresh) {
+    Ok(FreshAndSequence {
+        fresh,
+        fresh_features,
+        sequence,
+        sequence_features: recorder.0.into_inner().unwrap(),
+    })
+}
+
+/// In sequence, a start policy is shown what a fresh solve shows it (the initial ρ, not the
+/// ρ the previous QP ended with) and consulted on the same schedule, so with the same scaling
+/// (lasso: q fixed) every QP repeats its fresh solve: the same features, iterations and
+/// factorisations.
+#[test]
+fn a_start_policy_in_sequence_repeats_fresh_solves() -> Result<()> {
+    let run = fresh_and_sequence(None)?;
+    assert_eq!(run.sequence_features, run.fresh_features.concat());
+    for (s, f) in run.sequence.iter().zip(&run.fresh) {
         assert_eq!(s.status, QpStatus::Solved);
         assert_eq!((s.iters, s.factorisations), (f.iters, f.factorisations));
         // The start's ρ and later changes (Δ is relative to OSQP's estimate of the moment).
@@ -196,31 +215,16 @@ fn a_start_policy_in_sequence_repeats_fresh_solves() -> Result<()> {
 /// did not, and the policy was consulted again mid-solve, which it was not trained for).
 #[test]
 fn a_once_only_start_policy_is_consulted_once_per_qp_in_sequence() -> Result<()> {
-    let mut rng = StdRng::seed_from_u64(13);
-    let family = QpClass::Lasso.family(6, &mut rng)?;
-    let qps: Vec<_> = (0..4)
-        .map(|_| family.instance(&mut rng))
-        .collect::<Result<_>>()?;
-    let admm = Admm::new(AdmmSettings {
-        check_every: 1,
-        adaptive_rho_interval: 2,
-        policy_at_start: true,
-        policy_max_changes: Some(1),
-        ..AdmmSettings::default()
-    })?;
-    let mut fresh_features = Vec::new();
-    let mut fresh = Vec::new();
-    for qp in &qps {
-        let recorder = Recorder(Default::default());
-        fresh.push(admm.solve_with_policy(qp, None, Some(&recorder))?);
-        let features = recorder.0.into_inner().unwrap();
-        assert_eq!(features.len(), qp.m(), "one consultation per fresh solve");
-        fresh_features.extend(features);
+    let run = fresh_and_sequence(Some(1))?;
+    for (features, f) in run.fresh_features.iter().zip(&run.fresh) {
+        assert_eq!(
+            features.len(),
+            f.lambda.len(),
+            "one consultation per fresh solve"
+        );
     }
-    let recorder = Recorder(Default::default());
-    let sequence = admm.solve_sequence(&qps, Some(&recorder))?;
-    assert_eq!(recorder.0.into_inner().unwrap(), fresh_features);
-    for (k, (s, f)) in sequence.iter().zip(&fresh).enumerate() {
+    assert_eq!(run.sequence_features, run.fresh_features.concat());
+    for (k, (s, f)) in run.sequence.iter().zip(&run.fresh).enumerate() {
         assert_eq!(s.status, QpStatus::Solved);
         assert!(
             s.iters > 2,
