@@ -27,7 +27,7 @@ use amortize::eval::relative_gaps;
 use amortize::eval::time_median;
 use amortize::problem::{Lasso, LassoConfig, Problem, ProblemConfig};
 use amortize::solver::qp::{
-    Admm, AdmmSettings, AdmmWorkspace, KktForm, QpClass, QpProblem, QpStatus, RowKind,
+    Admm, AdmmSettings, AdmmWorkspace, KktForm, KktOrdering, QpClass, QpProblem, QpStatus, RowKind,
 };
 use amortize::solver::{
     solve_named, FusedLasso, ProximalGradient, Settings, Solver, SolverOptions,
@@ -52,8 +52,20 @@ pub fn run(
     quiet: bool,
 ) -> Result<()> {
     if let Some(p) = part {
-        if !["table", "lasso", "qp", "qp-costs", "kkt", "rho-floor"].contains(&p) {
-            bail!("unknown --part '{p}' (known: table, lasso, qp, qp-costs, kkt, rho-floor)");
+        if ![
+            "table",
+            "lasso",
+            "qp",
+            "qp-costs",
+            "kkt",
+            "ordering",
+            "rho-floor",
+        ]
+        .contains(&p)
+        {
+            bail!(
+                "unknown --part '{p}' (known: table, lasso, qp, qp-costs, kkt, ordering, rho-floor)"
+            );
         }
     }
     if part == Some("rho-floor") {
@@ -64,6 +76,9 @@ pub fn run(
     }
     if part == Some("kkt") {
         return kkt_layouts(repeats, quiet);
+    }
+    if part == Some("ordering") {
+        return kkt_orderings(repeats, quiet);
     }
     let wanted = |name: &str| part.is_none_or(|p| p == name);
     if wanted("table") {
@@ -703,6 +718,74 @@ fn kkt_layouts(repeats: usize, quiet: bool) -> Result<()> {
     }
     bar.finish_and_clear();
     println!("(solve ratio > 1: the supernodal layout is faster)");
+    Ok(())
+}
+
+/// `--part ordering`: the sparse KKT factor under AMD's ordering and under `auto` (the
+/// ascending-degree ordering when its factor is certified within 20% of the fewest entries
+/// possible, else AMD) side by side, per class solved in sparse form and size: set-up with its
+/// first factorisation, a whole solve with OSQP's ρ rule (medians of `repeats`), both as
+/// ratios AMD / auto, the factor's entries auto / AMD, and how often `auto` skipped AMD.
+fn kkt_orderings(repeats: usize, quiet: bool) -> Result<()> {
+    const SIZES: [usize; 4] = [20, 50, 100, 200];
+    const INSTANCES: usize = 3;
+    let classes: Vec<QpClass> = QpClass::ALL
+        .into_iter()
+        .filter(|c| !matches!(c, QpClass::Random | QpClass::Equality))
+        .collect();
+    println!("Sparse KKT orderings ({INSTANCES} QPs per cell, one thread, medians of {repeats}; OSQP's settings, termination checked every 25 iterations): AMD against auto (the ascending-degree ordering when certified, else AMD)");
+    println!("| class | n | set-up + factorisation AMD | … auto | ratio | solve AMD | solve auto | ratio | factor entries auto / AMD | auto skipped AMD |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let bar = crate::progress::bar((classes.len() * SIZES.len()) as u64, "ordering", quiet);
+    for class in classes {
+        for n in SIZES {
+            let mut rng = StdRng::seed_from_u64(n as u64);
+            let qps = (0..INSTANCES)
+                .map(|_| class.generate(n, &mut rng))
+                .collect::<amortize::Result<Vec<_>>>()?;
+            let (mut setup, mut solve, mut entries) = ([0.0; 2], [0.0; 2], [0.0; 2]);
+            let mut skipped = 0;
+            for qp in &qps {
+                // The two orderings alternate within each QP, so that drifts of the machine
+                // reach both alike.
+                for (k, ordering) in [KktOrdering::Amd, KktOrdering::Auto]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let settings = AdmmSettings {
+                        ordering,
+                        ..AdmmSettings::default()
+                    };
+                    setup[k] +=
+                        time_median(repeats, || AdmmWorkspace::new(qp, settings).map(|_| ()))?
+                            / INSTANCES as f64;
+                    let admm = Admm::new(settings)?;
+                    solve[k] += time_median(repeats, || admm.solve(qp, None).map(|_| ()))?
+                        / INSTANCES as f64;
+                    if let Some((by_degree, stored)) =
+                        AdmmWorkspace::new(qp, settings)?.kkt_ordering()
+                    {
+                        entries[k] += stored as f64;
+                        skipped += usize::from(by_degree);
+                    }
+                }
+            }
+            bar.inc(1);
+            println!(
+                "| {} | {n} | {} | {} | {:.2}× | {} | {} | {:.2}× | {:.3} | {skipped}/{INSTANCES} |",
+                class.name(),
+                fmt_time(Some(setup[0])),
+                fmt_time(Some(setup[1])),
+                setup[0] / setup[1],
+                fmt_time(Some(solve[0])),
+                fmt_time(Some(solve[1])),
+                solve[0] / solve[1],
+                entries[1] / entries[0],
+            );
+        }
+    }
+    bar.finish_and_clear();
+    println!("(ratios > 1: auto is faster; factor entries > 1: auto's factor is larger)");
     Ok(())
 }
 

@@ -259,8 +259,14 @@ impl CsrMatrix {
             {
                 *v = (*v * first) * (left[r] * right[c]);
                 let a = v.abs();
-                row_max = row_max.max(a);
-                col_norms[c] = col_norms[c].max(a);
+                // Plain comparisons, not f64::max: QpProblem refuses NaN, and f64::max's NaN
+                // handling costs as much as the rest of the loop (the set-up's scaling pass).
+                if a > row_max {
+                    row_max = a;
+                }
+                if a > col_norms[c] {
+                    col_norms[c] = a;
+                }
             }
             row_norms[r] = row_max;
         }

@@ -472,6 +472,64 @@ fn kkt_forms_agree_and_auto_picks_by_density_of_p() -> Result<()> {
     Ok(())
 }
 
+/// `KktOrdering::Auto` skips AMD only where the ascending-degree ordering's factor is within
+/// 20% of K's triangle (no ordering stores less): on portfolio QPs, whose hub rows make AMD
+/// slow, it does, with a factor as small as AMD's; on lasso and control QPs it keeps AMD's
+/// ordering. Either way the solve is the same: same status and iterations, y within 1e-8.
+#[test]
+fn kkt_ordering_skips_amd_only_when_certified_and_solves_alike() -> Result<()> {
+    use amortize::solver::qp::{KktOrdering, QpClass};
+    let mut rng = StdRng::seed_from_u64(31);
+    for class in QpClass::ALL {
+        for n in [10, 40] {
+            let qp = class.generate(n, &mut rng)?;
+            let settings = |ordering| AdmmSettings {
+                ordering,
+                check_every: 1,
+                ..AdmmSettings::default()
+            };
+            let amd = Admm::new(settings(KktOrdering::Amd))?.solve(&qp, None)?;
+            let auto = Admm::new(settings(KktOrdering::Auto))?.solve(&qp, None)?;
+            let name = format!("{} n = {n}", class.name());
+            assert_eq!(auto.status, amd.status, "{name}");
+            assert_eq!(auto.status, QpStatus::Solved, "{name}");
+            assert_eq!(auto.iters, amd.iters, "{name}");
+            let dy = auto
+                .y
+                .iter()
+                .zip(&amd.y)
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(dy < 1e-8, "{name}: ‖y_auto − y_amd‖∞ = {dy}");
+            let w_amd = AdmmWorkspace::new(&qp, settings(KktOrdering::Amd))?;
+            let w_auto = AdmmWorkspace::new(&qp, settings(KktOrdering::Auto))?;
+            let Some((false, amd_entries)) = w_amd.kkt_ordering() else {
+                // The reduced form (random and equality QPs) has no ordering.
+                assert!(w_auto.kkt_ordering().is_none(), "{name}");
+                continue;
+            };
+            let (by_degree, auto_entries) = w_auto.kkt_ordering().unwrap();
+            if by_degree {
+                // The certificate: within 20% of K's triangle, so of any ordering's factor.
+                assert!(
+                    auto_entries as f64 <= 1.2 * amd_entries as f64,
+                    "{name}: {auto_entries} entries against AMD's {amd_entries}"
+                );
+            } else {
+                assert_eq!(auto_entries, amd_entries, "{name}");
+            }
+            match class {
+                QpClass::Portfolio => assert!(by_degree, "{name}: AMD was not skipped"),
+                // Their factors fill (random data rows, dense dynamics blocks) past small n.
+                QpClass::Lasso | QpClass::Control if n == 40 => {
+                    assert!(!by_degree, "{name}: a filling ordering was certified")
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A policy that sets wild step sizes never makes ADMM report "solved" above tolerance: every
 /// solved answer passes an independent residual check, and an unsolved one is not "solved".
 #[test]

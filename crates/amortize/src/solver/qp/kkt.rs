@@ -21,7 +21,7 @@
 //! `KktForm::Auto` picks the reduced form exactly when P is dense (`DENSE_P_SHARE`): deciding
 //! from the symbolic factor instead would cost as much as a whole solve on random QPs.
 
-use super::admm::KktForm;
+use super::admm::{KktForm, KktOrdering};
 use super::ldl::{factor_error, LdlLayout, SparseLdl};
 use crate::linalg::{Cholesky, CsrMatrix};
 use crate::Result;
@@ -129,7 +129,13 @@ impl Kkt {
     /// (`Auto`: reduced exactly when P is dense), assembles, orders and analyses it. This is
     /// the part of the set-up that does not depend on ρ; the numeric factor comes from the
     /// first [`Kkt::set_rho`], which must come before the first solve.
-    pub(super) fn new(p: &CsrMatrix, a: &CsrMatrix, sigma: f64, choice: KktForm) -> Result<Self> {
+    pub(super) fn new(
+        p: &CsrMatrix,
+        a: &CsrMatrix,
+        sigma: f64,
+        choice: KktForm,
+        ordering: KktOrdering,
+    ) -> Result<Self> {
         let (n, m) = (p.rows(), a.rows());
         let layout = match choice {
             KktForm::Auto if is_dense(p) => None,
@@ -147,6 +153,7 @@ impl Kkt {
                 &matrix.values,
                 n,
                 layout,
+                ordering,
             )?;
             Form::Sparse {
                 factor: Box::new(factor),
@@ -176,6 +183,15 @@ impl Kkt {
     /// Whether the sparse form uses the supernodal layout.
     pub(super) fn is_supernodal(&self) -> bool {
         matches!(&self.form, Form::Sparse { factor, .. } if factor.is_supernodal())
+    }
+
+    /// Whether the sparse form's factor is ordered by degree (else by AMD), and the entries it
+    /// stores; `None` for the reduced form.
+    pub(super) fn ordering(&self) -> Option<(bool, usize)> {
+        match &self.form {
+            Form::Sparse { factor, .. } => Some((factor.ordered_by_degree(), factor.stored())),
+            Form::Reduced { .. } => None,
+        }
     }
 
     /// Refactors for new step sizes ρ (same length as at construction).
@@ -289,6 +305,7 @@ pub(super) fn shifted_is_positive_definite(p: &CsrMatrix, shift: f64) -> bool {
         &matrix.values,
         n,
         LdlLayout::Simplicial,
+        KktOrdering::Auto,
     )
     .and_then(|mut factor| factor.refactor())
     .is_ok()

@@ -28,6 +28,8 @@ use faer::sparse::linalg::{amd, SupernodalThreshold};
 use faer::sparse::{SparseColMatRef, SymbolicSparseColMatRef};
 use faer::{Par, Side};
 
+use super::admm::KktOrdering;
+use super::ordering::{certified_degree_ordering, FactorCount};
 use crate::{Error, Result};
 
 /// Which layout [`SparseLdl::analyse`] builds.
@@ -54,6 +56,8 @@ const SUPERNODAL_MAX_PADDING: f64 = 1.4;
 /// The factor of one sparsity pattern, refactored in place for new values.
 pub(super) struct SparseLdl {
     dim: usize,
+    /// Whether the ordering is the certified ascending-degree one (module `ordering`).
+    by_degree: bool,
     /// Expected number of positive pivots (the rest must be negative).
     positive: usize,
     /// K in the elimination order, in CSC form, as the numeric factorisation reads it: the
@@ -86,6 +90,42 @@ pub(super) fn factor_error(e: impl std::fmt::Display) -> Error {
     Error::invalid(format!("ADMM: the KKT matrix could not be factored: {e}"))
 }
 
+/// A factor may hold at most this many times the entries of K's triangle under the cheap
+/// ordering for AMD to be skipped: no ordering stores fewer than K's triangle, so the cheap
+/// one is then within 20% of AMD's factor size (module `ordering`).
+const CHEAP_ORDERING_MAX_FILL: f64 = 1.2;
+
+/// AMD's ordering of the upper-triangle `pattern`, with its count of the factor's entries
+/// (diagonal included) and multiply-adds.
+fn amd_ordering(
+    dim: usize,
+    pattern: SymbolicSparseColMatRef<'_, usize>,
+) -> Result<(Vec<usize>, Vec<usize>, FactorCount)> {
+    let (mut fwd, mut inv) = (vec![0usize; dim], vec![0usize; dim]);
+    let mut amd_mem = MemBuffer::try_new(amd::order_maybe_unsorted_scratch::<usize>(
+        dim,
+        pattern.row_idx().len(),
+    ))
+    .map_err(|_| factor_error("out of memory for the ordering"))?;
+    let count = amd::order_maybe_unsorted(
+        &mut fwd,
+        &mut inv,
+        pattern,
+        amd::Control::default(),
+        MemStack::new(&mut amd_mem),
+    )
+    .map_err(factor_error)?;
+    let entries = count.n_div + dim as f64;
+    Ok((
+        fwd,
+        inv,
+        FactorCount {
+            entries,
+            flops: count.n_div + count.n_mult_subs_ldl,
+        },
+    ))
+}
+
 impl SparseLdl {
     /// Orders and analyses the `dim`×`dim` upper triangle given in CSC form (`col_ptr`,
     /// `row_idx`: sorted, with every diagonal entry present; `values` its entries) and keeps
@@ -98,26 +138,24 @@ impl SparseLdl {
         values: &[f64],
         positive: usize,
         layout: LdlLayout,
+        ordering: KktOrdering,
     ) -> Result<Self> {
         let pattern = SymbolicSparseColMatRef::new_checked(dim, dim, col_ptr, None, row_idx);
-        // The ordering, with AMD's count of the factor's entries and multiply-adds.
-        let (mut fwd, mut inv) = (vec![0usize; dim], vec![0usize; dim]);
-        let mut amd_mem = MemBuffer::try_new(amd::order_maybe_unsorted_scratch::<usize>(
-            dim,
-            row_idx.len(),
-        ))
-        .map_err(|_| factor_error("out of memory for the ordering"))?;
-        let count = amd::order_maybe_unsorted(
-            &mut fwd,
-            &mut inv,
-            pattern,
-            amd::Control::default(),
-            MemStack::new(&mut amd_mem),
-        )
-        .map_err(factor_error)?;
-        drop(amd_mem);
-        let factor_entries = count.n_div + dim as f64;
-        let flops = count.n_div + count.n_mult_subs_ldl;
+        // The ordering, with the factor's entries and multiply-adds: the ascending-degree
+        // ordering when it is certified near the fewest entries any ordering can give, else
+        // AMD's.
+        let certified = match ordering {
+            KktOrdering::Auto => {
+                certified_degree_ordering(dim, col_ptr, row_idx, CHEAP_ORDERING_MAX_FILL)
+            }
+            KktOrdering::Amd => None,
+        };
+        let by_degree = certified.is_some();
+        let (fwd, inv, count) = match certified {
+            Some(certified) => certified,
+            None => amd_ordering(dim, pattern)?,
+        };
+        let (factor_entries, flops) = (count.entries, count.flops);
         let analyse_as = |threshold| {
             let perm = PermRef::new_checked(&fwd, &inv, dim);
             let params = CholeskySymbolicParams {
@@ -173,6 +211,7 @@ impl SparseLdl {
         }
         Ok(SparseLdl {
             dim,
+            by_degree,
             positive,
             col_ptr: permuted.col_ptr,
             row_idx: permuted.row_idx,
@@ -187,6 +226,16 @@ impl SparseLdl {
             x: vec![0.0; dim],
             tmp: vec![0.0; dim],
         })
+    }
+
+    /// Whether the certified ascending-degree ordering was used (else AMD's).
+    pub(super) fn ordered_by_degree(&self) -> bool {
+        self.by_degree
+    }
+
+    /// Entries the numeric factor stores (L and D; a supernodal factor's padding included).
+    pub(super) fn stored(&self) -> usize {
+        self.values.len()
     }
 
     /// Whether the supernodal layout was chosen.
@@ -549,7 +598,15 @@ mod tests {
             LdlLayout::Supernodal,
             LdlLayout::Auto,
         ] {
-            let mut ldl = SparseLdl::analyse(dim, &col_ptr, &row_idx, &values, n, layout)?;
+            let mut ldl = SparseLdl::analyse(
+                dim,
+                &col_ptr,
+                &row_idx,
+                &values,
+                n,
+                layout,
+                KktOrdering::Amd,
+            )?;
             assert_eq!(ldl.is_supernodal(), layout == LdlLayout::Supernodal);
             ldl.refactor()?;
             let mut x = b.clone();

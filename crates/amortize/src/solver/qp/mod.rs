@@ -9,11 +9,12 @@ mod classes;
 mod kkt;
 mod ldl;
 mod mpc;
+mod ordering;
 mod scaling;
 
 pub use admm::{
-    Admm, AdmmSettings, AdmmWorkspace, KktForm, QpSolution, QpStatus, RhoPolicy, RowKind,
-    RHO_FEATURES,
+    Admm, AdmmSettings, AdmmWorkspace, KktForm, KktOrdering, QpSolution, QpStatus, RhoPolicy,
+    RowKind, RHO_FEATURES,
 };
 pub use classes::{QpClass, QpFamily};
 pub use mpc::{MpcFamily, MPC_HORIZON};
