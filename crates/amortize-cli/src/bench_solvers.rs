@@ -652,75 +652,93 @@ fn rho_floor(quiet: bool) -> Result<()> {
     Ok(())
 }
 
+/// QPs per cell of the sparse-KKT tables (`--part kkt` and `--part ordering`).
+const SPARSE_INSTANCES: usize = 3;
+
+/// The cells of the sparse-KKT tables: each class `auto` solves in sparse form (all but random
+/// and equality QPs) at n = 20, 50, 100 and 200, with [`SPARSE_INSTANCES`] QPs per cell drawn
+/// from a seed of n, under a progress bar named `label`.
+fn for_each_sparse_cell(
+    label: &str,
+    quiet: bool,
+    mut cell: impl FnMut(QpClass, usize, &[QpProblem]) -> Result<()>,
+) -> Result<()> {
+    const SIZES: [usize; 4] = [20, 50, 100, 200];
+    let classes: Vec<QpClass> = QpClass::ALL
+        .into_iter()
+        .filter(|c| !matches!(c, QpClass::Random | QpClass::Equality))
+        .collect();
+    let bar = crate::progress::bar((classes.len() * SIZES.len()) as u64, label, quiet);
+    for class in classes {
+        for n in SIZES {
+            let mut rng = StdRng::seed_from_u64(n as u64);
+            let qps = (0..SPARSE_INSTANCES)
+                .map(|_| class.generate(n, &mut rng))
+                .collect::<amortize::Result<Vec<_>>>()?;
+            cell(class, n, &qps)?;
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
 /// `--part kkt`: the sparse factor's simplicial and supernodal layouts side by side, per
 /// class (those `auto` solves in sparse form) and size: set-up S, one factorisation F, one
 /// iteration c, and a whole solve with OSQP's ρ rule (median of `repeats`), with the ratio
 /// simplicial / supernodal of the whole solve and the layout `auto` picks.
 fn kkt_layouts(repeats: usize, quiet: bool) -> Result<()> {
-    const SIZES: [usize; 4] = [20, 50, 100, 200];
-    const INSTANCES: usize = 3;
-    let classes: Vec<QpClass> = QpClass::ALL
-        .into_iter()
-        .filter(|c| !matches!(c, QpClass::Random | QpClass::Equality))
-        .collect();
+    const INSTANCES: usize = SPARSE_INSTANCES;
     println!("Sparse KKT factor layouts ({INSTANCES} QPs per cell, one thread, medians of {repeats}; OSQP's ρ rule, termination checked every iteration): simplicial (OSQP's QDLDL layout) against supernodal (dense blocks)");
     println!("| class | n | S simplicial / supernodal | F simplicial / supernodal | c simplicial / supernodal | solve simplicial | solve supernodal | solve ratio | auto picks |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    let bar = crate::progress::bar((classes.len() * SIZES.len()) as u64, "kkt", quiet);
-    for class in classes {
-        for n in SIZES {
-            let mut rng = StdRng::seed_from_u64(n as u64);
-            let qps = (0..INSTANCES)
-                .map(|_| class.generate(n, &mut rng))
-                .collect::<amortize::Result<Vec<_>>>()?;
-            let mut costs = Vec::new();
-            let mut solves = Vec::new();
-            for form in [KktForm::SparseSimplicial, KktForm::SparseSupernodal] {
-                let mut c = (0.0, 0.0, 0.0);
-                let mut solve = 0.0;
-                for qp in &qps {
-                    let x = solve_costs(qp, repeats, form)?;
-                    c.0 += x.setup / INSTANCES as f64;
-                    c.1 += x.factor / INSTANCES as f64;
-                    c.2 += x.iteration / INSTANCES as f64;
-                    let admm = Admm::new(AdmmSettings {
-                        check_every: 1,
-                        kkt: form,
-                        ..AdmmSettings::default()
-                    })?;
-                    solve += time_median(repeats, || admm.solve(qp, None).map(|_| ()))?
-                        / INSTANCES as f64;
-                }
-                costs.push(c);
-                solves.push(solve);
+    for_each_sparse_cell("kkt", quiet, |class, n, qps| {
+        let mut costs = Vec::new();
+        let mut solves = Vec::new();
+        for form in [KktForm::SparseSimplicial, KktForm::SparseSupernodal] {
+            let mut c = (0.0, 0.0, 0.0);
+            let mut solve = 0.0;
+            for qp in qps {
+                let x = solve_costs(qp, repeats, form)?;
+                c.0 += x.setup / INSTANCES as f64;
+                c.1 += x.factor / INSTANCES as f64;
+                c.2 += x.iteration / INSTANCES as f64;
+                let admm = Admm::new(AdmmSettings {
+                    check_every: 1,
+                    kkt: form,
+                    ..AdmmSettings::default()
+                })?;
+                solve +=
+                    time_median(repeats, || admm.solve(qp, None).map(|_| ()))? / INSTANCES as f64;
             }
-            let supernodal_picks = qps
-                .iter()
-                .map(|qp| AdmmWorkspace::new(qp, AdmmSettings::default()))
-                .collect::<amortize::Result<Vec<_>>>()?
-                .iter()
-                .filter(|w| w.kkt_is_supernodal())
-                .count();
-            bar.inc(1);
-            let pair = |a: f64, b: f64| format!("{} / {}", fmt_time(Some(a)), fmt_time(Some(b)));
-            println!(
-                "| {} | {n} | {} | {} | {} | {} | {} | {:.2}× | {} |",
-                class.name(),
-                pair(costs[0].0, costs[1].0),
-                pair(costs[0].1, costs[1].1),
-                pair(costs[0].2, costs[1].2),
-                fmt_time(Some(solves[0])),
-                fmt_time(Some(solves[1])),
-                solves[0] / solves[1],
-                match supernodal_picks {
-                    0 => "simplicial".to_string(),
-                    k if k == INSTANCES => "supernodal".to_string(),
-                    k => format!("supernodal {k}/{INSTANCES}"),
-                },
-            );
+            costs.push(c);
+            solves.push(solve);
         }
-    }
-    bar.finish_and_clear();
+        let supernodal_picks = qps
+            .iter()
+            .map(|qp| AdmmWorkspace::new(qp, AdmmSettings::default()))
+            .collect::<amortize::Result<Vec<_>>>()?
+            .iter()
+            .filter(|w| w.kkt_is_supernodal())
+            .count();
+        let pair = |a: f64, b: f64| format!("{} / {}", fmt_time(Some(a)), fmt_time(Some(b)));
+        println!(
+            "| {} | {n} | {} | {} | {} | {} | {} | {:.2}× | {} |",
+            class.name(),
+            pair(costs[0].0, costs[1].0),
+            pair(costs[0].1, costs[1].1),
+            pair(costs[0].2, costs[1].2),
+            fmt_time(Some(solves[0])),
+            fmt_time(Some(solves[1])),
+            solves[0] / solves[1],
+            match supernodal_picks {
+                0 => "simplicial".to_string(),
+                k if k == INSTANCES => "supernodal".to_string(),
+                k => format!("supernodal {k}/{INSTANCES}"),
+            },
+        );
+        Ok(())
+    })?;
     println!("(solve ratio > 1: the supernodal layout is faster)");
     Ok(())
 }
@@ -731,64 +749,49 @@ fn kkt_layouts(repeats: usize, quiet: bool) -> Result<()> {
 /// first factorisation, a whole solve with OSQP's ρ rule (medians of `repeats`), both as
 /// ratios AMD / auto, the factor's entries auto / AMD, and how often `auto` skipped AMD.
 fn kkt_orderings(repeats: usize, quiet: bool) -> Result<()> {
-    const SIZES: [usize; 4] = [20, 50, 100, 200];
-    const INSTANCES: usize = 3;
-    let classes: Vec<QpClass> = QpClass::ALL
-        .into_iter()
-        .filter(|c| !matches!(c, QpClass::Random | QpClass::Equality))
-        .collect();
+    const INSTANCES: usize = SPARSE_INSTANCES;
     println!("Sparse KKT orderings ({INSTANCES} QPs per cell, one thread, medians of {repeats}; OSQP's settings, termination checked every 25 iterations): AMD against auto (the ascending-degree ordering when certified, else AMD)");
     println!("| class | n | set-up + factorisation AMD | … auto | ratio | solve AMD | solve auto | ratio | factor entries auto / AMD | auto skipped AMD |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    let bar = crate::progress::bar((classes.len() * SIZES.len()) as u64, "ordering", quiet);
-    for class in classes {
-        for n in SIZES {
-            let mut rng = StdRng::seed_from_u64(n as u64);
-            let qps = (0..INSTANCES)
-                .map(|_| class.generate(n, &mut rng))
-                .collect::<amortize::Result<Vec<_>>>()?;
-            let (mut setup, mut solve, mut entries) = ([0.0; 2], [0.0; 2], [0.0; 2]);
-            let mut skipped = 0;
-            for qp in &qps {
-                // The two orderings alternate within each QP, so that drifts of the machine
-                // reach both alike.
-                for (k, ordering) in [KktOrdering::Amd, KktOrdering::Auto]
-                    .into_iter()
-                    .enumerate()
+    for_each_sparse_cell("ordering", quiet, |class, n, qps| {
+        let (mut setup, mut solve, mut entries) = ([0.0; 2], [0.0; 2], [0.0; 2]);
+        let mut skipped = 0;
+        for qp in qps {
+            // The two orderings alternate within each QP, so that drifts of the machine
+            // reach both alike.
+            for (k, ordering) in [KktOrdering::Amd, KktOrdering::Auto]
+                .into_iter()
+                .enumerate()
+            {
+                let settings = AdmmSettings {
+                    ordering,
+                    ..AdmmSettings::default()
+                };
+                setup[k] += time_median(repeats, || AdmmWorkspace::new(qp, settings).map(|_| ()))?
+                    / INSTANCES as f64;
+                let admm = Admm::new(settings)?;
+                solve[k] +=
+                    time_median(repeats, || admm.solve(qp, None).map(|_| ()))? / INSTANCES as f64;
+                if let Some((by_degree, stored)) = AdmmWorkspace::new(qp, settings)?.kkt_ordering()
                 {
-                    let settings = AdmmSettings {
-                        ordering,
-                        ..AdmmSettings::default()
-                    };
-                    setup[k] +=
-                        time_median(repeats, || AdmmWorkspace::new(qp, settings).map(|_| ()))?
-                            / INSTANCES as f64;
-                    let admm = Admm::new(settings)?;
-                    solve[k] += time_median(repeats, || admm.solve(qp, None).map(|_| ()))?
-                        / INSTANCES as f64;
-                    if let Some((by_degree, stored)) =
-                        AdmmWorkspace::new(qp, settings)?.kkt_ordering()
-                    {
-                        entries[k] += stored as f64;
-                        skipped += usize::from(by_degree);
-                    }
+                    entries[k] += stored as f64;
+                    skipped += usize::from(by_degree);
                 }
             }
-            bar.inc(1);
-            println!(
-                "| {} | {n} | {} | {} | {:.2}× | {} | {} | {:.2}× | {:.3} | {skipped}/{INSTANCES} |",
-                class.name(),
-                fmt_time(Some(setup[0])),
-                fmt_time(Some(setup[1])),
-                setup[0] / setup[1],
-                fmt_time(Some(solve[0])),
-                fmt_time(Some(solve[1])),
-                solve[0] / solve[1],
-                entries[1] / entries[0],
-            );
         }
-    }
-    bar.finish_and_clear();
+        println!(
+            "| {} | {n} | {} | {} | {:.2}× | {} | {} | {:.2}× | {:.3} | {skipped}/{INSTANCES} |",
+            class.name(),
+            fmt_time(Some(setup[0])),
+            fmt_time(Some(setup[1])),
+            setup[0] / setup[1],
+            fmt_time(Some(solve[0])),
+            fmt_time(Some(solve[1])),
+            solve[0] / solve[1],
+            entries[1] / entries[0],
+        );
+        Ok(())
+    })?;
     println!("(ratios > 1: auto is faster; factor entries > 1: auto's factor is larger)");
     Ok(())
 }

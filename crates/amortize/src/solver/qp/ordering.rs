@@ -10,10 +10,11 @@
 //! touch many variables (OSQP's portfolio class: k factor rows and a budget row over all n
 //! assets) it eliminates the leaves first and the hubs last, which leaves almost no fill,
 //! while AMD's degree updates on those hubs cost O(n²): 56% of such a QP's whole set-up at
-//! n = 100 (`bench solvers --part qp-costs`). The factor's size under the candidate is counted
-//! by the elimination-tree walk (Liu's column counts), stopped as soon as it exceeds the
-//! budget, so a rejection costs O(nnz(K) + budget) and AMD then runs as before. It is
-//! attempted only on graphs with a hub (a row of degree at least 2√dim), where AMD is slow.
+//! n = 100 (a `perf` profile; `bench solvers --part ordering` measures the difference). The
+//! factor's size under the candidate is counted by the elimination-tree walk (Liu's column
+//! counts), stopped as soon as it exceeds the budget, so a rejection costs O(nnz(K) + budget)
+//! and AMD then runs as before. It is attempted only on graphs with a hub (a row of degree at
+//! least 2√dim), where AMD is slow.
 
 /// The attempt is made only when some row has at least this many times √dim neighbours (a
 /// hub: the factor rows of a portfolio QP have n + 1 of the 2n + k + 1 rows): AMD's degree
